@@ -1,0 +1,109 @@
+"""Settings from the environment (the contract's table), secrets included.
+
+Every secret may come from `NAME` or from a file named by `NAME_FILE`. Each secret value read
+here is registered with `archiver.logs` so that it is redacted from every log line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archiver import logs
+from archiver.errors import ConfigError
+
+NERDGRAPH_URLS = {
+    "US": "https://api.newrelic.com/graphql",
+    "EU": "https://api.eu.newrelic.com/graphql",
+}
+SECRET_VARIABLES = ("NEW_RELIC_API_KEY", "INFLUX_PASSWORD", "INFLUX_TOKEN")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    new_relic_api_key: str | None = field(default=None, repr=False)
+    new_relic_account_id: int | None = None
+    nerdgraph_url: str = NERDGRAPH_URLS["US"]
+    influx_url: str = "http://localhost:8086"
+    influx_username: str | None = None
+    influx_password: str | None = field(default=None, repr=False)
+    influx_token: str | None = field(default=None, repr=False)
+    db_url: str = "sqlite:///archiver.db"
+    queries_dir: Path = Path("queries")
+    log_level: str = "INFO"
+    nerdgraph_timeout: float = 60.0
+    influx_timeout: float = 30.0
+
+    def require_new_relic_key(self) -> str:
+        if not self.new_relic_api_key:
+            raise ConfigError(
+                "NEW_RELIC_API_KEY is not set: give a New Relic user key (NRAK-...) "
+                "in NEW_RELIC_API_KEY or a file named by NEW_RELIC_API_KEY_FILE"
+            )
+        return self.new_relic_api_key
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """`NAME`, else the content of the file `NAME_FILE` (trailing newline stripped)."""
+    value = env.get(name)
+    file_name = env.get(f"{name}_FILE")
+    if value and file_name:
+        raise ConfigError(f"set either {name} or {name}_FILE, not both")
+    if file_name:
+        try:
+            value = Path(file_name).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from None
+    if value:
+        logs.register_secret(value)
+    return value or None
+
+
+def _account_id(env: Mapping[str, str]) -> int | None:
+    raw = env.get("NEW_RELIC_ACCOUNT_ID", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(f"NEW_RELIC_ACCOUNT_ID must be a number, not {raw!r}")
+    return int(raw)
+
+
+def _nerdgraph_url(env: Mapping[str, str]) -> str:
+    if url := env.get("NEW_RELIC_NERDGRAPH_URL", "").strip():
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"NEW_RELIC_NERDGRAPH_URL must be an http(s) URL, not {url!r}")
+        return url
+    region = env.get("NEW_RELIC_REGION", "US").strip().upper() or "US"
+    if region not in NERDGRAPH_URLS:
+        raise ConfigError(f"NEW_RELIC_REGION must be one of {', '.join(NERDGRAPH_URLS)}, not {region!r}")
+    return NERDGRAPH_URLS[region]
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("ARCHIVER_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"ARCHIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    return level
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings; raises ConfigError naming the variable at fault."""
+    env = os.environ if env is None else env
+    influx_url = env.get("INFLUX_URL", "").strip() or "http://localhost:8086"
+    if not influx_url.startswith(("http://", "https://")):
+        raise ConfigError(f"INFLUX_URL must be an http(s) URL, not {influx_url!r}")
+    return Settings(
+        new_relic_api_key=read_secret(env, "NEW_RELIC_API_KEY"),
+        new_relic_account_id=_account_id(env),
+        nerdgraph_url=_nerdgraph_url(env),
+        influx_url=influx_url.rstrip("/"),
+        influx_username=env.get("INFLUX_USERNAME") or None,
+        influx_password=read_secret(env, "INFLUX_PASSWORD"),
+        influx_token=read_secret(env, "INFLUX_TOKEN"),
+        db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
+        queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
+        log_level=_log_level(env),
+    )
