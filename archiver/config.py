@@ -34,6 +34,7 @@ class Settings:
     db_url: str = "sqlite:///archiver.db"
     queries_dir: Path = Path("queries")
     log_level: str = "INFO"
+    schedule: str = "0 * * * *"
     nerdgraph_timeout: float = 60.0
     influx_timeout: float = 30.0
 
@@ -106,4 +107,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
         queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
+        schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or "0 * * * *",
     )

@@ -1,0 +1,68 @@
+"""The cardinality guard: stop a query before it floods InfluxDB with series.
+
+A facet whose values are per-request ids (UUIDs, GUIDs, long hex strings) turns every row
+into a new series; a team running this kind of archive once created a million series in a
+day that way. The guard counts the distinct facet values a job produces and checks each
+*new* value once, so the cost on the hot path is one set lookup per row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+from archiver.errors import PermanentError
+
+ID_LIKE = re.compile(
+    r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}|[0-9a-f]{24,}",
+    re.IGNORECASE,
+)
+
+
+class CardinalityError(PermanentError):
+    pass
+
+
+class SeriesGuard:
+    def __init__(self, facets: Sequence[str], max_series: int) -> None:
+        self.facets = tuple(facets)
+        self.max_series = max_series
+        self.seen: set[object] = set()
+
+    def check(self, rows: Iterable[Mapping[str, object]], facets: Sequence[str]) -> None:
+        """Raise CardinalityError, naming the facet to blame, before anything is written."""
+        names = tuple(facets) or self.facets
+        if not names:
+            return
+        seen = self.seen
+        for row in rows:
+            value = row.get("facet")
+            key = tuple(value) if isinstance(value, list) else value
+            if key in seen:
+                continue
+            seen.add(key)
+            self._check_new(names, key)
+        if len(seen) > self.max_series:
+            raise CardinalityError(
+                f"{len(seen)} series exceed max_series {self.max_series}; the facet with the "
+                f"most distinct values is {self._worst(names)!r}: drop it from FACET or raise "
+                "max_series in the query file"
+            )
+
+    def _check_new(self, names: tuple[str, ...], key: object) -> None:
+        values = key if isinstance(key, tuple) else (key,)
+        for name, value in zip(names, values, strict=False):
+            if isinstance(value, str) and ID_LIKE.search(value):
+                raise CardinalityError(
+                    f"facet {name!r} has id-like values such as {value!r}: every id would be a "
+                    "new series in InfluxDB; remove it from FACET (or keep it as a field)"
+                )
+
+    def _worst(self, names: tuple[str, ...]) -> str:
+        if len(names) == 1:
+            return names[0]
+        distinct = [
+            len({key[i] for key in self.seen if isinstance(key, tuple) and len(key) > i})
+            for i in range(len(names))
+        ]
+        return names[distinct.index(max(distinct))]

@@ -1,0 +1,311 @@
+"""Command line: parse options, call the library, turn known errors into one line + exit code.
+
+`program()` is the program without error handling; `main()` owns the mapping of exceptions
+to exit codes (the contract: 0 ok, 1 some query failed, 2 usage/config, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from archiver import __version__, config, logs, queries, scheduler, status
+from archiver.errors import ArchiverError, ConfigError, ExitCode, StateError
+from archiver.influx import InfluxV1Sink
+from archiver.limiter import Limiter
+from archiver.newrelic import NerdGraphClient
+from archiver.runner import Backfill, Runner
+from archiver.state import State
+from archiver.timeparse import parse_time
+from archiver.windows import iso
+
+log = logging.getLogger("archiver")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="log lines as text (default) or one JSON object per line",
+    )
+    parser = argparse.ArgumentParser(
+        prog="nr-archiver",
+        description="Copy New Relic NRQL results into InfluxDB, window by window, checkpointed.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="export every complete window since the last run (or --since: backfill), then exit",
+        description="One pass over the query files. With --since, backfill that past range.",
+    )
+    add_run_options(run)
+
+    validate = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="check query files without touching New Relic or InfluxDB",
+    )
+    validate.add_argument("files", nargs="*", type=Path, metavar="FILE")
+
+    status_cmd = commands.add_parser(
+        "status", parents=[common], help="exported-until, lag, last result and error per target"
+    )
+    status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    reset = commands.add_parser(
+        "reset", parents=[common], help="move a checkpoint on purpose (prints old and new value)"
+    )
+    reset.add_argument("--query", required=True, metavar="NAME")
+    reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
+    reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
+
+    db = commands.add_parser("db", parents=[common], help="state database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", parents=[common], help="apply the Alembic migrations")
+
+    schedule = commands.add_parser(
+        "schedule",
+        parents=[common],
+        help="run `run` at every tick of ARCHIVER_SCHEDULE (default '0 * * * *') until SIGTERM",
+    )
+    schedule.add_argument(
+        "--cron", metavar="EXPR", help="cron expression (default: $ARCHIVER_SCHEDULE)"
+    )
+    schedule.add_argument(
+        "--run-at-start", action="store_true", help="also run one pass immediately"
+    )
+    add_run_options(schedule, backfill=False)
+
+    commands.add_parser(
+        "health", parents=[common], help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)"
+    )
+    return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -> None:
+    parser.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this query (repeatable)",
+    )
+    parser.add_argument("--workers", type=int, default=4, help="queries run in parallel (4)")
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=5,
+        help="concurrent New Relic requests at most (5, as New Relic asks)",
+    )
+    parser.add_argument(
+        "--requests-per-minute",
+        type=int,
+        default=1000,
+        help="New Relic requests per minute at most (1000; the account limit is 3000)",
+    )
+    if backfill:
+        parser.add_argument("--since", metavar="TIME", help="backfill from TIME (ISO, epoch, 7d)")
+        parser.add_argument("--until", metavar="TIME", help="backfill up to TIME (default: now)")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print windows, NRQL and targets; touch nothing",
+        )
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def load_queries(settings: config.Settings, names: Sequence[str]) -> queries.LoadResult:
+    loaded = queries.load_dir(settings.queries_dir)
+    selected = queries.select(loaded.queries, names) if names else loaded.queries
+    problems = [p for p in loaded.problems if not names or p.query in names]
+    return queries.LoadResult(selected, problems)
+
+
+def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if since is None:
+        if until is not None:
+            raise ConfigError("--until needs --since")
+        return None
+    try:
+        backfill = Backfill(parse_time(since, now), parse_time(until, now) if until else None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if backfill.until is not None and backfill.until <= backfill.since:
+        raise ConfigError(f"--until {until} is not after --since {since}")
+    return backfill
+
+
+def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
+    loaded = load_queries(settings, args.query)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    backfill = backfill_from(args, datetime.now(UTC))
+    if getattr(args, "dry_run", False):
+        return print_plan(settings, loaded, backfill)
+    if not loaded.queries:
+        log.error("no valid query file to run")
+        return ExitCode.QUERY_FAILED
+    api_key = settings.require_new_relic_key()
+    limiter = Limiter(max_concurrent=args.max_concurrent, per_minute=args.requests_per_minute)
+    sink = InfluxV1Sink(
+        settings.influx_url,
+        settings.influx_username,
+        settings.influx_password,
+        timeout=settings.influx_timeout,
+    )
+    runner = Runner(
+        state=State.open(settings.db_url),
+        sink=sink,
+        client_factory=lambda: NerdGraphClient(
+            settings.nerdgraph_url, api_key, timeout=settings.nerdgraph_timeout, limiter=limiter
+        ),
+        default_account=settings.new_relic_account_id,
+        workers=args.workers,
+        stop=stop,
+    )
+    log.info("InfluxDB %s at %s", sink.ping(), settings.influx_url)
+    report = runner.run(loaded.queries, backfill, loaded.problems)
+    failed = [job for job in report.jobs if job.failed]
+    log.info(
+        "run finished: %d targets ok, %d failed, %d query file problems, %d points written",
+        sum(job.status == "ok" for job in report.jobs),
+        len(failed),
+        len(report.problems),
+        sum(job.points for job in report.jobs),
+    )
+    return report.exit_code
+
+
+def print_plan(
+    settings: config.Settings, loaded: queries.LoadResult, backfill: Backfill | None
+) -> int:
+    state = State.open(settings.db_url, migrate=False)
+    if not state.is_migrated():
+        state = State.open("sqlite://")  # no state yet: plan from empty checkpoints
+    runner = Runner(
+        state=state,
+        sink=None,
+        client_factory=None,
+        default_account=settings.new_relic_account_id,
+    )
+    for job, planned in runner.dry_run(loaded.queries, backfill):
+        target = job.target
+        print(
+            f"{job.query.name} → {target.key} (database {target.database}, retention policy "
+            f"{target.retention_policy or 'default'}, every {target.interval}, "
+            f"account {job.account_id}): {len(planned)} windows"
+        )
+        for note in job.skipped:
+            print(f"  {note}")
+        for window in planned:
+            print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
+    return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
+
+
+def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
+    loaded = (
+        queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
+    )
+    for problem in loaded.problems:
+        print(problem)
+    print(f"{len(loaded.queries)} valid queries, {len(loaded.problems)} problems")
+    return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
+    rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
+    print(status.to_json(rows) if args.json else status.to_table(rows))
+    return ExitCode.OK
+
+
+def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
+    now = datetime.now(UTC)
+    query = queries.select(queries.load_dir(settings.queries_dir).queries, [args.query])[0]
+    keys = [t.key for t in query.targets]
+    if args.target and args.target not in keys:
+        raise ConfigError(f"query {query.name!r} has no target {args.target!r}; it has {keys}")
+    try:
+        to = parse_time(args.to, now)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    state = State.open(settings.db_url)
+    for key in [args.target] if args.target else keys:
+        old = state.checkpoint(query.name, key)
+        state.set_checkpoint(query.name, key, to, now)
+        print(f"{query.name} → {key}: checkpoint {iso(old) if old else 'none'} → {iso(to)}")
+    return ExitCode.OK
+
+
+def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
+    State.open(settings.db_url)
+    print("state database is at the latest schema")
+    return ExitCode.OK
+
+
+def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
+    stop = threading.Event()
+    scheduler.install_signal_handlers(stop)
+    cron = args.cron or settings.schedule
+
+    def one_pass() -> int:
+        try:
+            return cmd_run(args, config.from_env(), stop)
+        except ArchiverError as exc:
+            log.error("%s", exc)
+            return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.QUERY_FAILED
+
+    return scheduler.run_forever(cron, one_pass, stop=stop, run_at_start=args.run_at_start)
+
+
+def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
+    healthy, message = scheduler.health()
+    print(message)
+    return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
+
+
+def program(args: argparse.Namespace) -> int:
+    """The main program without error handling."""
+    settings = config.from_env()
+    logs.setup(settings.log_level, getattr(args, "log_format", "text"))
+    if args.command == "run":
+        return cmd_run(args, settings, threading.Event())
+    handlers = {
+        "validate": cmd_validate,
+        "status": cmd_status,
+        "reset": cmd_reset,
+        "db": cmd_db,
+        "schedule": cmd_schedule,
+        "health": cmd_health,
+    }
+    return handlers[args.command](args, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(program(args))
+    except KeyboardInterrupt:
+        print("nr-archiver: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except (ConfigError, StateError) as exc:
+        print(f"nr-archiver: error: {logs.redact(str(exc))}", file=sys.stderr)
+        return ExitCode.USAGE
+    except ArchiverError as exc:
+        print(f"nr-archiver: error: {logs.redact(str(exc))}", file=sys.stderr)
+        return ExitCode.QUERY_FAILED

@@ -1,0 +1,330 @@
+"""The only module that knows the order: plan → fetch → transform → write → advance.
+
+One job is one (query, target) pair. Jobs run in parallel threads; New Relic requests share
+one limiter. A job's failure is recorded and reported, never raised past `run()`: one broken
+query must not stop the others. The checkpoint (or backfill progress) moves in its own
+transaction after InfluxDB acknowledged every line of the window, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from archiver import transform, windows
+from archiver.cardinality import SeriesGuard
+from archiver.errors import ArchiverError, ConfigError, ExitCode
+from archiver.influx import InfluxV1Sink, RetentionPolicy
+from archiver.limiter import Limiter
+from archiver.logs import redact
+from archiver.newrelic import NerdGraphClient
+from archiver.queries import QueryDef, QueryFileProblem, Target
+from archiver.windows import Range, Window, iso
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = timedelta(minutes=10)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    since: datetime
+    until: datetime | None = None
+
+
+@dataclass
+class JobResult:
+    query: str
+    target: str
+    status: str = "ok"  # ok | failed | busy (another process holds it) | interrupted
+    windows: int = 0
+    points: int = 0
+    nr_requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    exported_until: datetime | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass
+class RunReport:
+    jobs: list[JobResult] = field(default_factory=list)
+    problems: list[QueryFileProblem] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.problems or any(job.failed for job in self.jobs):
+            return ExitCode.QUERY_FAILED
+        return ExitCode.OK
+
+
+@dataclass
+class WindowSizer:
+    """Learns rows per bucket from each answer, so the next request stays small."""
+
+    interval: timedelta
+    rows_per_bucket: float | None = None
+
+    def buckets(self, has_facets: bool) -> int:
+        return windows.buckets_per_request(
+            has_facets=has_facets, rows_per_bucket=self.rows_per_bucket
+        )
+
+    def learn(self, window: Window, rows: int) -> None:
+        self.rows_per_bucket = rows / max(1, window.buckets(self.interval))
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    query: QueryDef
+    target: Target
+    account_id: int
+    segments: list[tuple[datetime, datetime]]
+    skipped: list[str]
+
+
+def account_for(query: QueryDef, default: int | None) -> int:
+    account = query.account_id or default
+    if account is None:
+        raise ConfigError(
+            f"{query.path}: query {query.name!r} has no account_id and NEW_RELIC_ACCOUNT_ID "
+            "is not set"
+        )
+    return account
+
+
+class Runner:
+    """Runs one pass (incremental or backfill) over a list of queries."""
+
+    def __init__(
+        self,
+        *,
+        state,
+        sink: InfluxV1Sink | None,
+        client_factory: Callable[[], NerdGraphClient] | None,
+        default_account: int | None,
+        workers: int = 4,
+        now: Callable[[], datetime] = utcnow,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.state = state
+        self.sink = sink
+        self.client_factory = client_factory
+        self.default_account = default_account
+        self.workers = max(1, workers)
+        self.now = now
+        self.stop = stop or threading.Event()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._policies: dict[tuple[str, str | None], RetentionPolicy] = {}
+        self._policies_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(
+        self, query: QueryDef, target: Target, backfill: Backfill | None, rp: RetentionPolicy | None
+    ) -> PlannedJob:
+        now = self.now()
+        rp_duration = (
+            timedelta(seconds=rp.duration_seconds) if rp and rp.duration_seconds else None
+        )
+        rng = self._range(query, target, backfill, now, rp_duration)
+        segments = [] if rng.empty else [(rng.since, rng.until)]
+        if backfill is not None and segments:
+            segments = windows.subtract(
+                segments[0], self.state.backfill_done(query.name, target.key)
+            )
+        return PlannedJob(
+            query, target, account_for(query, self.default_account), segments, rng.skipped
+        )
+
+    def _range(
+        self,
+        query: QueryDef,
+        target: Target,
+        backfill: Backfill | None,
+        now: datetime,
+        rp_duration: timedelta | None,
+    ) -> Range:
+        common = {
+            "now": now,
+            "interval": target.interval,
+            "lag": query.lag,
+            "nr_retention": query.nr_retention,
+            "rp_duration": rp_duration,
+        }
+        if backfill is not None:
+            return windows.backfill_range(since=backfill.since, until=backfill.until, **common)
+        return windows.incremental_range(
+            checkpoint=self.state.checkpoint(query.name, target.key),
+            start=query.start,
+            lookback=query.lookback,
+            **common,
+        )
+
+    def windows_of(self, job: PlannedJob, sizer: WindowSizer) -> Iterator[Window]:
+        """The job's windows; each one's size follows the rows per bucket seen so far."""
+        for since, until in job.segments:
+            while since < until:
+                window = windows.next_window(
+                    since, until, job.target.interval, sizer.buckets(bool(job.query.facets))
+                )
+                yield window
+                since = window.until
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        queries: list[QueryDef],
+        backfill: Backfill | None = None,
+        problems: list[QueryFileProblem] | None = None,
+    ) -> RunReport:
+        report = RunReport(problems=list(problems or []))
+        for query in queries:
+            account_for(query, self.default_account)  # every config error before any work
+        kind = "backfill" if backfill else "incremental"
+        pairs = [(query, target) for query in queries for target in query.targets]
+        run_id = self.state.start_run(kind, self.now())
+        try:
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="job") as pool:
+                report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
+        finally:
+            self.state.finish_run(run_id, int(report.exit_code), self.now())
+        return report
+
+    def dry_run(
+        self, queries: list[QueryDef], backfill: Backfill | None = None
+    ) -> Iterator[tuple[PlannedJob, list[Window]]]:
+        """The plan without touching New Relic or InfluxDB (retention policies are not read)."""
+        for query in queries:
+            for target in query.targets:
+                job = self.plan(query, target, backfill, rp=None)
+                yield job, list(self.windows_of(job, self.sizer(job)))
+
+    def _job(
+        self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
+    ) -> JobResult:
+        result = JobResult(query.name, target.key)
+        started = time.monotonic()
+        export_id = self.state.start_export(run_id, query.name, target.key, self.now())
+        job: PlannedJob | None = None
+        try:
+            if not self.state.acquire_lease(
+                query.name, target.key, self.holder, LEASE_TTL, self.now()
+            ):
+                result.status = "busy"
+                log.warning("%s → %s: another run is exporting it; skipped", query.name, target.key)
+                return result
+            try:
+                job = self.plan(query, target, backfill, self._retention_policy(target))
+                self._export(job, export_id, result, backfill is not None)
+            finally:
+                self.state.release_lease(query.name, target.key, self.holder)
+        except ArchiverError as exc:
+            result.status, result.error = "failed", redact(str(exc))
+        except Exception as exc:  # a bug must fail this job only, with its type in the message
+            log.debug("unexpected error in %s → %s", query.name, target.key, exc_info=True)
+            result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
+        finally:
+            result.seconds = time.monotonic() - started
+            result.exported_until = (
+                self.state.checkpoint(query.name, target.key) if backfill is None else None
+            )
+            self.state.finish_export(
+                export_id,
+                status=result.status,
+                now=self.now(),
+                since=job.segments[0][0] if job and job.segments else None,
+                nr_requests=result.nr_requests,
+                retries=result.retries,
+                error=result.error,
+            )
+            self._report(result)
+        return result
+
+    def _export(self, job: PlannedJob, export_id: int, result: JobResult, backfill: bool) -> None:
+        name, key = job.query.name, job.target.key
+        for note in job.skipped:
+            log.warning("%s → %s: %s", name, key, note)
+        client = self._client()
+        guard = SeriesGuard(job.query.facets, job.query.max_series)
+        sizer = self.sizer(job)
+        for window in self.windows_of(job, sizer):
+            if self.stop.is_set():
+                result.status = "interrupted"
+                return
+            nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+            answer = client.query(job.account_id, nrql)
+            result.nr_requests += answer.requests
+            result.retries += answer.retries
+            guard.check(answer.results, answer.facets)
+            lines = transform.to_lines(
+                answer.results, answer.facets, job.query.measurement, job.query.tags
+            )
+            written = self.sink.write(job.target.database, job.target.retention_policy, lines)
+            self.state.record_window(
+                export_id, name, key, window.since, window.until, len(lines), self.now(),
+                backfill=backfill,
+            )
+            result.windows += 1
+            result.points += written.lines - written.dropped_beyond_retention
+            sizer.learn(window, len(answer.results))
+            log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
+            self.state.acquire_lease(name, key, self.holder, LEASE_TTL, self.now())
+        if backfill:
+            for since, until in job.segments:
+                self.state.finish_backfill(name, key, since, until)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def sizer(self, job: PlannedJob) -> WindowSizer:
+        """Start from the last window this (query, target) wrote, if any."""
+        sizer = WindowSizer(job.target.interval)
+        if last := self.state.last_window(job.query.name, job.target.key):
+            sizer.learn(Window(last[0], last[1]), last[2])
+        return sizer
+
+    def _client(self) -> NerdGraphClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.client_factory()
+        return client
+
+    def _retention_policy(self, target: Target) -> RetentionPolicy:
+        key = (target.database, target.retention_policy)
+        with self._policies_lock:
+            if key not in self._policies:
+                self._policies[key] = self.sink.ensure_target(
+                    target.database, target.retention_policy, target.retention_duration
+                )
+            return self._policies[key]
+
+    def _report(self, result: JobResult) -> None:
+        head = f"{result.query} → {result.target}"
+        if result.failed:
+            log.error("%s: FAILED: %s", head, result.error)
+        elif result.status == "ok":
+            until = iso(result.exported_until) if result.exported_until else "-"
+            log.info(
+                "%s: %d windows, %d points, %d New Relic requests (%d retries), "
+                "exported until %s, %.1fs",
+                head, result.windows, result.points, result.nr_requests, result.retries,
+                until, result.seconds,
+            )

@@ -1,0 +1,502 @@
+"""The state database: checkpoints, backfill progress, leases and the run log.
+
+SQLAlchemy Core over SQLite (default) or PostgreSQL. The schema belongs to the Alembic
+migrations in `migrations/`; the tables below only describe it for queries, and
+`upgrade()` is the one place that changes it. Instants are stored as epoch seconds (BIGINT):
+the same on every backend, with no time-zone surprises.
+
+A checkpoint moves in the same transaction that logs the window, and only after InfluxDB
+acknowledged the window's points (the runner's job).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from archiver.errors import StateError
+from archiver.logs import redact
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("query", sa.String(200), primary_key=True),
+    sa.Column("target", sa.String(400), primary_key=True),
+    sa.Column("exported_until", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+)
+
+exports = sa.Table(
+    "exports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("query", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(400), nullable=False),
+    sa.Column("since", sa.BigInteger),
+    sa.Column("until", sa.BigInteger),
+    sa.Column("windows", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("points", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("nr_requests", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+    sa.Index("ix_exports_query_target", "query", "target", "id"),
+)
+
+windows_log = sa.Table(
+    "windows",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("export_id", sa.Integer, sa.ForeignKey("exports.id"), nullable=False),
+    sa.Column("query", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(400), nullable=False),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.Column("until", sa.BigInteger, nullable=False),
+    sa.Column("points", sa.Integer, nullable=False),
+    sa.Column("written_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_windows_written_at", "written_at"),
+)
+
+backfill_progress = sa.Table(
+    "backfill_progress",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("query", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(400), nullable=False),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.Column("until", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_backfill_progress_query_target", "query", "target"),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("query", sa.String(200), primary_key=True),
+    sa.Column("target", sa.String(400), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+)
+
+WINDOW_LOG_DAYS = 30
+
+
+def epoch(t: datetime) -> int:
+    return int(t.timestamp())
+
+
+def from_epoch(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+
+def migrations_dir() -> Path:
+    """`ARCHIVER_MIGRATIONS_DIR`, else `migrations/` next to the package (a source checkout)."""
+    if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def _describe(exc: Exception) -> str:
+    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return redact(message)
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise StateError(f"ARCHIVER_DB_URL is not usable: {_describe(exc)}") from None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply the Alembic migrations up to head (what `nr-archiver db upgrade` runs)."""
+    config = _alembic_config()
+    try:
+        with engine.begin() as conn:
+            if current_revision(conn) == head_revision():
+                return
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except (OperationalError, DBAPIError) as exc:
+        # Two processes starting at once may both migrate; the loser finds the schema done.
+        with engine.connect() as conn:
+            if current_revision(conn) == head_revision():
+                return
+        raise StateError(f"cannot migrate the state database: {_describe(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    query: str
+    target: str
+    exported_until: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    query: str
+    target: str
+    status: str
+    error: str | None
+    since: datetime | None
+    until: datetime | None
+    windows: int
+    points: int
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class State:
+    """All reads and writes of the state database. Every method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> State:
+        engine = make_engine(url)
+        if migrate:
+            upgrade(engine)
+        return cls(engine)
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction; database failures become one-line StateErrors."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StateError(f"state database: {_describe(exc)}") from None
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, query: str, target: str) -> datetime | None:
+        with self._begin() as conn:
+            value = conn.execute(
+                sa.select(checkpoints.c.exported_until).where(
+                    checkpoints.c.query == query, checkpoints.c.target == target
+                )
+            ).scalar()
+        return from_epoch(value)
+
+    def all_checkpoints(self) -> list[Checkpoint]:
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(checkpoints).order_by("query", "target")).all()
+        return [
+            Checkpoint(r.query, r.target, from_epoch(r.exported_until), from_epoch(r.updated_at))
+            for r in rows
+        ]
+
+    def set_checkpoint(self, query: str, target: str, until: datetime, now: datetime) -> None:
+        """Move a checkpoint on purpose (`nr-archiver reset`), backwards or forwards."""
+        with self._begin() as conn:
+            _upsert_checkpoint(conn, query, target, epoch(until), epoch(now), only_forward=False)
+
+    # -- the run log ---------------------------------------------------------------------------
+
+    def start_run(self, kind: str, now: datetime) -> int:
+        with self._begin() as conn:
+            return conn.execute(
+                runs.insert().values(
+                    kind=kind,
+                    started_at=epoch(now),
+                    host=socket.gethostname()[:200],
+                    pid=os.getpid(),
+                )
+            ).inserted_primary_key[0]
+
+    def finish_run(self, run_id: int, exit_code: int, now: datetime) -> None:
+        cutoff = epoch(now - timedelta(days=WINDOW_LOG_DAYS))
+        with self._begin() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(finished_at=epoch(now), exit_code=exit_code)
+            )
+            conn.execute(windows_log.delete().where(windows_log.c.written_at < cutoff))
+
+    def start_export(self, run_id: int, query: str, target: str, now: datetime) -> int:
+        with self._begin() as conn:
+            return conn.execute(
+                exports.insert().values(
+                    run_id=run_id,
+                    query=query,
+                    target=target,
+                    status="running",
+                    started_at=epoch(now),
+                )
+            ).inserted_primary_key[0]
+
+    def finish_export(
+        self,
+        export_id: int,
+        *,
+        status: str,
+        now: datetime,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        nr_requests: int = 0,
+        retries: int = 0,
+        error: str | None = None,
+    ) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                exports.update()
+                .where(exports.c.id == export_id)
+                .values(
+                    status=status,
+                    error=redact(error) if error else None,
+                    since=None if since is None else epoch(since),
+                    until=None if until is None else epoch(until),
+                    nr_requests=nr_requests,
+                    retries=retries,
+                    finished_at=epoch(now),
+                )
+            )
+
+    def record_window(
+        self,
+        export_id: int,
+        query: str,
+        target: str,
+        since: datetime,
+        until: datetime,
+        points: int,
+        now: datetime,
+        *,
+        backfill: bool,
+    ) -> None:
+        """Log a written window and move the checkpoint (or the backfill's progress) with it."""
+        with self._begin() as conn:
+            conn.execute(
+                windows_log.insert().values(
+                    export_id=export_id,
+                    query=query,
+                    target=target,
+                    since=epoch(since),
+                    until=epoch(until),
+                    points=points,
+                    written_at=epoch(now),
+                )
+            )
+            conn.execute(
+                exports.update()
+                .where(exports.c.id == export_id)
+                .values(
+                    windows=exports.c.windows + 1,
+                    points=exports.c.points + points,
+                    until=epoch(until),
+                )
+            )
+            if backfill:
+                _extend_backfill(conn, query, target, epoch(since), epoch(until), epoch(now))
+            else:
+                _upsert_checkpoint(conn, query, target, epoch(until), epoch(now), only_forward=True)
+
+    def latest_exports(self) -> dict[tuple[str, str], ExportRecord]:
+        latest = (
+            sa.select(sa.func.max(exports.c.id))
+            .where(exports.c.status != "running")
+            .group_by(exports.c.query, exports.c.target)
+        )
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(exports).where(exports.c.id.in_(latest))).all()
+        return {
+            (r.query, r.target): ExportRecord(
+                query=r.query,
+                target=r.target,
+                status=r.status,
+                error=r.error,
+                since=from_epoch(r.since),
+                until=from_epoch(r.until),
+                windows=r.windows,
+                points=r.points,
+                started_at=from_epoch(r.started_at),
+                finished_at=from_epoch(r.finished_at),
+            )
+            for r in rows
+        }
+
+    def windows_written(self, query: str, target: str) -> list[tuple[datetime, datetime]]:
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(windows_log.c.since, windows_log.c.until)
+                .where(windows_log.c.query == query, windows_log.c.target == target)
+                .order_by(windows_log.c.id)
+            ).all()
+        return [(from_epoch(r.since), from_epoch(r.until)) for r in rows]
+
+    def last_window(self, query: str, target: str) -> tuple[datetime, datetime, int] | None:
+        """The newest window written for (query, target): since, until, points."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(windows_log.c.since, windows_log.c.until, windows_log.c.points)
+                .where(windows_log.c.query == query, windows_log.c.target == target)
+                .order_by(windows_log.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (from_epoch(row.since), from_epoch(row.until), row.points)
+
+    def is_migrated(self) -> bool:
+        with self._begin() as conn:
+            return current_revision(conn) == head_revision()
+
+    # -- backfill progress ---------------------------------------------------------------------
+
+    def backfill_done(self, query: str, target: str) -> list[tuple[datetime, datetime]]:
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(backfill_progress.c.since, backfill_progress.c.until).where(
+                    backfill_progress.c.query == query, backfill_progress.c.target == target
+                )
+            ).all()
+        return [(from_epoch(r.since), from_epoch(r.until)) for r in rows]
+
+    def finish_backfill(self, query: str, target: str, since: datetime, until: datetime) -> None:
+        """A completed backfill forgets its progress, so the same command later exports anew."""
+        with self._begin() as conn:
+            conn.execute(
+                backfill_progress.delete().where(
+                    backfill_progress.c.query == query,
+                    backfill_progress.c.target == target,
+                    backfill_progress.c.since >= epoch(since),
+                    backfill_progress.c.until <= epoch(until),
+                )
+            )
+
+    # -- leases --------------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, query: str, target: str, holder: str, ttl: timedelta, now: datetime
+    ) -> bool:
+        """Take or renew the (query, target) lease; False if another live holder has it.
+
+        Compare-and-set on `expires_at`, so it is atomic on SQLite and PostgreSQL alike.
+        """
+        expires = epoch(now + ttl)
+        where = (leases.c.query == query, leases.c.target == target)
+        with self._begin() as conn:
+            current = conn.execute(sa.select(leases).where(*where)).first()
+            if current is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            leases.insert().values(
+                                query=query, target=target, holder=holder, expires_at=expires
+                            )
+                        )
+                except IntegrityError:
+                    return False
+                return True
+            if current.holder != holder and current.expires_at > epoch(now):
+                return False
+            taken = conn.execute(
+                leases.update()
+                .where(*where, leases.c.holder == current.holder)
+                .where(leases.c.expires_at == current.expires_at)
+                .values(holder=holder, expires_at=expires)
+            )
+            return taken.rowcount == 1
+
+    def release_lease(self, query: str, target: str, holder: str) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                leases.delete().where(
+                    leases.c.query == query, leases.c.target == target, leases.c.holder == holder
+                )
+            )
+
+
+def _upsert_checkpoint(
+    conn: Connection, query: str, target: str, until: int, now: int, *, only_forward: bool
+) -> None:
+    where = (checkpoints.c.query == query, checkpoints.c.target == target)
+    current = conn.execute(sa.select(checkpoints.c.exported_until).where(*where)).scalar()
+    if current is None:
+        conn.execute(
+            checkpoints.insert().values(
+                query=query, target=target, exported_until=until, updated_at=now
+            )
+        )
+    elif not only_forward or until > current:
+        conn.execute(checkpoints.update().where(*where).values(exported_until=until, updated_at=now))
+
+
+def _extend_backfill(
+    conn: Connection, query: str, target: str, since: int, until: int, now: int
+) -> None:
+    """Grow the segment that ends where this window starts, or start a new one."""
+    extended = conn.execute(
+        backfill_progress.update()
+        .where(
+            backfill_progress.c.query == query,
+            backfill_progress.c.target == target,
+            backfill_progress.c.until == since,
+        )
+        .values(until=until, updated_at=now)
+    )
+    if extended.rowcount == 0:
+        conn.execute(
+            backfill_progress.insert().values(
+                query=query, target=target, since=since, until=until, updated_at=now
+            )
+        )
