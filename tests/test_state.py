@@ -1,0 +1,170 @@
+"""The state database on real SQLite and real PostgreSQL (127.0.0.1:5432, database `test`)."""
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from archiver import state as state_module
+from archiver.errors import StateError
+from archiver.state import State
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+MIN = timedelta(minutes=1)
+PG_ADMIN_URL = os.environ.get("ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"nr_archiver_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # each test starts from an empty schema
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def state(db_url):
+    s = State.open(db_url)
+    yield s
+    s.engine.dispose()
+
+
+def test_migrations_create_exactly_the_tables_the_code_uses(db_url):
+    s = State.open(db_url)
+    with s.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), state_module.metadata)
+    assert diff == []
+    assert s.is_migrated()
+
+
+def test_opening_twice_does_not_migrate_again(db_url):
+    State.open(db_url)
+    State.open(db_url)  # would raise "table already exists" if it re-ran the migration
+
+
+def test_opening_without_migrating_creates_nothing(tmp_path):
+    s = State.open(f"sqlite:///{tmp_path / 'x.db'}", migrate=False)
+    assert not s.is_migrated()
+    assert sa.inspect(s.engine).get_table_names() == []
+
+
+def test_checkpoint_only_moves_forward_when_windows_are_recorded(state):
+    run = state.start_run("incremental", NOW)
+    export = state.start_export(run, "q", "db.rp", NOW)
+    state.record_window(export, "q", "db.rp", NOW - 2 * MIN, NOW - MIN, 5, NOW, backfill=False)
+    assert state.checkpoint("q", "db.rp") == NOW - MIN
+    state.record_window(export, "q", "db.rp", NOW - 3 * MIN, NOW - 2 * MIN, 5, NOW, backfill=False)
+    assert state.checkpoint("q", "db.rp") == NOW - MIN
+
+
+def test_backfill_windows_never_touch_the_checkpoint(state):
+    run = state.start_run("backfill", NOW)
+    export = state.start_export(run, "q", "t", NOW)
+    state.record_window(export, "q", "t", NOW - 10 * MIN, NOW - 9 * MIN, 1, NOW, backfill=True)
+    state.record_window(export, "q", "t", NOW - 9 * MIN, NOW - 8 * MIN, 1, NOW, backfill=True)
+    state.record_window(export, "q", "t", NOW - 5 * MIN, NOW - 4 * MIN, 1, NOW, backfill=True)
+    assert state.checkpoint("q", "t") is None
+    assert sorted(state.backfill_done("q", "t")) == [
+        (NOW - 10 * MIN, NOW - 8 * MIN),
+        (NOW - 5 * MIN, NOW - 4 * MIN),
+    ]
+    state.finish_backfill("q", "t", NOW - 10 * MIN, NOW)
+    assert state.backfill_done("q", "t") == []
+
+
+def test_set_checkpoint_moves_backwards_on_purpose(state):
+    state.set_checkpoint("q", "t", NOW, NOW)
+    state.set_checkpoint("q", "t", NOW - timedelta(days=1), NOW)
+    assert state.checkpoint("q", "t") == NOW - timedelta(days=1)
+
+
+def test_latest_exports_and_last_window_feed_status(state):
+    run = state.start_run("incremental", NOW)
+    first = state.start_export(run, "q", "t", NOW)
+    state.finish_export(first, status="failed", now=NOW, error="boom")
+    second = state.start_export(run, "q", "t", NOW)
+    state.record_window(second, "q", "t", NOW - MIN, NOW, 42, NOW, backfill=False)
+    state.finish_export(second, status="ok", now=NOW, nr_requests=3)
+    latest = state.latest_exports()[("q", "t")]
+    assert (latest.status, latest.error, latest.windows, latest.points) == ("ok", None, 1, 42)
+    assert state.last_window("q", "t") == (NOW - MIN, NOW, 42)
+
+
+def test_errors_stored_in_state_are_redacted(state):
+    from archiver import logs
+
+    logs.register_secret("NRAK-SECRETSECRET")
+    run = state.start_run("incremental", NOW)
+    export = state.start_export(run, "q", "t", NOW)
+    state.finish_export(export, status="failed", now=NOW, error="key NRAK-SECRETSECRET refused")
+    assert "NRAK-SECRETSECRET" not in state.latest_exports()[("q", "t")].error
+
+
+def test_lease_is_exclusive_until_it_expires(state):
+    ttl = timedelta(minutes=10)
+    assert state.acquire_lease("q", "t", "a", ttl, NOW)
+    assert not state.acquire_lease("q", "t", "b", ttl, NOW)
+    assert state.acquire_lease("q", "t", "a", ttl, NOW + MIN)  # renewal by its holder
+    assert state.acquire_lease("q", "t", "b", ttl, NOW + 12 * MIN)  # holder died: expired
+    assert not state.acquire_lease("q", "t", "a", ttl, NOW + 12 * MIN)
+    state.release_lease("q", "t", "b")
+    assert state.acquire_lease("q", "t", "a", ttl, NOW + 13 * MIN)
+
+
+def test_window_log_is_pruned_after_30_days(state):
+    run = state.start_run("incremental", NOW)
+    export = state.start_export(run, "q", "t", NOW)
+    old = NOW - timedelta(days=40)
+    state.record_window(export, "q", "t", old, old + MIN, 1, old, backfill=False)
+    state.record_window(export, "q", "t", NOW - MIN, NOW, 1, NOW, backfill=False)
+    state.finish_run(run, 0, NOW)
+    assert state.windows_written("q", "t") == [(NOW - MIN, NOW)]
+
+
+def test_read_only_state_database_gives_one_line(tmp_path):
+    path = tmp_path / "ro.db"
+    State.open(f"sqlite:///{path}").engine.dispose()
+    s = State.open(f"sqlite:///file:{path}?mode=ro&uri=true")  # read-only even for root
+    with pytest.raises(StateError, match="state database: attempt to write a readonly database"):
+        s.start_run("incremental", NOW)
+
+
+def test_locked_state_database_gives_one_line(tmp_path):
+    path = tmp_path / "locked.db"
+    State.open(f"sqlite:///{path}").engine.dispose()
+    locker = sa.create_engine(f"sqlite:///{path}")
+    with locker.connect() as conn:
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        s = State(sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1}))
+        with pytest.raises(StateError, match="state database: database is locked"):
+            s.checkpoint("q", "t")
+        conn.exec_driver_sql("ROLLBACK")
+
+
+def test_unusable_url_is_a_state_error():
+    with pytest.raises(StateError, match="ARCHIVER_DB_URL"):
+        State.open("nosuchdialect://x")
