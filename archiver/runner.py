@@ -56,6 +56,7 @@ class JobResult:
     seconds: float = 0.0
     exported_until: datetime | None = None
     error: str | None = None
+    window: Window | None = None  # the window being exported when it failed
 
     @property
     def failed(self) -> bool:
@@ -270,6 +271,7 @@ class Runner:
             if self.stop.is_set():
                 result.status = "interrupted"
                 return
+            result.window = window
             nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
             answer = client.query(job.account_id, nrql)
             result.nr_requests += answer.requests
@@ -288,6 +290,7 @@ class Runner:
             sizer.learn(window, len(answer.results))
             log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
             self.state.acquire_lease(name, key, self.holder, LEASE_TTL, self.now())
+        result.window = None
         if backfill:
             for since, until in job.segments:
                 self.state.finish_backfill(name, key, since, until)
@@ -319,7 +322,8 @@ class Runner:
     def _report(self, result: JobResult) -> None:
         head = f"{result.query} → {result.target}"
         if result.failed:
-            log.error("%s: FAILED: %s", head, result.error)
+            where = f" (window {result.window})" if result.window else ""
+            log.error("%s: FAILED%s: %s", head, where, result.error)
         elif result.status == "ok":
             until = iso(result.exported_until) if result.exported_until else "-"
             log.info(

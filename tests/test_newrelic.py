@@ -1,0 +1,625 @@
+"""The NerdGraph client against New Relic faked at the HTTP boundary (`responses`, or a real
+local HTTP server where urllib3 itself must run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+import responses
+import urllib3.exceptions
+
+from archiver import logs
+from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.limiter import Limiter
+from archiver.newrelic import GRAPHQL, NerdGraphClient, NrqlResult
+
+URL = "https://api.newrelic.com/graphql"
+KEY = "NRAK-TEST0123456789ABCDEFGHIJKLM"
+ACCOUNT = 1234567
+NRQL = "SELECT count(*) FROM Transaction FACET appName SINCE 1700000000 UNTIL 1700003600"
+ROWS = [
+    {"appName": "App1", "facet": "App1", "count": 100, "beginTimeSeconds": 1700000000},
+    {"appName": "App2", "facet": "App2", "count": 2.5, "beginTimeSeconds": 1700000000},
+]
+
+
+class FakeTime:
+    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def nrql_answer(rows: list[dict[str, Any]], facets: Any = None) -> dict[str, Any]:
+    metadata = {"facets": facets, "eventTypes": ["Transaction"], "messages": []}
+    nrql = {"results": rows, "metadata": metadata}
+    return {"data": {"actor": {"account": {"nrql": nrql}}}}
+
+
+def graphql_errors(*errors: dict[str, Any]) -> dict[str, Any]:
+    return {"data": {"actor": {"account": {"nrql": None}}}, "errors": list(errors)}
+
+
+def error(message: str, error_class: str | None = None, **extensions: str) -> dict[str, Any]:
+    if error_class:
+        extensions["errorClass"] = error_class
+    return {"message": message, "path": ["actor", "account", "nrql"], "extensions": extensions}
+
+
+def connection_error(reason: Exception) -> requests.ConnectionError:
+    """What requests raises when urllib3 could not connect for `reason`."""
+    return requests.ConnectionError(urllib3.exceptions.MaxRetryError(None, URL, reason))  # type: ignore[arg-type]
+
+
+def refused() -> requests.ConnectionError:
+    new_connection = urllib3.exceptions.NewConnectionError(
+        None,  # type: ignore[arg-type]
+        "Failed to establish a new connection: [Errno 111] Connection refused",
+    )
+    new_connection.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    return connection_error(new_connection)
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def client(fake_time: FakeTime) -> Iterator[NerdGraphClient]:
+    with NerdGraphClient(
+        URL, KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+    ) as nerdgraph:
+        yield nerdgraph
+
+
+@pytest.fixture
+def nr() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock() as mock:
+        yield mock
+
+
+def assert_no_key(exc: BaseException) -> None:
+    chain: BaseException | None = exc
+    while chain is not None:
+        assert KEY not in str(chain) and KEY not in repr(chain)
+        chain = chain.__cause__ or chain.__context__
+
+
+# --- success -------------------------------------------------------------------------------
+
+
+def test_rows_and_facets_come_back_with_the_request_count(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=nrql_answer(ROWS, facets=["appName"]))
+
+    result = client.query(ACCOUNT, NRQL)
+
+    assert result == NrqlResult(results=ROWS, facets=("appName",), requests=1, retries=0)
+    assert fake_time.sleeps == []
+
+
+@pytest.mark.parametrize("facets", [None, []], ids=["null", "empty"])
+def test_no_facets_give_an_empty_tuple(
+    client: NerdGraphClient, nr: responses.RequestsMock, facets: Any
+) -> None:
+    nr.post(URL, json=nrql_answer([{"count": 5}], facets=facets))
+    assert client.query(ACCOUNT, NRQL).facets == ()
+
+
+def test_an_answer_without_metadata_still_gives_its_rows(
+    client: NerdGraphClient, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, json={"data": {"actor": {"account": {"nrql": {"results": [{"count": 5}]}}}}})
+    assert client.query(ACCOUNT, NRQL) == NrqlResult([{"count": 5}], (), 1, 0)
+
+
+def test_the_nrql_travels_as_a_variable_with_the_key_in_a_header(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, json=nrql_answer(ROWS))
+    NerdGraphClient(URL, KEY, nrql_timeout=90, sleep=fake_time.sleep).query(ACCOUNT, NRQL)
+
+    request = nr.calls[0].request
+    body = json.loads(request.body)
+    assert body["variables"] == {"accountId": ACCOUNT, "nrql": NRQL, "timeout": 90}
+    assert body["query"] == GRAPHQL
+    assert "FROM Transaction" not in body["query"] and str(ACCOUNT) not in body["query"]
+    assert "timeout: $timeout" in body["query"] and "$timeout: Seconds" in body["query"]
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["API-Key"] == KEY
+
+
+# --- permanent failures: classified, never retried ----------------------------------------
+
+BAD_KEY_MESSAGE = (
+    "New Relic rejected the API key (HTTP 401): check NEW_RELIC_API_KEY (a user key, NRAK-...)"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "expected", "message"),
+    [
+        pytest.param(
+            401,
+            {"errors": [{"message": "Unauthorized"}]},
+            AuthError,
+            BAD_KEY_MESSAGE,
+            id="http-401",
+        ),
+        pytest.param(
+            200,
+            graphql_errors(error("Invalid credentials", error_code="BAD_API_KEY")),
+            AuthError,
+            "New Relic rejected the API key (BAD_API_KEY): check NEW_RELIC_API_KEY "
+            "(a user key, NRAK-...)",
+            id="bad-api-key-code",
+        ),
+        pytest.param(
+            200,
+            graphql_errors(error("Invalid API key")),
+            AuthError,
+            "New Relic rejected the API key (BAD_API_KEY): check NEW_RELIC_API_KEY "
+            "(a user key, NRAK-...)",
+            id="invalid-api-key-message",
+        ),
+        pytest.param(
+            403,
+            {"errors": [{"message": "Forbidden resource"}]},
+            AuthError,
+            "New Relic refused the request (HTTP 403): Forbidden resource: check that "
+            "NEW_RELIC_API_KEY is a user key (NRAK-...) allowed to query this account",
+            id="http-403",
+        ),
+        pytest.param(
+            400,
+            {"errors": [{"message": "Variable $nrql of type Nrql! was provided invalid value"}]},
+            NewRelicError,
+            "New Relic answered HTTP 400: Variable $nrql of type Nrql! was provided invalid value",
+            id="http-400-graphql",
+        ),
+        pytest.param(
+            404,
+            "<html><body>  Not\n\n Found </body></html>",
+            NewRelicError,
+            "New Relic answered HTTP 404: '<html><body> Not Found </body></html>'",
+            id="http-404-html",
+        ),
+        pytest.param(
+            200,
+            graphql_errors(
+                error(
+                    "NRQL Syntax Error: Error at line 1 position 15, unexpected 'FROM'",
+                    "INVALID_INPUT",
+                )
+            ),
+            NewRelicError,
+            "NRQL Syntax Error: Error at line 1 position 15, unexpected 'FROM'",
+            id="nrql-syntax",
+        ),
+        pytest.param(
+            200,
+            graphql_errors(error("You are not authorized to query account 2022412")),
+            NewRelicError,
+            "You are not authorized to query account 2022412",
+            id="forbidden-account",
+        ),
+        pytest.param(
+            200,
+            graphql_errors(
+                error("TIMESERIES supports a maximum of 366 buckets", "INVALID_INPUT"),
+                error("TIMESERIES supports a maximum of 366 buckets", "INVALID_INPUT"),
+                error("Your query's start time must be before its end time."),
+            ),
+            NewRelicError,
+            "TIMESERIES supports a maximum of 366 buckets; "
+            "Your query's start time must be before its end time.",
+            id="several-errors-joined-once-each",
+        ),
+    ],
+)
+def test_permanent_failures_fail_at_once_with_a_clear_message(
+    client: NerdGraphClient,
+    nr: responses.RequestsMock,
+    fake_time: FakeTime,
+    status: int,
+    answer: Any,
+    expected: type[Exception],
+    message: str,
+) -> None:
+    if isinstance(answer, str):
+        nr.post(URL, status=status, body=answer, content_type="text/html")
+    else:
+        nr.post(URL, status=status, json=answer)
+
+    with pytest.raises(expected) as raised:
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value) == message
+    assert len(nr.calls) == 1 and fake_time.sleeps == []
+    assert_no_key(raised.value)
+
+
+def test_a_redirect_is_not_followed_so_the_key_stays_home(
+    client: NerdGraphClient, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, status=301, headers={"Location": "https://elsewhere.example/graphql"})
+
+    with pytest.raises(NewRelicError, match=r"redirect to https://elsewhere\.example/graphql"):
+        client.query(ACCOUNT, NRQL)
+    assert len(nr.calls) == 1
+
+
+def test_a_key_echoed_back_by_a_server_is_redacted_from_the_message(
+    client: NerdGraphClient, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, status=400, body=f"bad header API-Key: {KEY}", content_type="text/plain")
+
+    with pytest.raises(NewRelicError) as raised:
+        client.query(ACCOUNT, NRQL)
+    assert str(raised.value) == "New Relic answered HTTP 400: 'bad header API-Key: ***'"
+
+
+# --- transient failures: classified, retried, then reported -------------------------------
+
+HTML_PAGE = """<html>
+  <head><title>502 Bad Gateway</title></head>
+  <body>
+    <center><h1>502 Bad Gateway</h1></center>
+    <hr><center>nginx</center>
+  </body>
+</html>"""
+
+
+def answer_kwargs(status: int, answer: Any) -> dict[str, Any]:
+    if isinstance(answer, Exception):
+        return {"body": answer}
+    if isinstance(answer, str):
+        return {"status": status, "body": answer, "content_type": "text/html"}
+    return {"status": status, "json": answer}
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "message"),
+    [
+        pytest.param(
+            500,
+            {"errors": [{"message": "oops"}]},
+            "New Relic answered HTTP 500: oops",
+            id="http-500",
+        ),
+        pytest.param(
+            502,
+            HTML_PAGE,
+            "New Relic answered HTTP 502: '<html> <head><title>502 Bad "
+            "Gateway</title></head> <body> <center><h1>502 Bad...'",
+            id="http-502",
+        ),
+        pytest.param(503, "", "New Relic answered HTTP 503: (empty body)", id="http-503"),
+        pytest.param(
+            429,
+            {"errors": [{"message": "Too many requests"}]},
+            "New Relic answered HTTP 429: Too many requests",
+            id="http-429",
+        ),
+        pytest.param(
+            200,
+            HTML_PAGE,
+            "New Relic answered HTTP 200 with text/html, not JSON: '<html> <head><title>502 Bad "
+            "Gateway</title></head> <body> <center><h1>502 Bad...' "
+            "(a proxy in the way?)",
+            id="html-instead-of-json",
+        ),
+        pytest.param(
+            200,
+            {"message": "hello"},
+            'New Relic\'s answer has no data for the query and no error: \'{"message":"hello"}\'',
+            id="json-without-data",
+        ),
+        pytest.param(
+            200,
+            {"data": {"actor": {"account": {"nrql": None}}}},
+            "New Relic's answer has no data for the query and no error: "
+            '\'{"data":{"actor":{"account":{"nrql":null}}}}\'',
+            id="null-nrql-without-errors",
+        ),
+        *[
+            pytest.param(
+                200,
+                graphql_errors(
+                    error("Your query either timed out or we're under heavy load", error_class)
+                ),
+                "Your query either timed out or we're under heavy load",
+                id=f"graphql-{error_class}",
+            )
+            for error_class in (
+                "TIMEOUT",
+                "TOO_MANY_REQUESTS",
+                "INTERNAL_SERVER_ERROR",
+                "SERVER_ERROR",
+            )
+        ],
+        pytest.param(
+            0,
+            refused(),
+            "cannot reach New Relic at https://api.newrelic.com/graphql: connection refused",
+            id="connection-refused",
+        ),
+        pytest.param(
+            0,
+            connection_error(
+                urllib3.exceptions.NameResolutionError(
+                    "api.newrelic.com",
+                    None,  # type: ignore[arg-type]
+                    socket.gaierror(-2, "Name or service not known"),
+                )
+            ),
+            "cannot reach New Relic at https://api.newrelic.com/graphql: "
+            "cannot resolve the host name",
+            id="dns-failure",
+        ),
+        pytest.param(
+            0,
+            requests.ConnectTimeout(),
+            "cannot reach New Relic at https://api.newrelic.com/graphql: connection timed out",
+            id="connect-timeout",
+        ),
+        pytest.param(
+            0,
+            requests.ReadTimeout(),
+            "New Relic at https://api.newrelic.com/graphql did not answer within 65 s",
+            id="read-timeout",
+        ),
+        pytest.param(
+            0,
+            requests.exceptions.ChunkedEncodingError(),
+            "New Relic's answer from https://api.newrelic.com/graphql was cut off mid-way",
+            id="cut-off",
+        ),
+    ],
+)
+def test_transient_failures_are_retried_then_reported_with_the_attempts(
+    client: NerdGraphClient,
+    nr: responses.RequestsMock,
+    fake_time: FakeTime,
+    status: int,
+    answer: Any,
+    message: str,
+) -> None:
+    nr.post(URL, **answer_kwargs(status, answer))
+
+    with pytest.raises(TransientError) as raised:
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value).startswith(message + " (gave up after 3 attempts in ")
+    assert len(nr.calls) == 3 and len(fake_time.sleeps) == 2
+    assert_no_key(raised.value)
+
+
+def test_a_transient_failure_then_success_counts_requests_and_retries(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, status=503, body="")
+    nr.post(URL, **answer_kwargs(200, graphql_errors(error("heavy load", "TIMEOUT"))))
+    nr.post(URL, json=nrql_answer(ROWS))
+
+    result = client.query(ACCOUNT, NRQL)
+
+    assert (result.results, result.requests, result.retries) == (ROWS, 3, 2)
+    first, second = fake_time.sleeps
+    assert 1.0 <= first <= 2.0 and 2.0 <= second <= 3.0  # exponential, with up to 1 s jitter
+
+
+def test_each_retry_is_logged_as_a_warning(
+    client: NerdGraphClient, nr: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    nr.post(URL, status=502, body="")
+    nr.post(URL, json=nrql_answer(ROWS))
+
+    with caplog.at_level(logging.WARNING, logger="archiver.newrelic"):
+        client.query(ACCOUNT, NRQL)
+
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        f"New Relic query for account {ACCOUNT} failed (attempt 1 of 3), retrying in "
+    )
+    assert record.getMessage().endswith("New Relic answered HTTP 502: (empty body)")
+
+
+def test_retry_after_in_seconds_is_honoured(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, status=429, body="", headers={"Retry-After": "7"})
+    nr.post(URL, json=nrql_answer(ROWS))
+
+    assert client.query(ACCOUNT, NRQL).retries == 1
+    assert fake_time.sleeps == [7.0]
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    in_30_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    nr.post(URL, status=503, body="", headers={"Retry-After": in_30_seconds})
+    nr.post(URL, json=nrql_answer(ROWS))
+
+    client.query(ACCOUNT, NRQL)
+    [wait] = fake_time.sleeps
+    assert 27.0 <= wait <= 30.0
+
+
+def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, status=429, body="", headers={"Retry-After": "0"})
+    nr.post(URL, json=nrql_answer(ROWS))
+
+    client.query(ACCOUNT, NRQL)
+    [wait] = fake_time.sleeps
+    assert 1.0 <= wait <= 2.0
+
+
+def test_attempts_are_capped(fake_time: FakeTime, nr: responses.RequestsMock) -> None:
+    nr.post(URL, status=503, body="")
+    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time.clock)
+
+    with pytest.raises(TransientError, match=r"gave up after 6 attempts in \d+ s\)$"):
+        client.query(ACCOUNT, NRQL)
+    assert len(nr.calls) == 6 and len(fake_time.sleeps) == 5
+
+
+def test_no_wait_goes_past_the_total_time_cap(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, status=429, body="", headers={"Retry-After": "4"})
+    client = NerdGraphClient(
+        URL, KEY, max_total_seconds=10, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+
+    with pytest.raises(TransientError, match=r"gave up after 3 attempts in 8 s\)$"):
+        client.query(ACCOUNT, NRQL)
+    assert fake_time.sleeps == [4.0, 4.0]  # a third wait would end at 12 s > 10 s
+
+
+def test_slow_requests_count_towards_the_total_time_cap(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    def slow_gateway_timeout(request: Any) -> tuple[int, dict[str, str], str]:
+        fake_time.now += 20.0
+        return 504, {}, ""
+
+    nr.add_callback(responses.POST, URL, callback=slow_gateway_timeout)
+    client = NerdGraphClient(
+        URL, KEY, max_total_seconds=30, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+
+    with pytest.raises(TransientError, match="HTTP 504"):
+        client.query(ACCOUNT, NRQL)
+    assert len(nr.calls) == 2  # 20 s + a wait + 20 s: a third attempt would start past 30 s
+
+
+def test_the_limiter_wraps_each_request_but_not_the_waits(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    events: list[str] = []
+
+    class RecordingLimiter(Limiter):
+        def __enter__(self) -> Limiter:
+            events.append("enter")
+            return super().__enter__()
+
+        def __exit__(self, *exc_info: Any) -> None:
+            events.append("exit")
+            super().__exit__(*exc_info)
+
+    def sleep(seconds: float) -> None:
+        events.append("sleep")
+
+    nr.post(URL, status=503, body="")
+    nr.post(URL, json=nrql_answer(ROWS))
+    client = NerdGraphClient(URL, KEY, limiter=RecordingLimiter(), sleep=sleep)
+
+    client.query(ACCOUNT, NRQL)
+    assert events == ["enter", "exit", "sleep", "enter", "exit"]
+
+
+# --- a real connection: wrong URL, and what urllib3 logs -----------------------------------
+
+
+def closed_local_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_wrong_url_fails_after_retries_naming_the_url_not_the_key(
+    fake_time: FakeTime,
+) -> None:
+    url = f"http://127.0.0.1:{closed_local_port()}/graphql"
+    client = NerdGraphClient(url, KEY, max_attempts=2, sleep=fake_time.sleep)
+
+    with pytest.raises(TransientError) as raised:
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value).startswith(
+        f"cannot reach New Relic at {url}: connection refused (gave up after 2 attempts in "
+    )
+    assert_no_key(raised.value)
+
+
+class ScriptedNerdGraph(BaseHTTPRequestHandler):
+    """Answers 503 first, then a result; remembers the API-Key header it received."""
+
+    answers: list[tuple[int, bytes]] = []
+    keys_seen: list[str | None] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).keys_seen.append(self.headers.get("API-Key"))
+        status, body = type(self).answers.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def local_nerdgraph() -> Iterator[str]:
+    ScriptedNerdGraph.answers = [
+        (503, b'{"errors": [{"message": "unavailable"}]}'),
+        (200, json.dumps(nrql_answer(ROWS)).encode()),
+    ]
+    ScriptedNerdGraph.keys_seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedNerdGraph)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/graphql"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_key_never_reaches_a_log_line_even_at_debug(
+    local_nerdgraph: str, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = NerdGraphClient(local_nerdgraph, KEY, sleep=fake_time.sleep)
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
+        result = client.query(ACCOUNT, NRQL)
+        client.close()
+
+    assert result.results == ROWS and result.retries == 1
+    assert ScriptedNerdGraph.keys_seen == [KEY, KEY]
+    assert '"POST /graphql HTTP/1.1" 503' in caplog.text  # urllib3 did log at DEBUG
+    assert "retrying in" in caplog.text
+    assert KEY not in caplog.text
+
+
+def test_the_key_is_kept_out_of_repr_and_registered_for_redaction() -> None:
+    client = NerdGraphClient(f"https://user:secret@{URL.removeprefix('https://')}", KEY)
+
+    assert repr(client) == f"NerdGraphClient(url={URL!r})"
+    assert logs.redact(f"header {KEY}") == "header ***"
