@@ -32,13 +32,11 @@ def escape_measurement(name: str) -> str:
 def escape_key(text: str) -> str:
     """Tag keys, tag values and field keys.
 
-    A trailing backslash would escape the separator after it, so it gets one more backslash;
-    InfluxDB 1.x keeps every other backslash as it is (see tests/test_transform.py).
+    InfluxDB 1.x keeps a backslash as it is unless `,`, `=` or space follows, so backslashes
+    are not escaped. A trailing backslash cannot be written at all (it escapes the separator
+    after it, in every escaping), so trailing backslashes are dropped: `C:\\tmp\\` → `C:\\tmp`.
     """
-    escaped = text.translate(_KEY_ESCAPES)
-    if escaped.endswith("\\"):
-        escaped += "\\"
-    return escaped
+    return text.rstrip("\\").translate(_KEY_ESCAPES)
 
 
 def format_field(value: object) -> str | None:
@@ -93,7 +91,7 @@ def _tag_part(s: Shape, row: Mapping[str, object]) -> str:
     if s.facet_keys:
         values = _facet_values(row, len(s.facet_keys))
         pairs.extend(
-            (key, escape_key(str(value)) if value is not None and value != "" else "")
+            (key, "" if value is None else escape_key(str(value)))
             for key, value in zip(s.facet_keys, values, strict=True)
         )
     return "".join(f",{pairs[i][0]}={pairs[i][1]}" for i in s.tag_order if pairs[i][1])
