@@ -7,7 +7,6 @@ to exit codes (the contract: 0 ok, 1 some query failed, 2 usage/config, 130 inte
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import threading
@@ -16,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from archiver import __version__, config, logs, queries, scheduler, status
-from archiver.errors import ArchiverError, ConfigError, ExitCode, StateError
+from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
 from archiver.influx import InfluxV1Sink
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.runner import Backfill, Runner
 from archiver.state import State
-from archiver.timeparse import parse_time
+from archiver.timeparse import format_duration, parse_time
 from archiver.windows import iso
 
 log = logging.getLogger("archiver")
@@ -89,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(schedule, backfill=False)
 
     commands.add_parser(
-        "health", parents=[common], help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)"
+        "health",
+        parents=[common],
+        help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)",
     )
     return parser
 
@@ -207,8 +208,8 @@ def print_plan(
         target = job.target
         print(
             f"{job.query.name} → {target.key} (database {target.database}, retention policy "
-            f"{target.retention_policy or 'default'}, every {target.interval}, "
-            f"account {job.account_id}): {len(planned)} windows"
+            f"{target.retention_policy or 'default'}, every {format_duration(target.interval)}, "
+            f"account {job.account_id}): {len(planned)} window(s)"
         )
         for note in job.skipped:
             print(f"  {note}")
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nr-archiver: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    except (ConfigError, StateError) as exc:
+    except (ConfigError, StateError, AuthError) as exc:
         print(f"nr-archiver: error: {logs.redact(str(exc))}", file=sys.stderr)
         return ExitCode.USAGE
     except ArchiverError as exc:

@@ -79,14 +79,18 @@ def _nerdgraph_url(env: Mapping[str, str]) -> str:
         return url
     region = env.get("NEW_RELIC_REGION", "US").strip().upper() or "US"
     if region not in NERDGRAPH_URLS:
-        raise ConfigError(f"NEW_RELIC_REGION must be one of {', '.join(NERDGRAPH_URLS)}, not {region!r}")
+        raise ConfigError(
+            f"NEW_RELIC_REGION must be one of {', '.join(NERDGRAPH_URLS)}, not {region!r}"
+        )
     return NERDGRAPH_URLS[region]
 
 
 def _log_level(env: Mapping[str, str]) -> str:
     level = env.get("ARCHIVER_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in LOG_LEVELS:
-        raise ConfigError(f"ARCHIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        raise ConfigError(
+            f"ARCHIVER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}"
+        )
     return level
 
 

@@ -67,4 +67,5 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     if level != "DEBUG":
-        logging.getLogger("urllib3").setLevel(logging.WARNING)
+        for chatty in ("urllib3", "alembic"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -21,9 +21,8 @@ from datetime import UTC, datetime, timedelta
 
 from archiver import transform, windows
 from archiver.cardinality import SeriesGuard
-from archiver.errors import ArchiverError, ConfigError, ExitCode
+from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
 from archiver.influx import InfluxV1Sink, RetentionPolicy
-from archiver.limiter import Limiter
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.queries import QueryDef, QueryFileProblem, Target
@@ -135,6 +134,7 @@ class Runner:
         self._policies: dict[tuple[str, str | None], RetentionPolicy] = {}
         self._policies_lock = threading.Lock()
         self._local = threading.local()
+        self._auth_failure: AuthError | None = None
 
     # -- planning -------------------------------------------------------------------------
 
@@ -142,9 +142,7 @@ class Runner:
         self, query: QueryDef, target: Target, backfill: Backfill | None, rp: RetentionPolicy | None
     ) -> PlannedJob:
         now = self.now()
-        rp_duration = (
-            timedelta(seconds=rp.duration_seconds) if rp and rp.duration_seconds else None
-        )
+        rp_duration = timedelta(seconds=rp.duration_seconds) if rp and rp.duration_seconds else None
         rng = self._range(query, target, backfill, now, rp_duration)
         segments = [] if rng.empty else [(rng.since, rng.until)]
         if backfill is not None and segments:
@@ -208,6 +206,8 @@ class Runner:
                 report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
         finally:
             self.state.finish_run(run_id, int(report.exit_code), self.now())
+        if self._auth_failure is not None:
+            raise self._auth_failure
         return report
 
     def dry_run(
@@ -238,6 +238,11 @@ class Runner:
                 self._export(job, export_id, result, backfill is not None)
             finally:
                 self.state.release_lease(query.name, target.key, self.holder)
+        except AuthError as exc:
+            # A refused credential fails every query alike: stop the run, say it once.
+            result.status, result.error = "failed", redact(str(exc))
+            self._auth_failure = self._auth_failure or exc
+            self.stop.set()
         except ArchiverError as exc:
             result.status, result.error = "failed", redact(str(exc))
         except Exception as exc:  # a bug must fail this job only, with its type in the message
@@ -282,7 +287,13 @@ class Runner:
             )
             written = self.sink.write(job.target.database, job.target.retention_policy, lines)
             self.state.record_window(
-                export_id, name, key, window.since, window.until, len(lines), self.now(),
+                export_id,
+                name,
+                key,
+                window.since,
+                window.until,
+                len(lines),
+                self.now(),
                 backfill=backfill,
             )
             result.windows += 1
@@ -321,14 +332,24 @@ class Runner:
 
     def _report(self, result: JobResult) -> None:
         head = f"{result.query} → {result.target}"
+        if self._auth_failure is not None:
+            return  # said once, by the CLI
         if result.failed:
             where = f" (window {result.window})" if result.window else ""
             log.error("%s: FAILED%s: %s", head, where, result.error)
+        elif result.status == "ok" and not result.windows:
+            until = iso(result.exported_until) if result.exported_until else "-"
+            log.info("%s: up to date (exported until %s)", head, until)
         elif result.status == "ok":
             until = iso(result.exported_until) if result.exported_until else "-"
             log.info(
                 "%s: %d windows, %d points, %d New Relic requests (%d retries), "
                 "exported until %s, %.1fs",
-                head, result.windows, result.points, result.nr_requests, result.retries,
-                until, result.seconds,
+                head,
+                result.windows,
+                result.points,
+                result.nr_requests,
+                result.retries,
+                until,
+                result.seconds,
             )

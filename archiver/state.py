@@ -478,7 +478,9 @@ def _upsert_checkpoint(
             )
         )
     elif not only_forward or until > current:
-        conn.execute(checkpoints.update().where(*where).values(exported_until=until, updated_at=now))
+        conn.execute(
+            checkpoints.update().where(*where).values(exported_until=until, updated_at=now)
+        )
 
 
 def _extend_backfill(

@@ -15,7 +15,9 @@ from archiver.state import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
-PG_ADMIN_URL = os.environ.get("ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")

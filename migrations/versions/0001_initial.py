@@ -71,9 +71,7 @@ def upgrade() -> None:
         sa.Column("until", sa.BigInteger, nullable=False),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
     )
-    op.create_index(
-        "ix_backfill_progress_query_target", "backfill_progress", ["query", "target"]
-    )
+    op.create_index("ix_backfill_progress_query_target", "backfill_progress", ["query", "target"])
     op.create_table(
         "leases",
         sa.Column("query", sa.String(200), primary_key=True),

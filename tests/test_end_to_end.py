@@ -1,0 +1,245 @@
+"""The real CLI against the fake NerdGraph server and a real influxd.
+
+What landed in InfluxDB is compared with the contract's points computed from the fake's
+data model (tests/e2e.py), for every facet and every bucket.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from archiver.windows import iso
+from fakes.nerdgraph import FakeNerdGraph
+from tests.e2e import (
+    Cli,
+    Item,
+    Spec,
+    actual_points,
+    ago,
+    cli_env,
+    expected_points,
+    floor,
+    parse_iso,
+)
+
+ACCOUNT = 1234567
+
+
+def specs(database: str) -> list[Spec]:
+    common = {"database": database}
+    return [
+        Spec(
+            name="tx_percentiles",
+            nrql="SELECT average(duration), percentile(duration, 95, 99), count(*) "
+            "FROM Transaction FACET appName, host",
+            event_type="Transaction",
+            facets=("appName", "host"),
+            items=(
+                Item("average", "duration", "average.duration"),
+                Item("percentile", "duration", "percentile.duration", ("95", "99")),
+                Item("count", None, "count"),
+            ),
+            measurement="nr_transaction",
+            interval="1 minute",
+            interval_seconds=60,
+            tags={"source": "newrelic"},
+            **common,
+        ),
+        Spec(
+            name="logins",
+            nrql="SELECT count(*) AS 'logins' FROM Login FACET provider",
+            event_type="Login",
+            facets=("provider",),
+            items=(Item("count", None, "logins"),),
+            measurement="nr_logins",
+            interval="5 minutes",
+            interval_seconds=300,
+            **common,
+        ),
+        Spec(
+            name="throughput",
+            nrql="SELECT count(*) AS requests, max(duration) AS slowest FROM Transaction",
+            event_type="Transaction",
+            facets=(),
+            items=(Item("count", None, "requests"), Item("max", "duration", "slowest")),
+            measurement="nr_throughput",
+            interval="1m",
+            interval_seconds=60,
+            **common,
+        ),
+        Spec(
+            name="app_errors",
+            nrql="SELECT count(*), sum(duration) FROM TransactionError FACET appName",
+            event_type="TransactionError",
+            facets=("appName",),
+            items=(Item("count", None, "count"), Item("sum", "duration", "sum.duration")),
+            measurement="nr errors, by app",
+            interval="5 minutes",
+            interval_seconds=300,
+            **common,
+        ),
+    ]
+
+
+@pytest.fixture
+def fake_nr():
+    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
+        yield server
+
+
+@pytest.fixture
+def queries_dir(tmp_path):
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def cli(tmp_path, fake_nr, influxd, queries_dir):
+    env = cli_env(
+        nerdgraph_url=fake_nr.url,
+        api_key=fake_nr.api_key,
+        influx_url=influxd.url,
+        db_url=f"sqlite:///{tmp_path / 'state.db'}",
+        queries=queries_dir,
+    )
+    return Cli(env, tmp_path)
+
+
+def test_two_runs_archive_exactly_the_contract_points_and_never_ask_twice(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=3), 300)
+    all_specs = [replace(s, extra={"start": iso(start)}) for s in specs(influx_db)]
+    for spec in all_specs:
+        spec.write(queries_dir)
+
+    first = cli("run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    after_first = {q: parse_iso(row["exported_until"]) for (q, _), row in cli.status().items()}
+    first_requests = len(fake_nr.requests)
+
+    before = ago()
+    second = cli("run")
+    after = ago()
+    assert second.returncode == 0, second.stdout + second.stderr
+    status = cli.status()
+
+    for spec in all_specs:
+        until = parse_iso(status[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+        lag = timedelta(minutes=5)
+        assert until in {
+            floor(before - lag, spec.interval_seconds),
+            floor(after - lag, spec.interval_seconds),
+        }
+        expected = expected_points(spec, start, until)
+        assert expected, spec.name
+        assert actual_points(influxd, spec) == expected, spec.name
+
+    # The second run asked only for windows after what the first one exported.
+    for request in fake_nr.requests[first_requests:]:
+        spec = next(s for s in all_specs if request.nrql.startswith(s.nrql))
+        assert request.since_ms >= after_first[spec.name].timestamp() * 1000
+
+
+def test_special_facet_values_round_trip_as_tags(cli, influxd, influx_db, queries_dir):
+    spec = specs(influx_db)[0]
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    values = {
+        row["value"]
+        for row in influxd.query(
+            f'SHOW TAG VALUES FROM "{spec.measurement}" WITH KEY = "appName"', db=influx_db
+        )
+    }
+    assert {"Call Center API", "billing,eu", "a=b", 'say "hi"', "Zürich ☃ 東京"} <= values
+    assert "C:\\tmp" in values  # InfluxDB cannot store a trailing backslash: dropped
+    field_types = {
+        row["fieldKey"]: row["fieldType"]
+        for row in influxd.query(f'SHOW FIELD KEYS FROM "{spec.measurement}"', db=influx_db)
+    }
+    assert set(field_types.values()) == {"float"}
+
+
+def test_broken_file_and_rejected_nrql_do_not_stop_the_good_query(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    good = specs(influx_db)[1]
+    good.write(queries_dir)
+    (queries_dir / "broken.yaml").write_text("nrql: [unclosed\n")
+    rejected = Spec(
+        name="rejected",
+        nrql="SELECT count(*) FROM Transaction WHERE oops",
+        event_type="Transaction",
+        facets=(),
+        items=(),
+        measurement="nr_rejected",
+        interval="5m",
+        interval_seconds=300,
+        database=influx_db,
+    )
+    rejected.write(queries_dir)
+    message = "NRQL Syntax Error: Error at line 1 position 42, unexpected 'oops'"
+    fake_nr.reject_nrql("WHERE oops", message)
+
+    result = cli("run")
+
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "broken.yaml" in output
+    assert message in output
+    assert "rejected" in output
+    assert actual_points(influxd, good)  # the good file was archived
+    status = cli.status()
+    assert status[("rejected", f"{influx_db}.autogen")]["last_status"] == "failed"
+    assert status[("rejected", f"{influx_db}.autogen")]["exported_until"] is None
+
+
+def test_wrong_api_key_is_one_line_and_never_printed(cli, fake_nr, influx_db, queries_dir):
+    specs(influx_db)[1].write(queries_dir)
+    wrong_key = "NRAK-WRONGWRONGWRONGWRONG123"
+    result = cli("run", NEW_RELIC_API_KEY=wrong_key, ARCHIVER_LOG_LEVEL="DEBUG")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert wrong_key not in output
+    assert "NEW_RELIC_API_KEY" in output
+    assert all(fake_nr.api_key not in line for line in output.splitlines())
+    status = cli("status", "--json", NEW_RELIC_API_KEY=wrong_key)
+    assert wrong_key not in status.stdout
+
+
+def test_validate_names_every_broken_file_and_key(cli, queries_dir):
+    (queries_dir / "good.yaml").write_text(
+        "nrql: SELECT count(*) FROM Transaction\nmeasurement: m\ninterval: 1m\ndatabase: d\n"
+    )
+    (queries_dir / "typo.yaml").write_text(
+        "nrql: SELECT count(*) FROM Transaction\nmeasurment: m\ninterval: 1m\ndatabase: d\n"
+    )
+    (queries_dir / "since.yaml").write_text(
+        "nrql: SELECT count(*) FROM Transaction SINCE 1 day ago\nmeasurement: m\n"
+        "interval: 1m\ndatabase: d\n"
+    )
+    (queries_dir / "interval.yaml").write_text(
+        "nrql: SELECT count(*) FROM Transaction\nmeasurement: m\ninterval: 7 mins\ndatabase: d\n"
+    )
+    result = cli("validate")
+    assert result.returncode == 1
+    out = result.stdout
+    assert "typo.yaml" in out and "measurment" in out
+    assert "since.yaml" in out and "SINCE" in out
+    assert "interval.yaml" in out and "interval" in out
+    assert "good.yaml" not in out
+
+
+def test_status_json_reports_every_target(cli, influx_db, queries_dir):
+    specs(influx_db)[1].write(queries_dir)
+    assert cli("run").returncode == 0
+    rows = json.loads(cli("status", "--json").stdout)
+    assert [(r["query"], r["target"], r["last_status"]) for r in rows] == [
+        ("logins", f"{influx_db}.autogen", "ok")
+    ]
+    assert rows[0]["lag_seconds"] >= 5 * 60
