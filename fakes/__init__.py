@@ -1,0 +1,1 @@
+"""In-repo fakes of the services nr-archiver talks to (see fakes.nerdgraph)."""

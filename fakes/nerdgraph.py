@@ -1,0 +1,471 @@
+"""A small, fast fake of New Relic's NerdGraph NRQL API: real HTTP, real JSON shapes.
+
+Used by end-to-end tests, fault-injection tests, the benchmark and `make demo`::
+
+    with FakeNerdGraph(accounts={1234567}) as fake:
+        env["NEW_RELIC_NERDGRAPH_URL"] = fake.url  # http://127.0.0.1:PORT/graphql
+        fake.set_faults(["http429", "graphql_timeout"], every=3, retry_after=0.01)
+        ...
+        assert [r.outcome for r in fake.requests] == ["ok", "ok", "http429", ...]
+
+    python -m fakes.nerdgraph --port 8765 [--host H] [--api-key K] [--account N ...]
+        [--faults http429,graphql_timeout --fault-every 3 [--retry-after S]] [--latency 0.2]
+
+The command prints the GraphQL URL on one line and serves until SIGTERM/SIGINT (exit 0).
+
+Protocol
+    `POST /graphql` with `API-Key` and {"query": ..., "variables": {"accountId": int,
+    "nrql": str}}; the query text must use `$accountId` and `$nrql`. Answers follow
+    /work/shared/reference/newrelic.md: results + metadata on success; GraphQL errors with
+    HTTP 200 and `extensions.errorClass`; a bad key is HTTP 401 (or, with
+    bad_key_style="graphql", HTTP 200 with extensions.error_code BAD_API_KEY).
+    Control: `GET /_requests` (the log as JSON), `POST /_faults` {"kinds", "every",
+    "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_reset`.
+
+NRQL (keywords case-insensitive, clauses after FROM in any order)
+    SELECT <item>[, ...] FROM <EventType> [WHERE <ignored>] [FACET a[, b...]] [LIMIT n|MAX]
+    [SINCE <epoch ms>|<n unit> AGO] [UNTIL <epoch ms>|<n unit> AGO|NOW]
+    [TIMESERIES <n> <second|minute|hour|day|week>[s]]
+    Items: count(*), count(a), average(a), sum(a), min(a), max(a), latest(a), uniqueCount(a),
+    percentile(a, p...), percentage(<item>, WHERE ...), filter(<item>, WHERE ...),
+    rate(<item>, <n> <unit>), each with optional AS alias (bare, 'quoted' or `backticked`).
+    TIMESERIES buckets end at UNTIL; the first one starts ceil(range/step) steps before it.
+
+Data model (fakes.data; deterministic, nothing stored)
+    facet_values(event_type, attributes) -> list[tuple]: every facet tuple, before ordering.
+        Built in: Transaction (appName with "billing,eu", "a=b", 'say "hi"', "C:\\tmp\\",
+        "Zürich ☃ 東京", "checkout" whose second host is null; host; name, one ""; and
+        transactionType), TransactionError, PageView, Login (provider, success "true"/"false"),
+        ReplicationLag (cluster, replica). An attribute an event type lacks gives null.
+        Other event types: "value 1".."value 3". "Bench" has 100 facet values
+        "facet-000".."facet-099" for any attribute, "Bench<N>" has N.
+    value(event_type, facet_values, bucket_start, function, attribute, percentile=None, *,
+          bucket_seconds, per_seconds=60) -> int | float | None: the stored value.
+        Every attribute is numeric. About 1 bucket in 10 has count 0: then count/sum/
+        uniqueCount are 0, percentage is null, the others null. About 1 bucket in 4 has
+        integral numbers (average 2, not 2.0). min <= average <= max, percentiles grow with p.
+    answer(nrql, now=..., retention_seconds=...) -> Answer(results, metadata): what the server
+        sends. A bucket that starts before now - retention holds zeros (count 0, average 0);
+        one that ends after now is empty (count 0, average null). Facets are ordered by total
+        count, descending, then value; LIMIT defaults to 10, MAX is 5000. Without
+        TIMESERIES the whole range is one bucket: bucket_start = SINCE // 1000 and
+        bucket_seconds = (UNTIL - SINCE) // 1000.
+
+Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
+graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
+answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
+connection is closed unanswered). Every request waits `latency` first.
+Log outcomes: "ok", a fault kind, "bad_api_key", "bad_request", "forbidden", "nrql_error".
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+import orjson
+
+from fakes.data import Answer, answer, facet_values, value
+from fakes.nrql import NrqlError, parse
+
+__all__ = [
+    "FAULT_KINDS",
+    "Answer",
+    "FakeNerdGraph",
+    "RequestRecord",
+    "answer",
+    "facet_values",
+    "value",
+]
+
+DEFAULT_API_KEY = "NRAK-FAKEKEY0000000000000000000"
+DEFAULT_ACCOUNT = 1234567
+NRQL_PATH = ["actor", "account", "nrql"]
+SLOW_SECONDS = 2.0
+GRAPHQL_FAULTS = {
+    "graphql_timeout": ("TIMEOUT", "Your query either timed out or we're under heavy load"),
+    "too_many_requests": ("TOO_MANY_REQUESTS", "Too many requests, please try again later"),
+    "internal_server_error": ("INTERNAL_SERVER_ERROR", "Internal server error"),
+}
+HTTP_FAULTS = {"http429": 429, "http500": 500, "http502": 502, "http503": 503}
+FAULT_KINDS = frozenset(
+    {*GRAPHQL_FAULTS, *HTTP_FAULTS, "slow", "html", "html200", "not_json", "no_data", "reset"}
+)
+PROXY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
+LOGIN_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Sign in</body></html>"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    account_id: int | None
+    nrql: str | None
+    since_ms: int | None
+    until_ms: int | None
+    outcome: str
+    status: int
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    outcome: str
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False  # close the connection without answering
+
+
+def _json(status: int, payload: object, outcome: str) -> Reply:
+    return Reply(status, orjson.dumps(payload), outcome)
+
+
+def _graphql_error(message: str, error_class: str, outcome: str) -> Reply:
+    """A GraphQL error on the nrql field, the way NerdGraph reports it: HTTP 200."""
+    error = {"message": message, "path": NRQL_PATH, "extensions": {"errorClass": error_class}}
+    payload = {"data": {"actor": {"account": {"nrql": None}}}, "errors": [error]}
+    return _json(200, payload, outcome)
+
+
+def _request_error(message: str) -> Reply:
+    """A GraphQL validation error: no data at all."""
+    payload = {"errors": [{"message": message, "extensions": {"errorClass": "BAD_USER_INPUT"}}]}
+    return _json(200, payload, "bad_request")
+
+
+def _fault_reply(kind: str, retry_after: float | None) -> Reply:
+    if kind in HTTP_FAULTS:
+        status = HTTP_FAULTS[kind]
+        reply = _json(status, {"errors": [{"message": f"HTTP {status}"}]}, kind)
+        if retry_after is not None and status in (429, 503):
+            reply.headers["Retry-After"] = f"{retry_after:g}"
+        return reply
+    if kind in GRAPHQL_FAULTS:
+        error_class, message = GRAPHQL_FAULTS[kind]
+        return _graphql_error(message, error_class, kind)
+    if kind == "html":
+        return Reply(502, PROXY_PAGE, kind, "text/html")
+    if kind == "html200":
+        return Reply(200, LOGIN_PAGE, kind, "text/html")
+    if kind == "not_json":
+        return Reply(200, b'{"data": {"actor": {"acc', kind)
+    if kind == "no_data":
+        return _json(200, {"status": "ok"}, kind)
+    return Reply(0, b"", kind, reset=True)
+
+
+@dataclass(frozen=True)
+class GraphqlRequest:
+    account_id: int | None
+    nrql: str | None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    problem: str | None = None  # why the request is not a valid NRQL request
+
+
+def _read_request(body: bytes) -> GraphqlRequest:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return GraphqlRequest(None, None, problem="The request body is not JSON")
+    if not isinstance(document, dict):
+        return GraphqlRequest(None, None, problem="The request body must be a JSON object")
+    query, variables = document.get("query"), document.get("variables") or {}
+    account_id = variables.get("accountId") if isinstance(variables, dict) else None
+    nrql = variables.get("nrql") if isinstance(variables, dict) else None
+    account_id = account_id if type(account_id) is int else None
+    nrql = nrql if isinstance(nrql, str) else None
+    since_ms = until_ms = None
+    if nrql is not None:
+        try:
+            parsed = parse(nrql)
+            since_ms, until_ms = parsed.since_ms, parsed.until_ms
+        except NrqlError:
+            pass
+    problem = None
+    if not isinstance(query, str) or "$accountId" not in query or "$nrql" not in query:
+        problem = "The query must pass the account and the NRQL as variables $accountId, $nrql"
+    elif account_id is None or nrql is None:
+        problem = "Variables must hold accountId (Int!) and nrql (Nrql!)"
+    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem)
+
+
+class FakeNerdGraph:
+    """The fake server; start() runs it on a background thread."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        accounts: set[int] | frozenset[int] = frozenset({DEFAULT_ACCOUNT}),
+        retention: timedelta = timedelta(days=8),
+        now: Callable[[], float] = time.time,
+        bad_key_style: Literal["http401", "graphql"] = "http401",
+        latency: float = 0.0,
+    ) -> None:
+        self.api_key = api_key
+        self.accounts = set(accounts)
+        self.retention = retention
+        self.now = now
+        self.bad_key_style = bad_key_style
+        self.latency = latency
+        self._lock = threading.Lock()
+        self._log: list[RequestRecord] = []
+        self._counter = 0
+        self._faults: list[str] = []
+        self._every = 1
+        self._retry_after: float | None = None
+        self._rejections: dict[str, str] = {}
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeNerdGraph:
+        server = ThreadingHTTPServer((host, port), _Handler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-nerdgraph"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()  # wakes requests that wait for latency
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeNerdGraph:
+        return self if self._server is not None else self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeNerdGraph is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/graphql"
+
+    # -- control -----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot of the request log, oldest first."""
+        with self._lock:
+            return list(self._log)
+
+    def set_faults(
+        self, kinds: Sequence[str], every: int = 1, retry_after: float | None = None
+    ) -> None:
+        """From now on, every `every`-th POST /graphql gets the next of `kinds` (cycling)."""
+        unknown = sorted(set(kinds) - FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; known: {sorted(FAULT_KINDS)}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        with self._lock:
+            self._faults, self._every, self._retry_after = list(kinds), every, retry_after
+            self._counter = 0
+
+    def reject_nrql(
+        self,
+        substring: str,
+        message: str = "NRQL Syntax Error: Error at line 1 position 15, unexpected 'FROM'",
+    ) -> None:
+        """Answer every NRQL containing `substring` with this NRQL error."""
+        with self._lock:
+            self._rejections[substring] = message
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def handle_graphql(self, api_key: str | None, body: bytes) -> Reply:
+        fault = self._next_fault()
+        self._wait(self.latency)
+        request = _read_request(body)
+        reply = self._reply(fault, api_key, request)
+        self._record(request, reply)
+        return reply
+
+    def _reply(self, fault: str | None, api_key: str | None, request: GraphqlRequest) -> Reply:
+        if fault == "slow":
+            self._wait(self.latency or SLOW_SECONDS)
+        elif fault is not None:
+            return _fault_reply(fault, self._retry_after)
+        reply = self._answer(api_key, request)
+        if fault == "slow" and reply.outcome == "ok":
+            reply.outcome = fault
+        return reply
+
+    def _answer(self, api_key: str | None, request: GraphqlRequest) -> Reply:
+        if api_key != self.api_key:
+            return self._bad_key()
+        if request.problem is not None:
+            return _request_error(request.problem)
+        assert request.account_id is not None and request.nrql is not None
+        if request.account_id not in self.accounts:
+            message = f"You are not authorized to query account {request.account_id}"
+            return _graphql_error(message, "FORBIDDEN", "forbidden")
+        with self._lock:
+            rejections = dict(self._rejections)
+        for substring, message in rejections.items():
+            if substring in request.nrql:
+                return _graphql_error(message, "INVALID_INPUT", "nrql_error")
+        try:
+            result = answer(
+                request.nrql, now=self.now(), retention_seconds=self.retention.total_seconds()
+            )
+        except NrqlError as error:
+            return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
+        nrql = {"results": result.results, "metadata": result.metadata}
+        return _json(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+
+    def _bad_key(self) -> Reply:
+        error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}
+        if self.bad_key_style == "http401":
+            return _json(401, {"errors": [error]}, "bad_api_key")
+        return _json(200, {"data": {"actor": None}, "errors": [error]}, "bad_api_key")
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            self._counter += 1
+            if not self._faults or self._counter % self._every:
+                return None
+            return self._faults[(self._counter // self._every - 1) % len(self._faults)]
+
+    def _record(self, request: GraphqlRequest, reply: Reply) -> None:
+        record = RequestRecord(
+            request.account_id,
+            request.nrql,
+            request.since_ms,
+            request.until_ms,
+            reply.outcome,
+            reply.status,
+        )
+        with self._lock:
+            self._log.append(record)
+
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def handle_control(self, method: str, path: str, body: bytes) -> Reply | None:
+        """The /_requests, /_faults, /_reject and /_reset endpoints; None for unknown ones."""
+        if (method, path) == ("GET", "/_requests"):
+            return _json(200, self.requests, "control")
+        if method != "POST" or path not in ("/_faults", "/_reject", "/_reset"):
+            return None
+        try:
+            settings = orjson.loads(body or b"{}")
+            if path == "/_faults":
+                self.set_faults(
+                    settings["kinds"], settings.get("every", 1), settings.get("retry_after")
+                )
+            elif path == "/_reject":
+                self.reject_nrql(settings["substring"], *filter(None, [settings.get("message")]))
+            else:
+                self.reset_log()
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            return _json(400, {"error": f"{path}: {error!r}"}, "control")
+        return _json(200, {"ok": True}, "control")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the archiver and the benchmark reuse connections
+    server_version = "FakeNerdGraph/1.0"
+
+    @property
+    def fake(self) -> FakeNerdGraph:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:
+        self._send(self.fake.handle_control("GET", self.path, b""))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/graphql":
+            self._send(self.fake.handle_graphql(self.headers.get("API-Key"), body))
+        else:
+            self._send(self.fake.handle_control("POST", self.path, body))
+
+    def _send(self, reply: Reply | None) -> None:
+        if reply is None:
+            reply = _json(404, {"error": f"no such endpoint: {self.command} {self.path}"}, "")
+        if reply.reset:
+            self._reset_connection()
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, header_value in reply.headers.items():
+            self.send_header(name, header_value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+
+    def _reset_connection(self) -> None:
+        """Abort with a TCP RST: the client sees the connection reset, not an answer."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the request log is kept in FakeNerdGraph.requests."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fakes.nerdgraph", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--account", type=int, action="append", help="repeatable")
+    parser.add_argument("--faults", default="", help="comma-separated fault kinds")
+    parser.add_argument("--fault-every", type=int, default=1)
+    parser.add_argument("--retry-after", type=float)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    fake = FakeNerdGraph(
+        api_key=args.api_key, accounts=set(args.account or [DEFAULT_ACCOUNT]), latency=args.latency
+    )
+    faults = [kind for kind in args.faults.split(",") if kind]
+    try:
+        fake.set_faults(faults, args.fault_every, args.retry_after)
+    except ValueError as error:
+        parser.error(str(error))
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    with fake.start(args.host, args.port):
+        print(fake.url, flush=True)
+        stop.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
