@@ -56,6 +56,7 @@ class JobResult:
     exported_until: datetime | None = None
     error: str | None = None
     window: Window | None = None  # the window being exported when it failed
+    backfilled: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -305,6 +306,7 @@ class Runner:
         if backfill:
             for since, until in job.segments:
                 self.state.finish_backfill(name, key, since, until)
+            result.backfilled = job.segments
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -337,19 +339,24 @@ class Runner:
         if result.failed:
             where = f" (window {result.window})" if result.window else ""
             log.error("%s: FAILED%s: %s", head, where, result.error)
-        elif result.status == "ok" and not result.windows:
+            return
+        if result.status != "ok":
+            return
+        if result.backfilled:
+            position = "backfilled " + ", ".join(str(Window(*s)) for s in result.backfilled)
+        else:
             until = iso(result.exported_until) if result.exported_until else "-"
-            log.info("%s: up to date (exported until %s)", head, until)
-        elif result.status == "ok":
-            until = iso(result.exported_until) if result.exported_until else "-"
-            log.info(
-                "%s: %d windows, %d points, %d New Relic requests (%d retries), "
-                "exported until %s, %.1fs",
-                head,
-                result.windows,
-                result.points,
-                result.nr_requests,
-                result.retries,
-                until,
-                result.seconds,
-            )
+            position = f"exported until {until}"
+        if not result.windows:
+            log.info("%s: up to date (%s)", head, position)
+            return
+        log.info(
+            "%s: %d windows, %d points, %d New Relic requests (%d retries), %s, %.1fs",
+            head,
+            result.windows,
+            result.points,
+            result.nr_requests,
+            result.retries,
+            position,
+            result.seconds,
+        )
