@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from archiver import __version__, config, logs, queries, scheduler, status
@@ -19,6 +19,7 @@ from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, Sta
 from archiver.influx import InfluxV1Sink
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
+from archiver.progress import Progress
 from archiver.runner import Backfill, Runner
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
@@ -105,6 +106,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
     )
     parser.add_argument("--workers", type=int, default=4, help="queries run in parallel (4)")
     parser.add_argument(
+        "--no-self-metrics",
+        dest="self_metrics",
+        action="store_false",
+        help="do not write the run's own nr_archiver measurement",
+    )
+    parser.add_argument(
         "--max-concurrent",
         type=int,
         default=5,
@@ -178,6 +185,9 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         default_account=settings.new_relic_account_id,
         workers=args.workers,
         stop=stop,
+        progress=Progress(),
+        self_metrics=args.self_metrics,
+        lease_ttl=timedelta(seconds=settings.lease_seconds),
     )
     log.info("InfluxDB %s at %s", sink.ping(), settings.influx_url)
     report = runner.run(loaded.queries, backfill, loaded.problems)

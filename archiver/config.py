@@ -35,6 +35,7 @@ class Settings:
     queries_dir: Path = Path("queries")
     log_level: str = "INFO"
     schedule: str = "0 * * * *"
+    lease_seconds: int = 600
     nerdgraph_timeout: float = 60.0
     influx_timeout: float = 30.0
 
@@ -112,4 +113,14 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or "0 * * * *",
+        lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a positive whole number, not {raw!r}")
+    return int(raw)

@@ -19,12 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from archiver import transform, windows
+from archiver import metrics, transform, windows
 from archiver.cardinality import SeriesGuard
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
 from archiver.influx import InfluxV1Sink, RetentionPolicy
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
+from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.windows import Range, Window, iso
 
@@ -123,6 +124,9 @@ class Runner:
         workers: int = 4,
         now: Callable[[], datetime] = utcnow,
         stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        self_metrics: bool = True,
+        lease_ttl: timedelta = LEASE_TTL,
     ) -> None:
         self.state = state
         self.sink = sink
@@ -131,11 +135,15 @@ class Runner:
         self.workers = max(1, workers)
         self.now = now
         self.stop = stop or threading.Event()
+        self.progress = progress
+        self.self_metrics = self_metrics
+        self.lease_ttl = lease_ttl
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._policies: dict[tuple[str, str | None], RetentionPolicy] = {}
         self._policies_lock = threading.Lock()
         self._local = threading.local()
         self._auth_failure: AuthError | None = None
+        self._metric_lines: dict[str, list[str]] = {}
 
     # -- planning -------------------------------------------------------------------------
 
@@ -207,6 +215,10 @@ class Runner:
                 report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
         finally:
             self.state.finish_run(run_id, int(report.exit_code), self.now())
+            if self.progress is not None:
+                self.progress.close()
+        if self._auth_failure is None:
+            self._write_metrics()
         if self._auth_failure is not None:
             raise self._auth_failure
         return report
@@ -229,7 +241,7 @@ class Runner:
         job: PlannedJob | None = None
         try:
             if not self.state.acquire_lease(
-                query.name, target.key, self.holder, LEASE_TTL, self.now()
+                query.name, target.key, self.holder, self.lease_ttl, self.now()
             ):
                 result.status = "busy"
                 log.warning("%s → %s: another run is exporting it; skipped", query.name, target.key)
@@ -264,12 +276,16 @@ class Runner:
                 error=result.error,
             )
             self._report(result)
+            self._collect_metrics(result, target, "backfill" if backfill else "incremental")
         return result
 
     def _export(self, job: PlannedJob, export_id: int, result: JobResult, backfill: bool) -> None:
         name, key = job.query.name, job.target.key
         for note in job.skipped:
             log.warning("%s → %s: %s", name, key, note)
+        if self.progress is not None:
+            interval = job.target.interval
+            self.progress.plan(sum((until - since) // interval for since, until in job.segments))
         client = self._client()
         guard = SeriesGuard(job.query.facets, job.query.max_series)
         sizer = self.sizer(job)
@@ -300,8 +316,10 @@ class Runner:
             result.windows += 1
             result.points += written.lines - written.dropped_beyond_retention
             sizer.learn(window, len(answer.results))
+            if self.progress is not None:
+                self.progress.advance(window.buckets(job.target.interval), len(lines))
             log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
-            self.state.acquire_lease(name, key, self.holder, LEASE_TTL, self.now())
+            self.state.acquire_lease(name, key, self.holder, self.lease_ttl, self.now())
         result.window = None
         if backfill:
             for since, until in job.segments:
@@ -331,6 +349,34 @@ class Runner:
                     target.database, target.retention_policy, target.retention_duration
                 )
             return self._policies[key]
+
+    def _collect_metrics(self, result: JobResult, target: Target, kind: str) -> None:
+        if not self.self_metrics or result.status == "busy":
+            return
+        now = self.now()
+        line = metrics.job_line(
+            query=result.query,
+            target=result.target,
+            kind=kind,
+            status=result.status,
+            points=result.points,
+            windows=result.windows,
+            nr_requests=result.nr_requests,
+            retries=result.retries,
+            seconds=result.seconds,
+            exported_until=self.state.checkpoint(result.query, result.target),
+            now=now,
+        )
+        self._metric_lines.setdefault(target.database, []).append(line)
+
+    def _write_metrics(self) -> None:
+        """The run's own `nr_archiver` points, one write per database; never fails the run."""
+        for database, lines in self._metric_lines.items():
+            try:
+                self.sink.write(database, None, lines)
+            except ArchiverError as exc:
+                log.warning("self-metrics not written to %s: %s", database, exc)
+        self._metric_lines.clear()
 
     def _report(self, result: JobResult) -> None:
         head = f"{result.query} → {result.target}"

@@ -243,3 +243,29 @@ def test_status_json_reports_every_target(cli, influx_db, queries_dir):
         ("logins", f"{influx_db}.autogen", "ok")
     ]
     assert rows[0]["lag_seconds"] >= 5 * 60
+
+
+def test_self_metrics_count_what_the_run_wrote(cli, influxd, influx_db, queries_dir):
+    spec = specs(influx_db)[1]
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    rows = influxd.points(influx_db, "nr_archiver")
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["tags"] == {
+        "kind": "incremental",
+        "query": "logins",
+        "status": "ok",
+        "target": f"{influx_db}.autogen",
+    }
+    written = len(actual_points(influxd, spec))
+    assert row["fields"]["points"] == written > 0
+    assert row["fields"]["failed"] == 0
+    assert row["fields"]["nr_requests"] == row["fields"]["windows"] >= 1
+    assert 5 * 60 <= row["fields"]["lag_seconds"] < 15 * 60
+
+
+def test_no_self_metrics_flag(cli, influxd, influx_db, queries_dir):
+    specs(influx_db)[1].write(queries_dir)
+    assert cli("run", "--no-self-metrics").returncode == 0
+    assert influxd.points(influx_db, "nr_archiver") == []

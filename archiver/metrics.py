@@ -1,0 +1,43 @@
+"""Self-monitoring: one `nr_archiver` point per job, written next to the data it describes.
+
+A Grafana alert on `lag_seconds` (or on `failed`) fires when archiving stalls; the README has a
+ready query. Every field is a float, like the archived data, so types never conflict.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from archiver.transform import escape_key, format_field
+
+MEASUREMENT = "nr_archiver"
+
+
+def job_line(
+    *,
+    query: str,
+    target: str,
+    kind: str,
+    status: str,
+    points: int,
+    windows: int,
+    nr_requests: int,
+    retries: int,
+    seconds: float,
+    exported_until: datetime | None,
+    now: datetime,
+) -> str:
+    tags = {"kind": kind, "query": query, "status": status, "target": target}
+    fields = {
+        "points": points,
+        "windows": windows,
+        "nr_requests": nr_requests,
+        "retries": retries,
+        "seconds": seconds,
+        "failed": 1 if status == "failed" else 0,
+    }
+    if exported_until is not None:
+        fields["lag_seconds"] = (now - exported_until).total_seconds()
+    tag_part = "".join(f",{k}={escape_key(v)}" for k, v in sorted(tags.items()) if v)
+    field_part = ",".join(f"{k}={format_field(v)}" for k, v in fields.items())
+    return f"{MEASUREMENT}{tag_part} {field_part} {int(now.timestamp())}"

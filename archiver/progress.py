@@ -1,0 +1,76 @@
+"""Progress of a run, in buckets exported: a tqdm bar on a terminal, log lines elsewhere.
+
+Buckets, not windows, are the unit: window sizes adapt to the answers, while the number of
+buckets in the planned ranges is known from the start, so rate and ETA are honest.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_SECONDS = 30.0
+
+
+class Progress:
+    def __init__(
+        self,
+        *,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log_every: float = LOG_EVERY_SECONDS,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.clock = clock
+        self.log_every = log_every
+        self.total = 0
+        self.done = 0
+        self.points = 0
+        self._lock = threading.Lock()
+        self._started = clock()
+        self._last_log = self._started
+        self._bar: tqdm | None = None
+        if self.stream.isatty():
+            self._bar = tqdm(total=0, unit="bucket", file=self.stream, dynamic_ncols=True)
+
+    def plan(self, buckets: int) -> None:
+        """A job announces how many buckets it will export."""
+        with self._lock:
+            self.total += buckets
+            if self._bar is not None:
+                self._bar.total = self.total
+                self._bar.refresh()
+
+    def advance(self, buckets: int, points: int) -> None:
+        with self._lock:
+            self.done += buckets
+            self.points += points
+            if self._bar is not None:
+                self._bar.update(buckets)
+                self._bar.set_postfix(points=self.points, refresh=False)
+            elif self.clock() - self._last_log >= self.log_every:
+                self._last_log = self.clock()
+                log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        elapsed = max(self.clock() - self._started, 1e-9)
+        rate = self.done / elapsed
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        eta_text = f"{eta:.0f}s" if eta != float("inf") else "unknown"
+        return (
+            f"progress: {percent:.0f}% ({self.done}/{self.total} buckets), "
+            f"{self.points / elapsed:.0f} points/s, ETA {eta_text}"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,40 @@
+import io
+import logging
+
+from archiver.progress import Progress
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_log_lines_when_not_on_a_terminal(caplog):
+    clock = FakeClock()
+    progress = Progress(stream=io.StringIO(), clock=clock, log_every=30)
+    progress.plan(100)
+    progress.plan(300)
+    with caplog.at_level(logging.INFO, logger="archiver.progress"):
+        clock.now = 10
+        progress.advance(100, 5000)  # before log_every: silent
+        clock.now = 40
+        progress.advance(100, 5000)
+    assert [r.getMessage() for r in caplog.records] == [
+        "progress: 50% (200/400 buckets), 250 points/s, ETA 40s"
+    ]
+
+
+def test_bar_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = Progress(stream=stream)
+    progress.plan(10)
+    progress.advance(5, 50)
+    progress.close()
+    assert "5/10" in stream.getvalue()
