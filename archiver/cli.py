@@ -205,9 +205,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
 def print_plan(
     settings: config.Settings, loaded: queries.LoadResult, backfill: Backfill | None
 ) -> int:
-    state = State.open(settings.db_url, migrate=False)
-    if not state.is_migrated():
-        state = State.open("sqlite://")  # no state yet: plan from empty checkpoints
+    state = State.open_existing(settings.db_url) or State.open("sqlite://")  # empty: no state yet
     runner = Runner(
         state=state,
         sink=None,

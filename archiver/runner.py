@@ -101,6 +101,28 @@ class PlannedJob:
     skipped: list[str]
 
 
+def holder_is_dead(holder: str) -> bool:
+    """A lease holder `host:pid:nonce` on this host whose process is gone.
+
+    Our own pid under another nonce is an earlier incarnation (a container restarted as
+    PID 1 again); a holder on another host is only freed by its lease's expiry.
+    """
+    host, _, rest = holder.partition(":")
+    pid_text, _, _nonce = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def account_for(query: QueryDef, default: int | None) -> int:
     account = query.account_id or default
     if account is None:
@@ -109,6 +131,10 @@ def account_for(query: QueryDef, default: int | None) -> int:
             "is not set"
         )
     return account
+
+
+def _head(result: JobResult) -> tuple[str, str]:
+    return result.query, result.target
 
 
 class Runner:
@@ -240,12 +266,8 @@ class Runner:
         export_id = self.state.start_export(run_id, query.name, target.key, self.now())
         job: PlannedJob | None = None
         try:
-            if not self.state.acquire_lease(
-                query.name, target.key, self.holder, self.lease_ttl, self.now()
-            ):
-                result.status = "busy"
-                log.warning("%s → %s: another run is exporting it; skipped", query.name, target.key)
-                return result
+            if not self._lease(query.name, target.key):
+                return self._busy(result, backfill is not None)
             try:
                 job = self.plan(query, target, backfill, self._retention_policy(target))
                 self._export(job, export_id, result, backfill is not None)
@@ -319,7 +341,7 @@ class Runner:
             if self.progress is not None:
                 self.progress.advance(window.buckets(job.target.interval), len(lines))
             log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
-            self.state.acquire_lease(name, key, self.holder, self.lease_ttl, self.now())
+            self._lease(name, key)
         result.window = None
         if backfill:
             for since, until in job.segments:
@@ -327,6 +349,23 @@ class Runner:
             result.backfilled = job.segments
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _lease(self, query: str, target: str) -> bool:
+        return self.state.acquire_lease(
+            query, target, self.holder, self.lease_ttl, self.now(), holder_is_dead=holder_is_dead
+        )
+
+    def _busy(self, result: JobResult, backfill: bool) -> JobResult:
+        """Another live run holds the lease: it does this export; a backfill must say so."""
+        holder = self.state.lease_holder(result.query, result.target)
+        who = f"{holder[0]} until {iso(holder[1])}" if holder else "another run"
+        if backfill:
+            result.status = "failed"
+            result.error = f"another run is exporting it (lease held by {who}); try again later"
+        else:
+            result.status = "busy"
+            log.info("%s → %s: skipped, another run is exporting it (%s)", *_head(result), who)
+        return result
 
     def sizer(self, job: PlannedJob) -> WindowSizer:
         """Start from the last window this (query, target) wrote, if any."""

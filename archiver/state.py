@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,8 +25,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from archiver.errors import StateError
 from archiver.logs import redact
@@ -217,6 +218,19 @@ class State:
         if migrate:
             upgrade(engine)
         return cls(engine)
+
+    @classmethod
+    def open_existing(cls, url: str) -> State | None:
+        """The state database if it exists and is migrated; never creates anything."""
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database or ""
+            if path.startswith("file:"):
+                path = path[len("file:") :].split("?", 1)[0]
+            if path in ("", ":memory:") or not Path(path).exists():
+                return None
+        state = cls(make_engine(url))
+        return state if state.is_migrated() else None
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -426,28 +440,35 @@ class State:
     # -- leases --------------------------------------------------------------------------------
 
     def acquire_lease(
-        self, query: str, target: str, holder: str, ttl: timedelta, now: datetime
+        self,
+        query: str,
+        target: str,
+        holder: str,
+        ttl: timedelta,
+        now: datetime,
+        *,
+        holder_is_dead: Callable[[str], bool] = lambda _holder: False,
     ) -> bool:
         """Take or renew the (query, target) lease; False if another live holder has it.
 
-        Compare-and-set on `expires_at`, so it is atomic on SQLite and PostgreSQL alike.
+        A lease is free when it has expired or when `holder_is_dead` says its holder crashed
+        (a process on this host that no longer runs). Insert-if-absent and compare-and-set on
+        `expires_at` make it atomic on SQLite and PostgreSQL alike.
         """
         expires = epoch(now + ttl)
         where = (leases.c.query == query, leases.c.target == target)
         with self._begin() as conn:
             current = conn.execute(sa.select(leases).where(*where)).first()
             if current is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            leases.insert().values(
-                                query=query, target=target, holder=holder, expires_at=expires
-                            )
-                        )
-                except IntegrityError:
-                    return False
-                return True
-            if current.holder != holder and current.expires_at > epoch(now):
+                inserted = conn.execute(
+                    _insert(conn)(leases)
+                    .values(query=query, target=target, holder=holder, expires_at=expires)
+                    .on_conflict_do_nothing()
+                    .returning(leases.c.holder)
+                ).first()
+                return inserted is not None
+            free = current.expires_at <= epoch(now) or holder_is_dead(current.holder)
+            if current.holder != holder and not free:
                 return False
             taken = conn.execute(
                 leases.update()
@@ -457,6 +478,15 @@ class State:
             )
             return taken.rowcount == 1
 
+    def lease_holder(self, query: str, target: str) -> tuple[str, datetime] | None:
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(leases.c.holder, leases.c.expires_at).where(
+                    leases.c.query == query, leases.c.target == target
+                )
+            ).first()
+        return None if row is None else (row.holder, from_epoch(row.expires_at))
+
     def release_lease(self, query: str, target: str, holder: str) -> None:
         with self._begin() as conn:
             conn.execute(
@@ -464,6 +494,13 @@ class State:
                     leases.c.query == query, leases.c.target == target, leases.c.holder == holder
                 )
             )
+
+
+def _insert(conn: Connection):
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
 
 
 def _upsert_checkpoint(

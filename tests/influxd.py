@@ -183,7 +183,7 @@ class InfluxServer:
             if "error" in result:
                 raise RuntimeError(f"{influxql}: {result['error']}")
             for series in result.get("series", []):
-                for values in series["values"]:
+                for values in series.get("values", []):
                     row = dict(zip(series["columns"], values, strict=True))
                     rows.append({**series.get("tags", {}), **row})
         return rows

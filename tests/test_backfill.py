@@ -1,0 +1,256 @@
+"""Backfills, several targets, retention-aware ranges, lookback, reset and dry runs.
+
+The real CLI against the fake NerdGraph server and a real influxd, as in test_end_to_end.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from archiver.state import State
+from archiver.windows import iso
+from fakes.nerdgraph import FakeNerdGraph
+from tests.e2e import (
+    Cli,
+    Item,
+    Spec,
+    actual_points,
+    ago,
+    cli_env,
+    expected_points,
+    floor,
+    parse_iso,
+)
+
+ACCOUNT = 1234567
+
+
+def tx_spec(database: str, **changes) -> Spec:
+    spec = Spec(
+        name="tx",
+        nrql="SELECT average(duration), count(*) FROM Transaction FACET appName, host",
+        event_type="Transaction",
+        facets=("appName", "host"),
+        items=(Item("average", "duration", "average.duration"), Item("count", None, "count")),
+        measurement="nr_tx",
+        interval="1 minute",
+        interval_seconds=60,
+        database=database,
+    )
+    return replace(spec, **changes)
+
+
+def logins_spec(database: str, **changes) -> Spec:
+    spec = Spec(
+        name="logins",
+        nrql="SELECT count(*) AS logins FROM Login FACET provider",
+        event_type="Login",
+        facets=("provider",),
+        items=(Item("count", None, "logins"),),
+        measurement="nr_logins",
+        interval="1 hour",
+        interval_seconds=3600,
+        database=database,
+    )
+    return replace(spec, **changes)
+
+
+@pytest.fixture
+def fake_nr():
+    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
+        yield server
+
+
+@pytest.fixture
+def queries_dir(tmp_path):
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+def cli(tmp_path, fake_nr, influxd, queries_dir, db_url):
+    env = cli_env(
+        nerdgraph_url=fake_nr.url,
+        api_key=fake_nr.api_key,
+        influx_url=influxd.url,
+        db_url=db_url,
+        queries=queries_dir,
+    )
+    return Cli(env, tmp_path)
+
+
+def ok(result) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return output
+
+
+def test_backfill_archives_the_range_and_leaves_the_checkpoint_alone(
+    cli, influxd, influx_db, queries_dir
+):
+    spec = tx_spec(influx_db, extra={"start": iso(floor(ago(hours=1), 60))})
+    spec.write(queries_dir)
+    ok(cli("run"))
+    checkpoint_before = cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"]
+
+    since, until = floor(ago(hours=30), 60), floor(ago(hours=26), 60)
+    output = ok(cli("run", "--since", iso(since), "--until", iso(until)))
+
+    assert "backfilled" in output
+    assert cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"] == checkpoint_before
+    incremental_start = floor(ago(hours=1), 60)
+    expected = expected_points(spec, since, until)
+    expected |= expected_points(spec, incremental_start, parse_iso(checkpoint_before))
+    assert actual_points(influxd, spec) == expected
+
+
+def test_backfill_killed_then_restarted_completes_without_asking_twice(
+    cli, fake_nr, influxd, influx_db, queries_dir, db_url
+):
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    fake_nr.latency = 0.3  # slow answers, so the kill lands mid-backfill
+    since = floor(ago(days=2), 60)
+    args = ("run", "--since", iso(since), "--until", iso(floor(ago(hours=1), 60)))
+
+    process = cli.popen(*args)
+    deadline = time.monotonic() + 60
+    while len(fake_nr.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    state = State.open(db_url)
+    written_before = state.windows_written("tx", f"{influx_db}.autogen")
+    assert written_before, "the kill came before any window was written"
+    requests_before = len(fake_nr.requests)
+
+    fake_nr.latency = 0.0
+    ok(cli(*args))
+
+    for request in fake_nr.requests[requests_before:]:
+        for w_since, w_until in written_before:
+            assert not (
+                request.since_ms < w_until.timestamp() * 1000
+                and w_since.timestamp() * 1000 < request.until_ms
+            ), "a window already written was requested again"
+    assert actual_points(influxd, spec) == expected_points(spec, since, floor(ago(hours=1), 60))
+    assert state.checkpoint("tx", f"{influx_db}.autogen") is None
+
+
+def test_backfill_older_than_new_relic_holds_writes_nothing_older(
+    cli, influxd, influx_db, queries_dir
+):
+    spec = logins_spec(influx_db)
+    spec.write(queries_dir)
+    output = ok(cli("run", "--since", "10d"))
+
+    assert "older than New Relic keeps 8 days" in output
+    times = [row["time"] for row in influxd.points(influx_db, "nr_logins")]
+    oldest_held = (ago(days=8)).timestamp()
+    assert times and min(times) >= oldest_held
+    # and what it wrote is exact (the zeros of expired buckets are never archived)
+    first = parse_iso(iso(floor(ago(days=8), 3600))) + timedelta(hours=1)
+    last = floor(ago(minutes=5), 3600)
+    assert actual_points(influxd, spec) == expected_points(spec, first, last)
+
+
+def test_a_one_hour_retention_policy_gets_its_last_hour_and_no_error(
+    cli, influxd, influx_db, queries_dir
+):
+    spec = tx_spec(
+        influx_db, retention_policy="hour", extra={"retention_duration": "1h"}
+    )
+    spec.write(queries_dir)
+    output = ok(cli("run", "--since", "1d"))
+
+    assert "older than the retention policy keeps" in output
+    times = [row["time"] for row in influxd.points(influx_db, "nr_tx", "hour")]
+    assert times
+    assert min(times) >= ago(hours=1).timestamp() - 60
+
+
+def test_two_targets_hold_the_one_minute_and_one_hour_series(
+    cli, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=5), 3600)
+    spec = logins_spec(
+        influx_db,
+        interval="1 minute",
+        interval_seconds=60,
+        retention_policy=None,
+        extra={
+            "start": iso(start),
+            "targets": [
+                {"retention_policy": "raw", "interval": "1m", "retention_duration": "2d"},
+                {"retention_policy": "rollup", "interval": "1h", "retention_duration": "104w"},
+            ],
+        },
+    )
+    spec.write(queries_dir)
+    ok(cli("run"))
+
+    status = cli.status()
+    raw_until = parse_iso(status[("logins", f"{influx_db}.raw")]["exported_until"])
+    hour_until = parse_iso(status[("logins", f"{influx_db}.rollup")]["exported_until"])
+    assert hour_until == floor(raw_until, 3600) or hour_until == floor(ago(minutes=5), 3600)
+    raw = replace(spec, retention_policy="raw")
+    rollup = replace(spec, retention_policy="rollup", interval_seconds=3600)
+    assert actual_points(influxd, raw) == expected_points(raw, start, raw_until)
+    assert actual_points(influxd, rollup) == expected_points(rollup, start, hour_until)
+
+
+def test_lookback_re_exports_the_last_stretch(cli, fake_nr, influx_db, queries_dir):
+    spec = tx_spec(
+        influx_db, extra={"start": iso(floor(ago(hours=1), 60)), "lookback": "15 minutes"}
+    )
+    spec.write(queries_dir)
+    ok(cli("run"))
+    checkpoint = parse_iso(cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"])
+    first = len(fake_nr.requests)
+    ok(cli("run"))
+    assert fake_nr.requests[first].since_ms == (checkpoint - timedelta(minutes=15)).timestamp() * 1000
+
+
+def test_reset_moves_a_checkpoint_and_prints_old_and_new(cli, influx_db, queries_dir):
+    tx_spec(influx_db, extra={"start": iso(floor(ago(hours=1), 60))}).write(queries_dir)
+    ok(cli("run"))
+    old = cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"]
+    to = iso(floor(ago(hours=3), 60))
+    output = ok(cli("reset", "--query", "tx", "--to", to))
+    assert output.strip() == f"tx → {influx_db}.autogen: checkpoint {old} → {to}"
+    assert cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"] == to
+
+
+def test_reset_of_an_unknown_query_is_a_usage_error(cli, influx_db, queries_dir):
+    tx_spec(influx_db).write(queries_dir)
+    result = cli("reset", "--query", "nope", "--to", "1h")
+    assert result.returncode == 2
+    assert "nope" in result.stderr
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(
+    cli, fake_nr, influxd, influx_db, queries_dir, tmp_path
+):
+    tx_spec(influx_db).write(queries_dir)
+    since = floor(ago(hours=10), 60)
+    output = ok(cli("run", "--since", iso(since), "--dry-run"))
+
+    assert f"tx → {influx_db}.autogen" in output
+    assert f"SINCE {int(since.timestamp() * 1000)} UNTIL" in output
+    assert "LIMIT MAX" in output and "TIMESERIES 1 minute" in output
+    assert fake_nr.requests == []
+    assert influx_db not in {row["name"] for row in influxd.query("SHOW DATABASES")}
+    assert not (tmp_path / "state.db").exists()
