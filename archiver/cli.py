@@ -16,11 +16,11 @@ from pathlib import Path
 
 from archiver import __version__, config, logs, queries, scheduler, status
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
-from archiver.influx import InfluxV1Sink
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.runner import Backfill, Runner
+from archiver.sinks import open_sink
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import iso
@@ -124,6 +124,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
         help="New Relic requests per minute at most (1000; the account limit is 3000)",
     )
     if backfill:
+        parser.add_argument(
+            "--output",
+            metavar="FILE.lp",
+            help="write line protocol to FILE.lp (or - for stdout) instead of InfluxDB; "
+            "checkpoints are not touched",
+        )
         parser.add_argument("--since", metavar="TIME", help="backfill from TIME (ISO, epoch, 7d)")
         parser.add_argument("--until", metavar="TIME", help="backfill up to TIME (default: now)")
         parser.add_argument(
@@ -170,14 +176,12 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         return ExitCode.QUERY_FAILED
     api_key = settings.require_new_relic_key()
     limiter = Limiter(max_concurrent=args.max_concurrent, per_minute=args.requests_per_minute)
-    sink = InfluxV1Sink(
-        settings.influx_url,
-        settings.influx_username,
-        settings.influx_password,
-        timeout=settings.influx_timeout,
-    )
+    output = getattr(args, "output", None)
+    sink = open_sink(settings, api=settings.influx_api, output=output, org=settings.influx_org)
+    # A file output is for inspection: it must not move the checkpoints of the real target.
+    state = State.scratch() if output else State.open(settings.db_url)
     runner = Runner(
-        state=State.open(settings.db_url),
+        state=state,
         sink=sink,
         client_factory=lambda: NerdGraphClient(
             settings.nerdgraph_url, api_key, timeout=settings.nerdgraph_timeout, limiter=limiter
@@ -186,10 +190,12 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         workers=args.workers,
         stop=stop,
         progress=Progress(),
-        self_metrics=args.self_metrics,
+        self_metrics=args.self_metrics and not output,
         lease_ttl=timedelta(seconds=settings.lease_seconds),
     )
-    log.info("InfluxDB %s at %s", sink.ping(), settings.influx_url)
+    log.info(
+        "writing to %s", output if output else f"InfluxDB {sink.ping()} at {settings.influx_url}"
+    )
     report = runner.run(loaded.queries, backfill, loaded.problems)
     failed = [job for job in report.jobs if job.failed]
     log.info(
@@ -205,7 +211,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
 def print_plan(
     settings: config.Settings, loaded: queries.LoadResult, backfill: Backfill | None
 ) -> int:
-    state = State.open_existing(settings.db_url) or State.open("sqlite://")  # empty: no state yet
+    state = State.open_existing(settings.db_url) or State.scratch()  # no state yet: empty
     runner = Runner(
         state=state,
         sink=None,
@@ -291,7 +297,12 @@ def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
 def program(args: argparse.Namespace) -> int:
     """The main program without error handling."""
     settings = config.from_env()
-    logs.setup(settings.log_level, getattr(args, "log_format", "text"))
+    data_on_stdout = getattr(args, "output", None) == "-"
+    logs.setup(
+        settings.log_level,
+        getattr(args, "log_format", "text"),
+        stream=sys.stderr if data_on_stdout else None,
+    )
     if args.command == "run":
         return cmd_run(args, settings, threading.Event())
     handlers = {

@@ -31,6 +31,8 @@ class Settings:
     influx_username: str | None = None
     influx_password: str | None = field(default=None, repr=False)
     influx_token: str | None = field(default=None, repr=False)
+    influx_org: str | None = None
+    influx_api: str = "auto"
     db_url: str = "sqlite:///archiver.db"
     queries_dir: Path = Path("queries")
     log_level: str = "INFO"
@@ -109,12 +111,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influx_username=env.get("INFLUX_USERNAME") or None,
         influx_password=read_secret(env, "INFLUX_PASSWORD"),
         influx_token=read_secret(env, "INFLUX_TOKEN"),
+        influx_org=env.get("INFLUX_ORG", "").strip() or None,
+        influx_api=_choice(env, "INFLUX_API", ("auto", "v1", "v2"), "auto"),
         db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
         queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or "0 * * * *",
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
     )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

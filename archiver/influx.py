@@ -302,7 +302,7 @@ class InfluxV1Sink:
             )
         message = self._error_message(response)
         if status == 400:
-            return _classify_bad_request(message, target)
+            return classify_bad_request(message, target)
         if "retention policy not found" in message:
             raise InfluxError(
                 f"InfluxDB has no retention policy for {target} ({message}): create it, "
@@ -379,7 +379,7 @@ def _raise_for_transport(response: requests.Response, url: str) -> None:
         )
 
 
-def _classify_bad_request(message: str, target: str) -> int:
+def classify_bad_request(message: str, target: str) -> int:
     """A 400 from /write: points dropped as too old (a success), or an InfluxError."""
     dropped = DROPPED.search(message)
     if message.startswith("partial write") and "retention policy" in message and dropped:

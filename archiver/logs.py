@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 from datetime import UTC, datetime
+from typing import TextIO
 
 REDACTED = "***"
 _secrets: set[str] = set()
@@ -55,8 +56,9 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, default=str, ensure_ascii=False))
 
 
-def setup(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+def setup(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
+    """Log to stdout (the container's log), or to `stream` (stderr when stdout carries data)."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -22,11 +22,12 @@ from datetime import UTC, datetime, timedelta
 from archiver import metrics, transform, windows
 from archiver.cardinality import SeriesGuard
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
-from archiver.influx import InfluxV1Sink, RetentionPolicy
+from archiver.influx import RetentionPolicy
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
+from archiver.sinks import Sink
 from archiver.windows import Range, Window, iso
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class Runner:
         self,
         *,
         state,
-        sink: InfluxV1Sink | None,
+        sink: Sink | None,
         client_factory: Callable[[], NerdGraphClient] | None,
         default_account: int | None,
         workers: int = 4,

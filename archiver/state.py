@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -218,6 +219,14 @@ class State:
         if migrate:
             upgrade(engine)
         return cls(engine)
+
+    @classmethod
+    def scratch(cls) -> State:
+        """A throwaway state in a temporary file (in-memory SQLite is one DB per thread)."""
+        folder = tempfile.TemporaryDirectory(prefix="nr-archiver-")
+        state = cls.open(f"sqlite:///{folder.name}/scratch.db")
+        state._scratch_folder = folder  # removed with the object
+        return state
 
     @classmethod
     def open_existing(cls, url: str) -> State | None:

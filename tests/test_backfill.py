@@ -170,9 +170,7 @@ def test_backfill_older_than_new_relic_holds_writes_nothing_older(
 def test_a_one_hour_retention_policy_gets_its_last_hour_and_no_error(
     cli, influxd, influx_db, queries_dir
 ):
-    spec = tx_spec(
-        influx_db, retention_policy="hour", extra={"retention_duration": "1h"}
-    )
+    spec = tx_spec(influx_db, retention_policy="hour", extra={"retention_duration": "1h"})
     spec.write(queries_dir)
     output = ok(cli("run", "--since", "1d"))
 
@@ -182,9 +180,7 @@ def test_a_one_hour_retention_policy_gets_its_last_hour_and_no_error(
     assert min(times) >= ago(hours=1).timestamp() - 60
 
 
-def test_two_targets_hold_the_one_minute_and_one_hour_series(
-    cli, influxd, influx_db, queries_dir
-):
+def test_two_targets_hold_the_one_minute_and_one_hour_series(cli, influxd, influx_db, queries_dir):
     start = floor(ago(hours=5), 3600)
     spec = logins_spec(
         influx_db,
@@ -221,7 +217,9 @@ def test_lookback_re_exports_the_last_stretch(cli, fake_nr, influx_db, queries_d
     checkpoint = parse_iso(cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"])
     first = len(fake_nr.requests)
     ok(cli("run"))
-    assert fake_nr.requests[first].since_ms == (checkpoint - timedelta(minutes=15)).timestamp() * 1000
+    assert (
+        fake_nr.requests[first].since_ms == (checkpoint - timedelta(minutes=15)).timestamp() * 1000
+    )
 
 
 def test_reset_moves_a_checkpoint_and_prints_old_and_new(cli, influx_db, queries_dir):
@@ -254,3 +252,23 @@ def test_dry_run_prints_the_plan_and_touches_nothing(
     assert fake_nr.requests == []
     assert influx_db not in {row["name"] for row in influxd.query("SHOW DATABASES")}
     assert not (tmp_path / "state.db").exists()
+
+
+def test_output_file_gets_the_line_protocol_and_nothing_else_moves(
+    cli, fake_nr, influxd, influx_db, queries_dir, tmp_path
+):
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    since, until = floor(ago(hours=3), 60), floor(ago(hours=2), 60)
+    output = tmp_path / "out.lp"
+    ok(cli("run", "--since", iso(since), "--until", iso(until), "--output", str(output)))
+
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(expected_points(spec, since, until))
+    assert all(line.startswith("nr_tx,") for line in lines)
+    assert influx_db not in {row["name"] for row in influxd.query("SHOW DATABASES")}
+    assert not (tmp_path / "state.db").exists()
+
+    stdout = cli("run", "--since", iso(since), "--until", iso(until), "--output", "-")
+    assert stdout.returncode == 0
+    assert stdout.stdout.splitlines() == lines  # logs went to stderr

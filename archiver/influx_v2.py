@@ -1,0 +1,434 @@
+"""InfluxDB 1.8+, 2.x and 3.x through influxdb-client's `/api/v2/write`.
+
+Where each flavour keeps a target (database, retention_policy) of a query file:
+
+- 1.8 (up to 1.12): bucket `db/rp` (`db` alone for the default RP), token `user:password`, org
+  `-`. Databases and RPs are made with InfluxQL, exactly as for 1.x (`InfluxV1Sink.ensure_target`).
+- 2.x: one bucket per target, named `db` for the default retention policy and `db/rp` otherwise
+  (the names `influxd upgrade` gives the buckets it makes from 1.x databases). A missing bucket is
+  created with `retention_duration` as its retention (infinite when none is given for the
+  default RP), and a DBRP mapping (db, rp or `autogen`) → bucket is added, so InfluxQL and
+  Grafana's InfluxQL mode keep reading the data as `"db"."rp"`.
+- 3.x: one database per target, named like the 2.x buckets (3.x maps a v1 `rp` to `db/rp` too).
+  3.x creates it on the first write; its retention is the server's business.
+
+Writes are SYNCHRONOUS: one request per batch that raises on failure, so `write()` returning
+means InfluxDB acknowledged every line and a checkpoint may move (batching mode would lose data
+on close and report failures only through callbacks). influxdb-client's own retries stay off
+(`retries=False` on its urllib3 pool, and the synchronous path adds none): the one retry policy
+is tenacity's, here. Errors are classified as in `archiver.influx`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import tenacity
+import urllib3
+from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
+from influxdb_client.client.exceptions import InfluxDBError
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.bucket import Bucket
+from influxdb_client.domain.dbrp_create import DBRPCreate
+from influxdb_client.rest import ApiException
+from influxdb_client.service.dbr_ps_service import DBRPsService
+
+from archiver import logs
+from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
+from archiver.influx import (
+    INFLUXQL_DURATION,
+    InfluxV1Sink,
+    RetentionPolicy,
+    WriteResult,
+    classify_bad_request,
+    duration_seconds,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Flavour = Literal["1.8", "2.x", "3.x"]
+DEFAULT_RP = "autogen"
+ORG_ID = re.compile(r"[0-9a-f]{16}")
+ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def bucket_name(database: str, retention_policy: str | None) -> str:
+    """`db` for the default retention policy, else `db/rp` (the names `influxd upgrade` gives)."""
+    return f"{database}/{retention_policy}" if retention_policy else database
+
+
+class InfluxClientSink:
+    """Writes line protocol through influxdb-client; same interface as `InfluxV1Sink`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        flavour: Flavour,
+        token: str | None = None,
+        org: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        batch_size: int = 5000,
+        max_attempts: int = 6,
+        max_total_seconds: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.display_url = _without_userinfo(self.url)
+        self.flavour = flavour
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self._influxql: InfluxV1Sink | None = None
+        if flavour == "1.8":
+            token = f"{username}:{password or ''}" if username else None
+            org = "-"
+            self._influxql = InfluxV1Sink(
+                url, username, password, timeout=timeout, sleep=sleep,
+                max_attempts=max_attempts, max_total_seconds=max_total_seconds,
+            )  # fmt: skip
+        elif flavour == "2.x":
+            _require(token, "INFLUX_TOKEN", "an API token with write access", self.display_url)
+            _require(org, "INFLUX_ORG", "the organization's name or ID", self.display_url)
+        for secret in (token, password):
+            logs.register_secret(secret or "")
+        self.org = org or "-"
+        self.credentials = (
+            "INFLUX_USERNAME / INFLUX_PASSWORD" if flavour == "1.8" else "INFLUX_TOKEN"
+        )
+        self._client = InfluxDBClient(
+            self.url, token=token or "", org=self.org, timeout=round(timeout * 1000),
+            enable_gzip=True, retries=False, connection_pool_maxsize=16,
+        )  # fmt: skip
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._org_id: str | None = None
+        self._org_lock = threading.Lock()
+        self._backoff = tenacity.wait_exponential_jitter(initial=1, max=30)
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientError),
+            stop=tenacity.stop_after_attempt(max_attempts)
+            | tenacity.stop_before_delay(max_total_seconds),
+            wait=self._wait,
+            sleep=sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def close(self) -> None:
+        self._write_api.close()  # before the client: closing the client leaves write APIs open
+        self._client.close()
+        if self._influxql is not None:
+            self._influxql.close()
+
+    def __enter__(self) -> InfluxClientSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- the sink interface ------------------------------------------------------------------
+
+    def ping(self) -> str:
+        """InfluxDB's version, from the `X-Influxdb-Version` header of `GET /ping`."""
+        version, _ = self._with_retries(self._client.version, "GET /ping")
+        if version == "unknown":
+            raise InfluxError(
+                f"INFLUX_URL {self.display_url} answered but is not InfluxDB "
+                "(no X-Influxdb-Version header on /ping)"
+            )
+        return version
+
+    def ensure_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy:
+        if self._influxql is not None:
+            return self._influxql.ensure_target(database, retention_policy, retention_duration)
+        if retention_duration is not None and not INFLUXQL_DURATION.fullmatch(retention_duration):
+            raise InfluxError(
+                f"retention_duration {retention_duration!r} is not an InfluxQL duration "
+                "such as 30d, 104w or INF"
+            )
+        if self.flavour == "3.x":
+            return self._database_target(database, retention_policy, retention_duration)
+        return self._bucket_target(database, retention_policy, retention_duration)
+
+    def write(
+        self, database: str, retention_policy: str | None, lines: Sequence[str]
+    ) -> WriteResult:
+        """Send `lines` in batches; returns once InfluxDB acknowledged every batch."""
+        bucket = bucket_name(database, retention_policy)
+        dropped = requests_sent = retries = 0
+        for start in range(0, len(lines), self.batch_size):
+            batch = list(lines[start : start + self.batch_size])
+            batch_dropped, attempts = self._with_retries(
+                lambda batch=batch: self._write_batch(bucket, batch), f'the write to "{bucket}"'
+            )
+            dropped += batch_dropped
+            requests_sent += attempts
+            retries += attempts - 1
+        return WriteResult(len(lines), dropped, requests_sent, retries)
+
+    # --- targets -----------------------------------------------------------------------------
+
+    def _database_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy:
+        name = bucket_name(database, retention_policy)
+        if retention_duration is not None:
+            log.info(
+                'InfluxDB 3 database "%s": retention_duration %s only limits what is exported; '
+                "set the database's own retention in InfluxDB",
+                name,
+                retention_duration,
+            )
+        seconds = duration_seconds(retention_duration) if retention_duration else None
+        return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
+
+    def _bucket_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy:
+        name = bucket_name(database, retention_policy)
+        bucket = self._find_bucket(name)
+        if bucket is None:
+            if retention_policy is not None and retention_duration is None:
+                raise InfluxError(
+                    f'bucket "{name}" (database "{database}", retention policy '
+                    f'"{retention_policy}") does not exist on {self.display_url}: create it, '
+                    "or give retention_duration in the query file"
+                )
+            bucket = self._create_bucket(name, retention_duration)
+        seconds = _bucket_seconds(bucket)
+        if retention_duration is not None and duration_seconds(retention_duration) != seconds:
+            log.warning(
+                'bucket "%s" exists with another retention and is kept as it is '
+                "(retention_duration %s only applies when creating it)",
+                name,
+                retention_duration,
+            )
+        self._ensure_dbrp(database, retention_policy, bucket.id)
+        return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
+
+    def _find_bucket(self, name: str) -> Bucket | None:
+        org_id = self._organization_id()
+        found, _ = self._with_retries(
+            lambda: self._client.buckets_api().find_buckets(name=name, org_id=org_id).buckets,
+            f'looking up bucket "{name}"',
+        )
+        return next((bucket for bucket in found or [] if bucket.name == name), None)
+
+    def _create_bucket(self, name: str, retention_duration: str | None) -> Bucket:
+        seconds = duration_seconds(retention_duration) if retention_duration else None
+        rules = [BucketRetentionRules(type="expire", every_seconds=seconds)] if seconds else []
+        org_id = self._organization_id()
+        bucket, _ = self._with_retries(
+            lambda: self._client.buckets_api().create_bucket(
+                bucket_name=name, retention_rules=rules, org=org_id
+            ),
+            f'creating bucket "{name}"',
+        )
+        log.info('created bucket "%s" (retention %s)', name, retention_duration or "INF")
+        return bucket
+
+    def _ensure_dbrp(self, database: str, retention_policy: str | None, bucket_id: str) -> None:
+        """Map `"db"."rp"` to the bucket for InfluxQL, unless a mapping for it exists."""
+        rp = retention_policy or DEFAULT_RP
+        org_id = self._organization_id()
+        service = DBRPsService(self._client.api_client)
+        mappings, _ = self._with_retries(
+            lambda: service.get_dbr_ps(org_id=org_id, db=database).content or [],
+            f'reading the DBRP mappings of "{database}"',
+        )
+        existing = next((m for m in mappings if m.retention_policy == rp), None)
+        if existing is not None:
+            if existing.bucket_id != bucket_id:
+                log.warning(
+                    'InfluxQL "%s"."%s" is mapped to another bucket (%s) and is kept as it is',
+                    database,
+                    rp,
+                    existing.bucket_id,
+                )
+            return
+        default = retention_policy is None and not any(m.default for m in mappings)
+        mapping = DBRPCreate(
+            org_id=org_id, bucket_id=bucket_id, database=database, retention_policy=rp,
+            default=default,
+        )  # fmt: skip
+        self._with_retries(
+            lambda: service.post_dbrp(mapping), f'creating the DBRP mapping "{database}"."{rp}"'
+        )
+        log.info('mapped InfluxQL "%s"."%s" to bucket %s', database, rp, bucket_id)
+
+    def _organization_id(self) -> str:
+        with self._org_lock:
+            if self._org_id is None:
+                self._org_id = self._find_organization_id()
+            return self._org_id
+
+    def _find_organization_id(self) -> str:
+        if ORG_ID.fullmatch(self.org):
+            return self.org
+        orgs, _ = self._with_retries(
+            lambda: self._client.organizations_api().find_organizations(org=self.org),
+            f'INFLUX_ORG "{self.org}"',
+        )
+        if not orgs:
+            raise ConfigError(
+                f'INFLUX_ORG "{self.org}" is not an organization INFLUX_TOKEN can read '
+                f"on {self.display_url}"
+            )
+        return orgs[0].id
+
+    # --- writing and errors ------------------------------------------------------------------
+
+    def _write_batch(self, bucket: str, batch: list[str]) -> int:
+        """POST one batch; returns the points InfluxDB dropped as beyond retention."""
+        try:
+            self._write_api.write(bucket, self.org, batch, WritePrecision.S)
+        except InfluxDBError as exc:
+            if _status(exc) not in (400, 422):
+                raise
+            dropped = classify_bad_request(_partial_write(_message(exc)), f'"{bucket}"')
+            if dropped:
+                log.info(
+                    'InfluxDB dropped %d of %d points older than the retention of "%s" '
+                    "(the others were written)",
+                    dropped,
+                    len(batch),
+                    bucket,
+                )
+            return dropped
+        return 0
+
+    def _with_retries(self, action: Callable[[], T], what: str) -> tuple[T, int]:
+        """`action()` under the retry policy; returns its result and the attempts it took."""
+        retrying = self._retrying.copy()
+        try:
+            result = retrying(lambda: self._classified(action, what))
+        except TransientError as exc:
+            attempts = retrying.statistics["attempt_number"]
+            raise TransientError(f"{exc} (gave up after {attempts} attempts)") from exc
+        return result, retrying.statistics["attempt_number"]
+
+    def _classified(self, action: Callable[[], T], what: str) -> T:
+        """`action()` with influxdb-client's and urllib3's errors turned into the archiver's."""
+        try:
+            return action()
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        except InfluxDBError as exc:
+            raise self._api_error(exc, what) from None
+
+    def _transport_error(self, exc: urllib3.exceptions.HTTPError) -> Exception:
+        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+            exc = exc.reason
+        if isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+            exc, urllib3.exceptions.NewConnectionError
+        ):
+            return TransientError(
+                f"InfluxDB at {self.display_url} did not answer within {self.timeout:g} s"
+            )
+        if isinstance(exc, urllib3.exceptions.SSLError | urllib3.exceptions.LocationValueError):
+            return InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}")
+        found = ERRNO_REASON.search(str(exc))
+        reason = found.group(1).strip() if found else type(exc).__name__
+        return TransientError(f"cannot reach InfluxDB at {self.display_url}: {reason}")
+
+    def _api_error(self, exc: InfluxDBError, what: str) -> Exception:
+        status, message = _status(exc), _message(exc)
+        if status is None:
+            return InfluxError(f"InfluxDB at {self.display_url}: {what}: {message}")
+        if status == 401:
+            return AuthError(
+                f"InfluxDB rejected the credentials (HTTP 401): check {self.credentials}"
+            )
+        if status == 403:
+            return AuthError(
+                f"InfluxDB refused {what} (HTTP 403: {message}): give {self.credentials} "
+                "the permissions it needs"
+            )
+        if (status == 429 or status >= 500) and "retention policy not found" not in message:
+            return TransientError(
+                f"InfluxDB at {self.display_url} answered HTTP {status} to {what}: {message}",
+                retry_after=_retry_after(exc),
+            )
+        if status == 413:
+            return InfluxError(
+                f"InfluxDB refused {what} as too large (HTTP 413): lower the batch size"
+            )
+        if status == 404:
+            return InfluxError(
+                f"InfluxDB at {self.display_url} found nothing for {what} (HTTP 404: {message}): "
+                "check the query file's database and retention_policy, and INFLUX_ORG"
+            )
+        return InfluxError(f"InfluxDB refused {what} (HTTP {status}): {message}")
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        return max(self._backoff(state), retry_after or 0.0)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s; retrying in %.1f s (attempt %d)", exc, wait, state.attempt_number + 1)
+
+
+def _require(value: str | None, variable: str, what: str, url: str) -> None:
+    if not value:
+        raise ConfigError(f"{variable} is not set: InfluxDB 2.x at {url} needs {what}")
+
+
+def _status(exc: InfluxDBError) -> int | None:
+    if isinstance(exc, ApiException) and exc.status:
+        return exc.status
+    response = getattr(exc, "response", None)
+    return getattr(response, "status", None)
+
+
+def _message(exc: InfluxDBError) -> str:
+    """InfluxDB's `{"message": ...}` (2.x, 3.x) or `{"error": ...}` (1.8) text."""
+    body = getattr(exc, "body", None) or getattr(getattr(exc, "response", None), "data", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        text = parsed.get("message") or parsed.get("error")
+        if isinstance(text, str):
+            return text
+    return str(body or getattr(exc, "reason", None) or exc.message or "no reason given")
+
+
+def _partial_write(message: str) -> str:
+    """2.x wraps 1.x's `partial write: ...` in `failure writing points to database: ...`."""
+    start = message.find("partial write")
+    return message[start:] if start > 0 else message
+
+
+def _retry_after(exc: InfluxDBError) -> float | None:
+    value = str(getattr(exc, "retry_after", None) or "")
+    return float(value) if value.isdigit() else None
+
+
+def _bucket_seconds(bucket: Bucket) -> int | None:
+    """The bucket's retention in seconds; None for infinite (no rule, or everySeconds 0)."""
+    seconds = [rule.every_seconds for rule in bucket.retention_rules or [] if rule.every_seconds]
+    return min(seconds) if seconds else None
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

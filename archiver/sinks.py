@@ -1,0 +1,200 @@
+"""Where the points go: the `Sink` interface, its choice from settings, and a line-protocol file.
+
+`open_sink` picks the sink once per run:
+
+- `output` (`FILE.lp` or `-` for stdout): `FileSink`, the exact line protocol, nothing sent;
+- `api="v1"`: `InfluxV1Sink` (`/write` + InfluxQL), without asking the server anything;
+- `api="auto"` (the default): the `X-Influxdb-Version` of `GET /ping` decides: 1.x before 1.8
+  → `InfluxV1Sink`; 1.8+ → `InfluxClientSink` in 1.8 mode; 2.x → buckets + DBRP mappings;
+  3.x → one database per target (see `archiver.influx_v2` for the names);
+- `api="v2"`: `InfluxClientSink` whatever the version, in the mode the version gives (2.x when
+  it cannot be read).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Protocol
+
+from archiver.config import Settings
+from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
+from archiver.influx import InfluxV1Sink, RetentionPolicy, WriteResult
+from archiver.influx_v2 import DEFAULT_RP, Flavour, InfluxClientSink
+
+log = logging.getLogger(__name__)
+
+API_CHOICES = ("auto", "v1", "v2")
+STDOUT = "-"
+VERSION = re.compile(r"v?(\d+)\.(\d+)")
+
+
+class Sink(Protocol):
+    """What the runner needs from wherever the points go."""
+
+    def ping(self) -> str: ...
+
+    def ensure_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy: ...
+
+    def write(
+        self, database: str, retention_policy: str | None, lines: Sequence[str]
+    ) -> WriteResult: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """Line protocol into a file or stdout instead of InfluxDB: one line a point, one run a file.
+
+    Several jobs write at once: each `write()` appends its lines whole, under a lock, and is
+    flushed (and fsynced for a file) before it returns, so a checkpoint never passes data that
+    is not in the file.
+    """
+
+    def __init__(self, stream: BinaryIO, *, name: str, is_file: bool) -> None:
+        self.name = name
+        self._stream = stream
+        self._is_file = is_file
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, output: str) -> FileSink:
+        """`-` is stdout; any other name must end in `.lp` and is truncated."""
+        if output == STDOUT:
+            return cls(sys.stdout.buffer, name="stdout", is_file=False)
+        if not output.endswith(".lp"):
+            raise ConfigError(f"--output {output}: give a file name ending in .lp, or - for stdout")
+        try:
+            stream = open(output, "wb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise ConfigError(f"--output {output}: cannot write it: {exc.strerror}") from None
+        return cls(stream, name=output, is_file=True)
+
+    def ping(self) -> str:
+        return "file"
+
+    def ensure_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy:
+        return RetentionPolicy(retention_policy or DEFAULT_RP, None, retention_policy is None)
+
+    def write(
+        self, database: str, retention_policy: str | None, lines: Sequence[str]
+    ) -> WriteResult:
+        data = "".join(f"{line}\n" for line in lines).encode()
+        with self._lock:
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+                if self._is_file:
+                    os.fsync(self._stream.fileno())
+            except OSError as exc:
+                raise PermanentError(
+                    f"cannot write line protocol to {self.name}: {exc.strerror or exc}"
+                ) from None
+        return WriteResult(len(lines), dropped_beyond_retention=0, requests=0, retries=0)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._is_file:
+                self._stream.close()
+            else:
+                self._stream.flush()
+
+    def __enter__(self) -> FileSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_sink(
+    settings: Settings,
+    *,
+    api: str = "auto",
+    output: str | None = None,
+    org: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Sink:
+    """The sink for this run; raises ConfigError for a bad choice, InfluxError for a non-Influx."""
+    if output is not None:
+        return FileSink.open(output)
+    if api not in API_CHOICES:
+        raise ConfigError(f"INFLUX_API must be one of {', '.join(API_CHOICES)}, not {api!r}")
+    v1 = InfluxV1Sink(
+        settings.influx_url,
+        settings.influx_username,
+        settings.influx_password,
+        timeout=settings.influx_timeout,
+        sleep=sleep,
+    )
+    if api == "v1":
+        return v1
+    try:
+        version = _server_version(v1, settings, sleep)
+        flavour = _flavour(version, api, v1.display_url)
+    except BaseException:
+        v1.close()
+        raise
+    if flavour is None:
+        log.info("InfluxDB %s at %s: writing with /write", version, v1.display_url)
+        return v1
+    v1.close()
+    log.info("InfluxDB %s at %s: writing with /api/v2/write", version, v1.display_url)
+    return InfluxClientSink(
+        settings.influx_url,
+        flavour=flavour,
+        token=settings.influx_token,
+        org=org if org is not None else getattr(settings, "influx_org", None),
+        username=settings.influx_username,
+        password=settings.influx_password,
+        timeout=settings.influx_timeout,
+        sleep=sleep,
+    )
+
+
+def _server_version(v1: InfluxV1Sink, settings: Settings, sleep: Callable[[float], None]) -> str:
+    """`X-Influxdb-Version` of `/ping`, asked with the token when the server wants one (3.x)."""
+    try:
+        return v1.ping()
+    except AuthError:
+        if not settings.influx_token:
+            raise
+    with InfluxClientSink(
+        settings.influx_url,
+        flavour="3.x",
+        token=settings.influx_token,
+        timeout=settings.influx_timeout,
+        sleep=sleep,
+    ) as probe:
+        return probe.ping()
+
+
+def _flavour(version: str, api: str, url: str) -> Flavour | None:
+    """How to talk to InfluxDB `version`: None for 1.x's `/write`, else influxdb-client's mode."""
+    found = VERSION.match(version)
+    major, minor = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    if major == 0:
+        if api == "v2":
+            return "2.x"
+        raise InfluxError(
+            f"INFLUX_URL {url} runs InfluxDB {version!r}, a version nr-archiver cannot read: "
+            "set INFLUX_API=v1 or INFLUX_API=v2"
+        )
+    if major == 1 and minor < 8:
+        if api == "v2":
+            raise ConfigError(
+                f"INFLUX_API=v2, but InfluxDB {version} at {url} has no /api/v2/write "
+                "(it came with 1.8): set INFLUX_API=auto or v1"
+            )
+        return None
+    if major == 1:
+        return "1.8"
+    return "2.x" if major == 2 else "3.x"
