@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -60,6 +60,9 @@ UNIT_SECONDS = {
     "ns": 1e-9, "u": 1e-6, "µ": 1e-6, "us": 1e-6, "µs": 1e-6, "ms": 1e-3,
     "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
 }  # fmt: skip
+
+
+Precision = Literal["s", "ms", "us", "ns"]  # of the timestamps in the lines
 
 
 @dataclass(frozen=True)
@@ -151,14 +154,18 @@ class InfluxV1Sink:
         return version
 
     def write(
-        self, database: str, retention_policy: str | None, lines: Sequence[str]
+        self,
+        database: str,
+        retention_policy: str | None,
+        lines: Sequence[str],
+        precision: Precision = "s",
     ) -> WriteResult:
         """Send `lines` in batches; returns once InfluxDB acknowledged every batch."""
         dropped = requests_sent = retries = 0
         for start in range(0, len(lines), self.batch_size):
             batch = lines[start : start + self.batch_size]
             batch_dropped, attempts = self._with_retries(
-                lambda batch=batch: self._write_batch(database, retention_policy, batch)
+                lambda batch=batch: self._write_batch(database, retention_policy, batch, precision)
             )
             dropped += batch_dropped
             requests_sent += attempts
@@ -266,10 +273,14 @@ class InfluxV1Sink:
         return response
 
     def _write_batch(
-        self, database: str, retention_policy: str | None, batch: Sequence[str]
+        self,
+        database: str,
+        retention_policy: str | None,
+        batch: Sequence[str],
+        precision: Precision = "s",
     ) -> int:
         """POST one batch; returns the points InfluxDB dropped as beyond retention."""
-        params = {"db": database, "precision": "s"}
+        params = {"db": database, "precision": precision}
         if retention_policy:
             params["rp"] = retention_policy
         body = "\n".join(batch).encode()

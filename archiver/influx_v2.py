@@ -45,6 +45,7 @@ from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.influx import (
     INFLUXQL_DURATION,
     InfluxV1Sink,
+    Precision,
     RetentionPolicy,
     WriteResult,
     classify_bad_request,
@@ -55,6 +56,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Flavour = Literal["1.8", "2.x", "3.x"]
+WRITE_PRECISION = {
+    "s": WritePrecision.S,
+    "ms": WritePrecision.MS,
+    "us": WritePrecision.US,
+    "ns": WritePrecision.NS,
+}
 DEFAULT_RP = "autogen"
 ORG_ID = re.compile(r"[0-9a-f]{16}")
 ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
@@ -162,7 +169,11 @@ class InfluxClientSink:
         return self._bucket_target(database, retention_policy, retention_duration)
 
     def write(
-        self, database: str, retention_policy: str | None, lines: Sequence[str]
+        self,
+        database: str,
+        retention_policy: str | None,
+        lines: Sequence[str],
+        precision: Precision = "s",
     ) -> WriteResult:
         """Send `lines` in batches; returns once InfluxDB acknowledged every batch."""
         bucket = bucket_name(database, retention_policy)
@@ -170,7 +181,8 @@ class InfluxClientSink:
         for start in range(0, len(lines), self.batch_size):
             batch = list(lines[start : start + self.batch_size])
             batch_dropped, attempts = self._with_retries(
-                lambda batch=batch: self._write_batch(bucket, batch), f'the write to "{bucket}"'
+                lambda batch=batch: self._write_batch(bucket, batch, precision),
+                f'the write to "{bucket}"',
             )
             dropped += batch_dropped
             requests_sent += attempts
@@ -289,10 +301,10 @@ class InfluxClientSink:
 
     # --- writing and errors ------------------------------------------------------------------
 
-    def _write_batch(self, bucket: str, batch: list[str]) -> int:
+    def _write_batch(self, bucket: str, batch: list[str], precision: Precision = "s") -> int:
         """POST one batch; returns the points InfluxDB dropped as beyond retention."""
         try:
-            self._write_api.write(bucket, self.org, batch, WritePrecision.S)
+            self._write_api.write(bucket, self.org, batch, WRITE_PRECISION[precision])
         except InfluxDBError as exc:
             if _status(exc) not in (400, 422):
                 raise

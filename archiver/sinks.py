@@ -24,7 +24,7 @@ from typing import BinaryIO, Protocol
 
 from archiver.config import Settings
 from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
-from archiver.influx import InfluxV1Sink, RetentionPolicy, WriteResult
+from archiver.influx import InfluxV1Sink, Precision, RetentionPolicy, WriteResult
 from archiver.influx_v2 import DEFAULT_RP, Flavour, InfluxClientSink
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,11 @@ class Sink(Protocol):
     ) -> RetentionPolicy: ...
 
     def write(
-        self, database: str, retention_policy: str | None, lines: Sequence[str]
+        self,
+        database: str,
+        retention_policy: str | None,
+        lines: Sequence[str],
+        precision: Precision = "s",
     ) -> WriteResult: ...
 
     def close(self) -> None: ...
@@ -63,6 +67,7 @@ class FileSink:
         self._stream = stream
         self._is_file = is_file
         self._lock = threading.Lock()
+        self._precision: Precision | None = None
 
     @classmethod
     def open(cls, output: str) -> FileSink:
@@ -86,10 +91,21 @@ class FileSink:
         return RetentionPolicy(retention_policy or DEFAULT_RP, None, retention_policy is None)
 
     def write(
-        self, database: str, retention_policy: str | None, lines: Sequence[str]
+        self,
+        database: str,
+        retention_policy: str | None,
+        lines: Sequence[str],
+        precision: Precision = "s",
     ) -> WriteResult:
         data = "".join(f"{line}\n" for line in lines).encode()
         with self._lock:
+            # A line-protocol file has one precision (`influx write --precision`).
+            if self._precision not in (None, precision):
+                raise PermanentError(
+                    f"{self.name} already holds timestamps in {self._precision}, not {precision}:"
+                    " write events queries and aggregate queries to separate files (--query)"
+                )
+            self._precision = precision
             try:
                 self._stream.write(data)
                 self._stream.flush()
