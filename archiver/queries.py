@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -47,6 +47,8 @@ QUERY_FILE_PATTERNS = ("*.yaml", "*.yml")
 DEFAULT_LAG = timedelta(minutes=5)
 DEFAULT_NR_RETENTION = timedelta(days=8)
 DEFAULT_MAX_SERIES = 10_000
+EVENTS_WINDOW = timedelta(hours=1)
+Mode = Literal["aggregate", "events"]
 MAX_FACETS = 5  # New Relic's limit on FACET attributes
 MAX_BUCKETS = 366  # New Relic's limit on TIMESERIES buckets per query
 DAY = timedelta(days=1)
@@ -92,6 +94,8 @@ class QueryDef(BaseModel, frozen=True):
     nr_retention: timedelta = DEFAULT_NR_RETENTION
     max_series: int = DEFAULT_MAX_SERIES
     description: str | None = None
+    mode: Mode = "aggregate"
+    tag_attributes: tuple[str, ...] = ()  # events mode: attributes that become tags
 
     def __hash__(self) -> int:  # tags is a dict: hash by identity of the file instead
         return hash((self.name, self.path))
@@ -119,6 +123,8 @@ class QueryDef(BaseModel, frozen=True):
         is a bug in the caller, so it raises ValueError rather than sending a shifted query.
         """
         since_ms, until_ms = _epoch_ms(since), _epoch_ms(until)
+        if self.mode == "events":  # raw events: any window, split while New Relic caps it
+            return f"{self._shape.sendable} LIMIT MAX SINCE {since_ms} UNTIL {until_ms}"
         step_ms = interval // timedelta(milliseconds=1)
         if step_ms <= 0 or since_ms % step_ms or until_ms % step_ms:
             raise ValueError(
@@ -475,6 +481,8 @@ class _QueryFile(BaseModel):
     tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     nr_retention: PositiveDuration = DEFAULT_NR_RETENTION
     max_series: Annotated[int, Field(strict=True, ge=1)] = DEFAULT_MAX_SERIES
+    mode: Mode = "aggregate"
+    tag_attributes: list[TagKey] | None = None
 
     @field_validator("start", mode="before")
     @classmethod
@@ -504,16 +512,36 @@ def _resolve(raw: _QueryFile, path: Path) -> tuple[QueryDef | None, list[_Proble
     targets, target_problems = _resolve_targets(raw)
     problems += target_problems
     problems += _tag_facet_collisions(raw)
+    problems += _mode_problems(raw)
     if problems:
         return None, problems
     settings = raw.model_dump(include=_QUERY_SETTINGS)
-    return QueryDef(name=name, path=path, targets=targets, **settings), []
+    tag_attributes = tuple(raw.tag_attributes or ())
+    return QueryDef(
+        name=name, path=path, targets=targets, tag_attributes=tag_attributes, **settings
+    ), []
+
+
+def _mode_problems(raw: _QueryFile) -> list[_Problem]:
+    shape = analyse_nrql(raw.nrql)
+    if raw.mode == "aggregate":
+        if raw.tag_attributes is not None:
+            return [("tag_attributes", "only for `mode: events`; FACET attributes become tags")]
+        return []
+    problems: list[_Problem] = []
+    if shape.facets:
+        problems.append(("nrql", "a `mode: events` query has no FACET: use tag_attributes"))
+    if shape.has_limit:
+        problems.append(("nrql", "remove LIMIT: events queries are sent with LIMIT MAX and split"))
+    for key in set(raw.tags) & set(raw.tag_attributes or ()):
+        problems.append((f"tags.{key}", f"'{key}' is also in tag_attributes"))
+    return problems
 
 
 # keys of a query file that pass to QueryDef unchanged (the others make up the targets)
 _QUERY_SETTINGS = {
     "description", "nrql", "measurement", "lag", "lookback", "start",
-    "account_id", "tags", "nr_retention", "max_series",
+    "account_id", "tags", "nr_retention", "max_series", "mode",
 }  # fmt: skip
 
 
@@ -546,6 +574,8 @@ def _resolve_target(
 ) -> tuple[tuple[Target, ...], list[_Problem]]:
     database = entry.database or raw.database
     interval = entry.interval or raw.interval
+    if interval is None and raw.mode == "events":
+        interval = EVENTS_WINDOW  # events have no buckets: this is the first window's size
     missing = [key for key, value in (("database", database), ("interval", interval)) if not value]
     problems = [(f"{here}{key}", _missing_target_key(key, here)) for key in missing]
     if "retention_policy" in entry.model_fields_set:

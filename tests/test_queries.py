@@ -842,3 +842,60 @@ def test_query_defs_can_be_built_directly_and_hashed() -> None:
     assert query.facets == ("a.b",)
     assert {query: 1}[query] == 1
     assert query.lag == timedelta(minutes=5)
+
+
+# -- mode: events ----------------------------------------------------------------------------
+
+
+def _events_file(tmp_path, extra: str) -> Path:
+    path = tmp_path / "events.yaml"
+    path.write_text(
+        "nrql: SELECT duration, name, appName FROM Transaction\nmode: events\n"
+        "measurement: nr_events\ndatabase: newrelic\n" + extra
+    )
+    return path
+
+
+def test_events_mode_defaults_and_nrql(tmp_path):
+    loaded = load_files([_events_file(tmp_path, "tag_attributes: [appName]\n")])
+    assert loaded.problems == []
+    query = loaded.queries[0]
+    assert (query.mode, query.tag_attributes) == ("events", ("appName",))
+    assert query.targets[0].interval == timedelta(hours=1)
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    assert query.nrql_for(since, since + timedelta(seconds=7), query.targets[0].interval) == (
+        "SELECT duration, name, appName FROM Transaction LIMIT MAX "
+        "SINCE 1767225600000 UNTIL 1767225607000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("nrql", "extra", "key", "message"),
+    [
+        pytest.param("SELECT a FROM T FACET b", "mode: events\n", "nrql", "no FACET", id="facet"),
+        pytest.param(
+            "SELECT a FROM T LIMIT 10", "mode: events\n", "nrql", "remove LIMIT", id="limit"
+        ),
+        pytest.param(
+            "SELECT count(*) FROM T",
+            "tag_attributes: [a]\n",
+            "tag_attributes",
+            "only for",
+            id="tag-attributes-need-events",
+        ),
+        pytest.param(
+            "SELECT a FROM T",
+            "mode: events\ntag_attributes: [a]\ntags: {a: x}\n",
+            "tags.a",
+            "also in tag_attributes",
+            id="collision",
+        ),
+        pytest.param("SELECT a FROM T", "mode: raw\n", "mode", "", id="unknown-mode"),
+    ],
+)
+def test_events_mode_rules(tmp_path, nrql, extra, key, message):
+    path = tmp_path / "q.yaml"
+    path.write_text(f"nrql: {nrql}\nmeasurement: m\ndatabase: d\ninterval: 1m\n{extra}")
+    problems = load_files([path]).problems
+    assert problems, "expected a problem"
+    assert any(p.key == key and message in p.message for p in problems), problems
