@@ -32,11 +32,17 @@ class SeriesGuard:
     def check(self, rows: Iterable[Mapping[str, object]], facets: Sequence[str]) -> None:
         """Raise CardinalityError, naming the facet to blame, before anything is written."""
         names = tuple(facets) or self.facets
-        if not names:
-            return
+        if names:
+            self._check_keys(names, (row.get("facet") for row in rows))
+
+    def check_events(self, rows: Iterable[Mapping[str, object]]) -> None:
+        """The same for raw events, whose tags are the `tag_attributes` (given as `facets`)."""
+        if self.facets:
+            self._check_keys(self.facets, ([row.get(a) for a in self.facets] for row in rows))
+
+    def _check_keys(self, names: tuple[str, ...], values: Iterable[object]) -> None:
         seen = self.seen
-        for row in rows:
-            value = row.get("facet")
+        for value in values:
             key = tuple(value) if isinstance(value, list) else value
             if key in seen:
                 continue

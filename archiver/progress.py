@@ -1,7 +1,8 @@
-"""Progress of a run, in buckets exported: a tqdm bar on a terminal, log lines elsewhere.
+"""Progress of a run, in seconds of data exported: a tqdm bar on a terminal, log lines elsewhere.
 
-Buckets, not windows, are the unit: window sizes adapt to the answers, while the number of
-buckets in the planned ranges is known from the start, so rate and ETA are honest.
+Time covered, not windows, is the unit: window sizes adapt to the answers (and events windows
+split), while the length of the planned ranges is known from the start, so rate and ETA are
+honest.
 """
 
 from __future__ import annotations
@@ -39,22 +40,30 @@ class Progress:
         self._last_log = self._started
         self._bar: tqdm | None = None
         if self.stream.isatty():
-            self._bar = tqdm(total=0, unit="bucket", file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=0,
+                unit="s",
+                unit_scale=True,
+                desc="data exported",
+                file=self.stream,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",
+            )
 
-    def plan(self, buckets: int) -> None:
-        """A job announces how many buckets it will export."""
+    def plan(self, seconds: float) -> None:
+        """A job announces how much time (seconds of data) it will export."""
         with self._lock:
-            self.total += buckets
+            self.total += seconds
             if self._bar is not None:
                 self._bar.total = self.total
                 self._bar.refresh()
 
-    def advance(self, buckets: int, points: int) -> None:
+    def advance(self, seconds: float, points: int) -> None:
         with self._lock:
-            self.done += buckets
+            self.done += seconds
             self.points += points
             if self._bar is not None:
-                self._bar.update(buckets)
+                self._bar.update(seconds)
                 self._bar.set_postfix(points=self.points, refresh=False)
             elif self.clock() - self._last_log >= self.log_every:
                 self._last_log = self.clock()
@@ -67,10 +76,14 @@ class Progress:
         eta = (self.total - self.done) / rate if rate else float("inf")
         eta_text = f"{eta:.0f}s" if eta != float("inf") else "unknown"
         return (
-            f"progress: {percent:.0f}% ({self.done}/{self.total} buckets), "
-            f"{self.points / elapsed:.0f} points/s, ETA {eta_text}"
+            f"progress: {percent:.0f}% of the range ({_hours(self.done)} of "
+            f"{_hours(self.total)} of data), {self.points / elapsed:.0f} points/s, ETA {eta_text}"
         )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f}h"

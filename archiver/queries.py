@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from archiver.errors import ConfigError
+from archiver.events import events_nrql
 from archiver.timeparse import (
     as_utc,
     format_duration,
@@ -122,9 +123,9 @@ class QueryDef(BaseModel, frozen=True):
         The window must be aligned to the interval and hold 1 to 366 buckets: anything else
         is a bug in the caller, so it raises ValueError rather than sending a shifted query.
         """
-        since_ms, until_ms = _epoch_ms(since), _epoch_ms(until)
         if self.mode == "events":  # raw events: any window, split while New Relic caps it
-            return f"{self._shape.sendable} LIMIT MAX SINCE {since_ms} UNTIL {until_ms}"
+            return events_nrql(self._shape.sendable, since, until)
+        since_ms, until_ms = _epoch_ms(since), _epoch_ms(until)
         step_ms = interval // timedelta(milliseconds=1)
         if step_ms <= 0 or since_ms % step_ms or until_ms % step_ms:
             raise ValueError(

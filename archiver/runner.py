@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from archiver import metrics, transform, windows
+from archiver import events, metrics, transform, windows
 from archiver.cardinality import SeriesGuard
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
-from archiver.influx import RetentionPolicy
+from archiver.influx import Precision, RetentionPolicy
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
@@ -199,7 +199,8 @@ class Runner:
     ) -> Range:
         common = {
             "now": now,
-            "interval": target.interval,
+            # events have no buckets: their ranges are aligned to the second only
+            "interval": timedelta(seconds=1) if query.mode == "events" else target.interval,
             "lag": query.lag,
             "nr_retention": query.nr_retention,
             "rp_duration": rp_duration,
@@ -214,12 +215,15 @@ class Runner:
         )
 
     def windows_of(self, job: PlannedJob, sizer: WindowSizer) -> Iterator[Window]:
-        """The job's windows; each one's size follows the rows per bucket seen so far."""
+        """The job's windows; each one's size follows the rows per bucket seen so far.
+
+        An events query has no buckets: its windows are one `interval` long.
+        """
+        events_mode = job.query.mode == "events"
         for since, until in job.segments:
             while since < until:
-                window = windows.next_window(
-                    since, until, job.target.interval, sizer.buckets(bool(job.query.facets))
-                )
+                buckets = 1 if events_mode else sizer.buckets(bool(job.query.facets))
+                window = windows.next_window(since, until, job.target.interval, buckets)
                 yield window
                 since = window.until
 
@@ -307,14 +311,42 @@ class Runner:
         for note in job.skipped:
             log.warning("%s → %s: %s", name, key, note)
         if self.progress is not None:
-            interval = job.target.interval
-            self.progress.plan(sum((until - since) // interval for since, until in job.segments))
+            self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
+        if job.query.mode == "events":
+            batches = self._event_batches(job, result)
+        else:
+            batches = self._aggregate_batches(job, result)
+        for window, lines, precision in batches:
+            written = self.sink.write(
+                job.target.database, job.target.retention_policy, lines, precision
+            )
+            self.state.record_window(
+                export_id, name, key, window.since, window.until, len(lines), self.now(),
+                backfill=backfill,
+            )  # fmt: skip
+            result.windows += 1
+            result.points += written.lines - written.dropped_beyond_retention
+            if self.progress is not None:
+                self.progress.advance((window.until - window.since).total_seconds(), len(lines))
+            log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
+            self._lease(name, key)
+        if result.status == "interrupted":
+            return
+        result.window = None
+        if backfill:
+            for since, until in job.segments:
+                self.state.finish_backfill(name, key, since, until)
+            result.backfilled = job.segments
+
+    def _aggregate_batches(
+        self, job: PlannedJob, result: JobResult
+    ) -> Iterator[tuple[Window, list[str], Precision]]:
+        """TIMESERIES windows: one request each, sized by the rows the last answers had."""
         client = self._client()
         guard = SeriesGuard(job.query.facets, job.query.max_series)
         sizer = self.sizer(job)
         for window in self.windows_of(job, sizer):
-            if self.stop.is_set():
-                result.status = "interrupted"
+            if self._interrupted(result):
                 return
             result.window = window
             nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
@@ -322,32 +354,44 @@ class Runner:
             result.nr_requests += answer.requests
             result.retries += answer.retries
             guard.check(answer.results, answer.facets)
-            lines = transform.to_lines(
-                answer.results, answer.facets, job.query.measurement, job.query.tags
-            )
-            written = self.sink.write(job.target.database, job.target.retention_policy, lines)
-            self.state.record_window(
-                export_id,
-                name,
-                key,
-                window.since,
-                window.until,
-                len(lines),
-                self.now(),
-                backfill=backfill,
-            )
-            result.windows += 1
-            result.points += written.lines - written.dropped_beyond_retention
             sizer.learn(window, len(answer.results))
-            if self.progress is not None:
-                self.progress.advance(window.buckets(job.target.interval), len(lines))
-            log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
-            self._lease(name, key)
-        result.window = None
-        if backfill:
-            for since, until in job.segments:
-                self.state.finish_backfill(name, key, since, until)
-            result.backfilled = job.segments
+            query = job.query
+            yield (
+                window,
+                transform.to_lines(answer.results, answer.facets, query.measurement, query.tags),
+                "s",
+            )
+
+    def _event_batches(
+        self, job: PlannedJob, result: JobResult
+    ) -> Iterator[tuple[Window, list[str], Precision]]:
+        """Raw events: windows of `interval`, halved while New Relic caps the answer."""
+        client = self._client()
+        query, target = job.query, job.target
+        guard = SeriesGuard(query.tag_attributes, query.max_series)
+
+        def fetch(since: datetime, until: datetime) -> list[dict]:
+            result.window = Window(since, until)
+            answer = client.query(job.account_id, query.nrql_for(since, until, target.interval))
+            result.nr_requests += answer.requests
+            result.retries += answer.retries
+            return answer.results
+
+        for window in self.windows_of(job, WindowSizer(target.interval)):
+            if self._interrupted(result):
+                return
+            label = f"{query.name} → {target.key}"
+            for since, until, rows in events.plan_events(
+                fetch, window.since, window.until, label=label
+            ):
+                guard.check_events(rows)
+                lines = events.to_lines(rows, query.measurement, query.tag_attributes, query.tags)
+                yield Window(since, until), lines, "ns"
+
+    def _interrupted(self, result: JobResult) -> bool:
+        if self.stop.is_set():
+            result.status = "interrupted"
+        return self.stop.is_set()
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -123,6 +123,12 @@ def _facet_values(event_type: str, attributes: tuple[str, ...]) -> tuple[FacetVa
     return tuple(dict.fromkeys(tuple(entity.get(a) for a in attributes) for entity in entities))
 
 
+def entities(event_type: str) -> tuple[dict[str, str], ...]:
+    """The attribute sets the type's events are drawn from (raw events, `fakes.events`)."""
+    generic = tuple({"name": value} for value in GENERIC_VALUES)
+    return _ENTITIES.get(event_type, generic)
+
+
 # -- numbers ------------------------------------------------------------------------------------
 
 
@@ -332,6 +338,10 @@ def answer(nrql: str, *, now: float, retention_seconds: float) -> Answer:
     """New Relic's `results` and `metadata` for the query at time `now` (epoch seconds)."""
     query = parse(nrql)
     span = window(query, now)
+    if query.is_raw:
+        from fakes.events import answer_events  # fakes.events builds on this module
+
+        return answer_events(query, span, now=now, retention_seconds=retention_seconds)
     buckets = [_TimeBucket(begin, end, now, retention_seconds) for begin, end in span.buckets()]
     series = _ranked_series(query, buckets)
     results = [row for facet, filled in series for row in _rows(query, facet, buckets, filled)]

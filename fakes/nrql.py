@@ -9,6 +9,9 @@ import re
 from dataclasses import dataclass, replace
 
 SYNTAX = "NRQL Syntax Error"
+MIXED_SELECT = f"{SYNTAX}: Mixing aggregate and non-aggregate functions is not supported"
+RAW_WITH_FACET = f"{SYNTAX}: FACET requires an aggregate function in the SELECT"
+RAW_WITH_TIMESERIES = f"{SYNTAX}: TIMESERIES requires an aggregate function in the SELECT"
 MAX_FACET_ATTRIBUTES = 5
 UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 SIMPLE_FUNCTIONS = {
@@ -50,9 +53,20 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class Column:
+    """One SELECT item of a raw-event query: a bare attribute, `key` is the result key."""
+
+    attribute: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Query:
     aggregates: tuple[Aggregate, ...]
     event_type: str
+    # A raw-event query (`SELECT a, b FROM T`, `SELECT * FROM T`) has columns, no aggregates.
+    columns: tuple[Column, ...] = ()
+    select_all: bool = False
     facets: tuple[str, ...] = ()
     limit: int | None = None  # None: New Relic's default; "MAX" is stored as 5000
     since_ms: int | None = None
@@ -61,6 +75,10 @@ class Query:
     # SINCE/UNTIL written as "<n> <unit> AGO": resolved against now by the caller.
     since_ago_seconds: int | None = None
     until_ago_seconds: int | None = None
+
+    @property
+    def is_raw(self) -> bool:
+        return self.select_all or bool(self.columns)
 
 
 @dataclass(frozen=True)
@@ -167,15 +185,46 @@ class _Parser:
 
     def query(self) -> Query:
         self.expect("select")
-        aggregates = [self.aggregate()]
-        while self.accept(","):
-            aggregates.append(self.aggregate())
+        fields: dict[str, object] = self.select_list()
         self.expect("from")
-        fields: dict[str, object] = {"event_type": self.identifier()}
+        fields["event_type"] = self.identifier()
         seen: set[str] = set()
         while (token := self.take_clause(seen)) is not None:
             self.clause(token.text.lower(), fields)
-        return Query(aggregates=tuple(aggregates), **fields)  # type: ignore[arg-type]
+        query = Query(**fields)  # type: ignore[arg-type]
+        if query.is_raw and query.facets:
+            raise NrqlError(RAW_WITH_FACET)
+        if query.is_raw and query.step_seconds is not None:
+            raise NrqlError(RAW_WITH_TIMESERIES)
+        return query
+
+    def select_list(self) -> dict[str, object]:
+        """`*`, bare attributes (a raw-event query) or aggregates; never a mix."""
+        if self.accept("*"):
+            return {"aggregates": (), "select_all": True}
+        items = [self.select_item()]
+        while self.accept(","):
+            items.append(self.select_item())
+        aggregates = tuple(item for item in items if isinstance(item, Aggregate))
+        columns = tuple(item for item in items if isinstance(item, Column))
+        if aggregates and columns:
+            raise NrqlError(MIXED_SELECT)
+        return {"aggregates": aggregates, "columns": columns}
+
+    def select_item(self) -> Aggregate | Column:
+        after_name = self.tokens[self.index + 1] if self.index + 1 < len(self.tokens) else None
+        if after_name is not None and after_name.text == "(":
+            return self.aggregate()
+        attribute = self.identifier()
+        return Column(attribute, self.alias() or attribute)
+
+    def alias(self) -> str | None:
+        if not self.accept("as"):
+            return None
+        alias = self.take()
+        if alias.kind not in ("name", "backticked", "string"):
+            raise self.error(alias)
+        return alias.value
 
     def take_clause(self, seen: set[str]) -> Token | None:
         token = self.peek()
@@ -246,12 +295,8 @@ class _Parser:
 
     def aggregate(self) -> Aggregate:
         aggregate = self.function_call()
-        if not self.accept("as"):
-            return aggregate
-        alias = self.take()
-        if alias.kind not in ("name", "backticked", "string"):
-            raise self.error(alias)
-        return replace(aggregate, key=alias.value)
+        alias = self.alias()
+        return aggregate if alias is None else replace(aggregate, key=alias)
 
     def function_call(self) -> Aggregate:
         name = self.take()

@@ -14,6 +14,7 @@ import pytest
 
 from archiver.state import State
 from archiver.windows import iso
+from fakes import events
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import (
     Cli,
@@ -272,3 +273,26 @@ def test_output_file_gets_the_line_protocol_and_nothing_else_moves(
     stdout = cli("run", "--since", iso(since), "--until", iso(until), "--output", "-")
     assert stdout.returncode == 0
     assert stdout.stdout.splitlines() == lines  # logs went to stderr
+
+
+def test_events_query_archives_every_event_exactly_once(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    (queries_dir / "busy.yaml").write_text(
+        "nrql: SELECT duration, name, appName, host FROM BusyTransaction\n"
+        "mode: events\ntag_attributes: [appName, host]\n"
+        f"measurement: nr_busy\ndatabase: {influx_db}\n"
+    )
+    since, until = floor(ago(hours=2), 60), floor(ago(hours=1) - timedelta(minutes=20), 60)
+    output = ok(cli("run", "--since", iso(since), "--until", iso(until)))
+
+    expected = events.events(
+        "BusyTransaction", int(since.timestamp() * 1000), int(until.timestamp() * 1000)
+    )
+    assert len(expected) > 5000  # more than one answer can hold: the window was split
+    rows = influxd.query('SELECT count("duration") FROM "nr_busy"', db=influx_db)
+    assert rows[0]["count"] == sum(1 for e in expected if e.get("duration") is not None)
+    stored = influxd.query('SELECT * FROM "nr_busy"', db=influx_db)
+    assert len(stored) == len(expected)
+    assert "backfilled" in output
+    assert len(fake_nr.requests) >= 3  # capped, then two halves

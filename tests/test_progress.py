@@ -15,15 +15,15 @@ class FakeClock:
 def test_log_lines_when_not_on_a_terminal(caplog):
     clock = FakeClock()
     progress = Progress(stream=io.StringIO(), clock=clock, log_every=30)
-    progress.plan(100)
-    progress.plan(300)
+    progress.plan(3600)
+    progress.plan(3 * 3600)
     with caplog.at_level(logging.INFO, logger="archiver.progress"):
         clock.now = 10
-        progress.advance(100, 5000)  # before log_every: silent
+        progress.advance(3600, 5000)  # before log_every: silent
         clock.now = 40
-        progress.advance(100, 5000)
+        progress.advance(3600, 5000)
     assert [r.getMessage() for r in caplog.records] == [
-        "progress: 50% (200/400 buckets), 250 points/s, ETA 40s"
+        "progress: 50% of the range (2.0h of 4.0h of data), 250 points/s, ETA 40s"
     ]
 
 
@@ -37,4 +37,4 @@ def test_bar_on_a_terminal():
     progress.plan(10)
     progress.advance(5, 50)
     progress.close()
-    assert "5/10" in stream.getvalue()
+    assert "data exported:  50%" in stream.getvalue()

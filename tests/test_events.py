@@ -1,0 +1,294 @@
+"""Raw-event export: window splitting against the fake's events, and events → line protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from archiver.errors import NewRelicError
+from archiver.events import (
+    MAX_ROWS,
+    events_nrql,
+    is_capped,
+    plan_events,
+    split,
+    to_lines,
+)
+from fakes.events import events
+from fakes.nerdgraph import DEFAULT_ACCOUNT, DEFAULT_API_KEY, FakeNerdGraph
+
+NOW = datetime(2026, 11, 19, 12, tzinfo=UTC)
+HOUR_AGO = NOW - timedelta(hours=1)
+QUERY = (
+    "query($accountId: Int!, $nrql: Nrql!) { actor { account(id: $accountId) {"
+    " nrql(query: $nrql, timeout: 60) { results } } } }"
+)
+T0_MS = 1_763_553_600_123  # 2025-11-19T12:00:00.123Z
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def oracle_fetch(event_type: str, calls: list[tuple[datetime, datetime]]):
+    """What New Relic answers to `... LIMIT MAX`: the newest 5,000 events of the window."""
+
+    def fetch(since: datetime, until: datetime) -> list[dict]:
+        calls.append((since, until))
+        return events(event_type, ms(since), ms(until))[:MAX_ROWS]
+
+    return fetch
+
+
+def series_and_time(line: str) -> tuple[str, str]:
+    """The identity of a point in InfluxDB: measurement + tags, and time."""
+    match = re.fullmatch(r"((?:[^ \\]|\\.)+) .* (\d+)", line)
+    assert match is not None, line
+    return match.group(1), match.group(2)
+
+
+def canonical(rows) -> Counter:
+    return Counter(json.dumps(row, sort_keys=True) for row in rows)
+
+
+# -- NRQL and windows ---------------------------------------------------------------------------
+
+
+def test_events_nrql_appends_limit_max_and_the_window_in_epoch_ms():
+    nrql = events_nrql(
+        "SELECT duration, appName FROM Transaction WHERE appName LIKE 'a%'\n",
+        at("2026-11-19T00:00:00Z"),
+        at("2026-11-19T01:00:00Z"),
+    )
+    assert nrql == (
+        "SELECT duration, appName FROM Transaction WHERE appName LIKE 'a%'"
+        " LIMIT MAX SINCE 1795046400000 UNTIL 1795050000000"
+    )
+
+
+def test_only_a_full_answer_is_capped():
+    assert is_capped([{}] * 5000)
+    assert not is_capped([{}] * 4999)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "expected"),
+    [
+        ("00:00:00", "01:00:00", [("00:00:00", "00:30:00"), ("00:30:00", "01:00:00")]),
+        ("00:00:00", "00:00:03", [("00:00:00", "00:00:01"), ("00:00:01", "00:00:03")]),
+        ("00:00:00", "00:00:02", [("00:00:00", "00:00:01"), ("00:00:01", "00:00:02")]),
+        ("00:00:00", "00:00:01", [("00:00:00", "00:00:01")]),
+        (
+            "00:00:00.500",
+            "00:00:02.500",
+            [("00:00:00.500", "00:00:01"), ("00:00:01", "00:00:02.500")],
+        ),
+        ("00:00:00.200", "00:00:01.700", [("00:00:00.200", "00:00:01.700")]),
+    ],
+    ids=["hour", "odd-seconds", "two-seconds", "one-second", "unaligned", "no-whole-second-inside"],
+)
+def test_split_halves_at_whole_seconds(since, until, expected):
+    day = "2026-11-19T"
+    halves = split(at(f"{day}{since}Z"), at(f"{day}{until}Z"))
+    assert halves == [(at(f"{day}{a}Z"), at(f"{day}{b}Z")) for a, b in expected]
+
+
+def test_plan_splits_capped_windows_until_every_busy_event_comes_exactly_once():
+    calls: list[tuple[datetime, datetime]] = []
+    windows = list(plan_events(oracle_fetch("BusyTransaction", calls), HOUR_AGO, NOW))
+    everything = events("BusyTransaction", ms(HOUR_AGO), ms(NOW))
+    assert len(everything) > 2 * MAX_ROWS
+    assert canonical(row for window in windows for row in window.rows) == canonical(everything)
+    assert [w.since for w in windows] == [HOUR_AGO] + [w.until for w in windows[:-1]]
+    assert windows[-1].until == NOW
+    assert not any(is_capped(window.rows) for window in windows)
+    assert len(calls) > len(windows)  # the capped answers were asked again, in halves
+    assert calls[0] == (HOUR_AGO, NOW)
+
+
+def test_plan_fetches_an_uncapped_range_once():
+    calls: list[tuple[datetime, datetime]] = []
+    windows = list(plan_events(oracle_fetch("Transaction", calls), HOUR_AGO, NOW))
+    assert [(w.since, w.until) for w in windows] == calls == [(HOUR_AGO, NOW)]
+    assert windows[0].rows == events("Transaction", ms(HOUR_AGO), ms(NOW))
+
+
+def test_a_capped_second_is_yielded_with_a_warning(caplog):
+    calls: list[tuple[datetime, datetime]] = []
+    since = NOW - timedelta(seconds=3)
+    with caplog.at_level(logging.WARNING, logger="archiver.events"):
+        windows = list(
+            plan_events(oracle_fetch("Busy6000Transaction", calls), since, NOW, label="busy → raw")
+        )
+    seconds = [(since + timedelta(seconds=i), since + timedelta(seconds=i + 1)) for i in range(3)]
+    assert [(w.since, w.until) for w in windows] == seconds
+    assert all(len(w.rows) == MAX_ROWS for w in windows)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert warnings[0].startswith("busy → raw: New Relic returned its maximum of 5000 events")
+    assert "[2026-11-19T11:59:57Z, 2026-11-19T11:59:58Z)" in warnings[0]
+
+
+def test_plan_over_http_against_the_fake_nerdgraph():
+    """The archiver's NRQL, answered by the fake: windows split where New Relic caps them."""
+    base = "SELECT duration, appName, host FROM BusyTransaction WHERE host != 'x'"
+    since = NOW - timedelta(minutes=40)
+    with FakeNerdGraph(now=lambda: NOW.timestamp()) as fake:
+
+        def fetch(window_since: datetime, window_until: datetime) -> list[dict]:
+            variables = {
+                "accountId": DEFAULT_ACCOUNT,
+                "nrql": events_nrql(base, window_since, window_until),
+            }
+            response = requests.post(
+                fake.url,
+                json={"query": QUERY, "variables": variables},
+                headers={"API-Key": DEFAULT_API_KEY},
+                timeout=10,
+            )
+            return response.json()["data"]["actor"]["account"]["nrql"]["results"]
+
+        windows = list(plan_events(fetch, since, NOW))
+    expected = [
+        {key: event[key] for key in ("timestamp", "duration", "appName", "host")}
+        for event in events("BusyTransaction", ms(since), ms(NOW))
+    ]
+    assert len(windows) > 1
+    assert canonical(row for window in windows for row in window.rows) == canonical(expected)
+
+
+# -- lines --------------------------------------------------------------------------------------
+
+
+def test_golden_line_with_special_characters():
+    row = {
+        "timestamp": T0_MS,
+        "appName": "C:\\tmp\\",
+        "host": "web 01,a=b",
+        "duration": 2,
+        "message": 'say "hi" \\o/',
+        "name": "Zürich ☃ 東京",
+        "error": False,
+        "databaseCallCount": None,
+        "error.class": "",
+    }
+    lines = to_lines([row], "nr events", ["appName", "host"], {"source": "new relic"})
+    assert lines == [
+        "nr\\ events,appName=C:\\tmp,host=web\\ 01\\,a\\=b,source=new\\ relic"
+        ' duration=2.0,error=false,error.class="",message="say \\"hi\\" \\\\o/",'
+        'name="Zürich ☃ 東京" 1763553600123000000'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"appName": None, "d": 1.5}, "m,env=prod d=1.5"),
+        ({"appName": "", "d": 1.5}, "m,env=prod d=1.5"),
+        ({"appName": "\\", "d": 1.5}, "m,env=prod d=1.5"),
+        ({"d": True}, "m,env=prod d=true"),
+        ({"appName": 42, "d": "x"}, 'm,appName=42,env=prod d="x"'),
+        ({"appName": "a", "d": None}, None),
+        ({"appName": "a"}, None),
+    ],
+    ids=[
+        "null-tag",
+        "empty-tag",
+        "backslash-only",
+        "no-tag-attribute",
+        "number-tag",
+        "null",
+        "none",
+    ],
+)
+def test_tags_and_fields(row, expected):
+    lines = to_lines([{"timestamp": T0_MS, **row}], "m", ["appName"], {"env": "prod"})
+    assert lines == ([] if expected is None else [f"{expected} {T0_MS * 1_000_000}"])
+
+
+def test_an_attribute_tag_wins_over_a_static_tag_of_the_same_name():
+    lines = to_lines([{"timestamp": T0_MS, "env": "dev", "d": 1}], "m", ["env"], {"env": "prod"})
+    assert lines == [f"m,env=dev d=1.0 {T0_MS * 1_000_000}"]
+
+
+def test_events_sharing_a_millisecond_and_tags_get_distinct_nanoseconds_in_content_order():
+    base = {"timestamp": T0_MS, "appName": "api"}
+    rows = [
+        {**base, "d": 3},
+        {**base, "d": 1},
+        {**base, "d": 2},
+        {**base, "d": 1},  # an exact copy: it is kept too
+        {**base, "appName": "other", "d": 9},  # another series: its own k
+        {**base, "timestamp": T0_MS + 1, "d": 5},  # another millisecond
+    ]
+    ns = T0_MS * 1_000_000
+    assert to_lines(rows, "m", ["appName"], {}) == [
+        f"m,appName=api d=1.0 {ns}",
+        f"m,appName=other d=9.0 {ns}",
+        f"m,appName=api d=1.0 {ns + 1}",
+        f"m,appName=api d=2.0 {ns + 2}",
+        f"m,appName=api d=3.0 {ns + 3}",
+        f"m,appName=api d=5.0 {ns + 1_000_000}",
+    ]
+
+
+def test_shuffled_rows_and_keys_give_identical_lines():
+    rows = events("BusyTransaction", ms(NOW) - 60_000, ms(NOW))
+    expected = to_lines(rows, "busy", ["appName", "host"], {"source": "nr"})
+    shuffler = random.Random(7)
+    for _ in range(3):
+        shuffled = [dict(shuffler.sample(list(row.items()), len(row))) for row in rows]
+        shuffler.shuffle(shuffled)
+        assert to_lines(shuffled, "busy", ["appName", "host"], {"source": "nr"}) == expected
+    assert len({series_and_time(line) for line in expected}) == len(rows)  # no overwrites
+
+
+def test_a_row_without_a_timestamp_is_a_new_relic_error():
+    with pytest.raises(NewRelicError, match="timestamp"):
+        to_lines([{"d": 1}], "m", [], {})
+
+
+# -- InfluxDB -----------------------------------------------------------------------------------
+
+
+def test_every_event_sharing_a_millisecond_survives_in_influxdb(influxd, influx_db):
+    rows = events("BusyTransaction", ms(NOW) - 120_000, ms(NOW))
+    shared = Counter((row["timestamp"], row["appName"], row["host"]) for row in rows)
+    assert max(shared.values()) >= 3
+    influxd.query(f'CREATE DATABASE "{influx_db}"')
+    lines = to_lines(rows, "busy events", ["appName", "host"], {"source": "newrelic"})
+    response = requests.post(
+        f"{influxd.url}/write",
+        params={"db": influx_db, "precision": "ns"},
+        data="\n".join(lines).encode(),
+        timeout=30,
+    )
+    assert response.status_code == 204, response.text
+    stored = requests.get(
+        f"{influxd.url}/query",
+        params={"db": influx_db, "q": 'SELECT * FROM "busy events" GROUP BY *', "epoch": "ns"},
+        timeout=30,
+    ).json()["results"][0]["series"]
+    points = Counter(
+        (values[0] // 1_000_000, series["tags"]["appName"], series["tags"]["host"])
+        for series in stored
+        for values in series["values"]
+    )
+    assert points == shared
+    messages = Counter(
+        (values[0] // 1_000_000, dict(zip(series["columns"], values, strict=True))["message"])
+        for series in stored
+        for values in series["values"]
+    )
+    assert messages == Counter((row["timestamp"], row["message"]) for row in rows)
