@@ -10,12 +10,13 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from archiver import __version__, config, logs, queries, scheduler, status
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
+from archiver.insights import InsightsClient
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
@@ -174,8 +175,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
     if not loaded.queries:
         log.error("no valid query file to run")
         return ExitCode.QUERY_FAILED
-    api_key = settings.require_new_relic_key()
     limiter = Limiter(max_concurrent=args.max_concurrent, per_minute=args.requests_per_minute)
+    client_factory = new_relic_client_factory(settings, limiter)
     output = getattr(args, "output", None)
     sink = open_sink(settings, api=settings.influx_api, output=output, org=settings.influx_org)
     # A file output is for inspection: it must not move the checkpoints of the real target.
@@ -183,9 +184,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
     runner = Runner(
         state=state,
         sink=sink,
-        client_factory=lambda: NerdGraphClient(
-            settings.nerdgraph_url, api_key, timeout=settings.nerdgraph_timeout, limiter=limiter
-        ),
+        client_factory=client_factory,
         default_account=settings.new_relic_account_id,
         workers=args.workers,
         stop=stop,
@@ -206,6 +205,18 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         sum(job.points for job in report.jobs),
     )
     return report.exit_code
+
+
+def new_relic_client_factory(
+    settings: config.Settings, limiter: Limiter
+) -> Callable[[], NerdGraphClient]:
+    """NerdGraph with a user key; the legacy Insights API when only a query key is given."""
+    key = settings.require_new_relic_key()
+    if settings.new_relic_api_key:
+        url, client = settings.nerdgraph_url, NerdGraphClient
+    else:
+        url, client = settings.insights_url, InsightsClient
+    return lambda: client(url, key, timeout=settings.nerdgraph_timeout, limiter=limiter)
 
 
 def print_plan(

@@ -18,7 +18,11 @@ NERDGRAPH_URLS = {
     "US": "https://api.newrelic.com/graphql",
     "EU": "https://api.eu.newrelic.com/graphql",
 }
-SECRET_VARIABLES = ("NEW_RELIC_API_KEY", "INFLUX_PASSWORD", "INFLUX_TOKEN")
+INSIGHTS_URLS = {
+    "US": "https://insights-api.newrelic.com",
+    "EU": "https://insights-api.eu.newrelic.com",
+}
+SECRET_VARIABLES = ("NEW_RELIC_API_KEY", "NEW_RELIC_QUERY_KEY", "INFLUX_PASSWORD", "INFLUX_TOKEN")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -27,6 +31,8 @@ class Settings:
     new_relic_api_key: str | None = field(default=None, repr=False)
     new_relic_account_id: int | None = None
     nerdgraph_url: str = NERDGRAPH_URLS["US"]
+    new_relic_query_key: str | None = field(default=None, repr=False)
+    insights_url: str = INSIGHTS_URLS["US"]
     influx_url: str = "http://localhost:8086"
     influx_username: str | None = None
     influx_password: str | None = field(default=None, repr=False)
@@ -42,12 +48,15 @@ class Settings:
     influx_timeout: float = 30.0
 
     def require_new_relic_key(self) -> str:
-        if not self.new_relic_api_key:
+        """The key `run` uses: the user key (NerdGraph), else an Insights query key."""
+        key = self.new_relic_api_key or self.new_relic_query_key
+        if not key:
             raise ConfigError(
                 "NEW_RELIC_API_KEY is not set: give a New Relic user key (NRAK-...) "
-                "in NEW_RELIC_API_KEY or a file named by NEW_RELIC_API_KEY_FILE"
+                "in NEW_RELIC_API_KEY or a file named by NEW_RELIC_API_KEY_FILE "
+                "(or an Insights query key in NEW_RELIC_QUERY_KEY)"
             )
-        return self.new_relic_api_key
+        return key
 
 
 def read_secret(env: Mapping[str, str], name: str) -> str | None:
@@ -75,17 +84,16 @@ def _account_id(env: Mapping[str, str]) -> int | None:
     return int(raw)
 
 
-def _nerdgraph_url(env: Mapping[str, str]) -> str:
-    if url := env.get("NEW_RELIC_NERDGRAPH_URL", "").strip():
+def _new_relic_url(env: Mapping[str, str], variable: str, by_region: Mapping[str, str]) -> str:
+    """`variable` if set, else the URL of NEW_RELIC_REGION."""
+    if url := env.get(variable, "").strip():
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"NEW_RELIC_NERDGRAPH_URL must be an http(s) URL, not {url!r}")
+            raise ConfigError(f"{variable} must be an http(s) URL, not {url!r}")
         return url
     region = env.get("NEW_RELIC_REGION", "US").strip().upper() or "US"
-    if region not in NERDGRAPH_URLS:
-        raise ConfigError(
-            f"NEW_RELIC_REGION must be one of {', '.join(NERDGRAPH_URLS)}, not {region!r}"
-        )
-    return NERDGRAPH_URLS[region]
+    if region not in by_region:
+        raise ConfigError(f"NEW_RELIC_REGION must be one of {', '.join(by_region)}, not {region!r}")
+    return by_region[region]
 
 
 def _log_level(env: Mapping[str, str]) -> str:
@@ -106,7 +114,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         new_relic_api_key=read_secret(env, "NEW_RELIC_API_KEY"),
         new_relic_account_id=_account_id(env),
-        nerdgraph_url=_nerdgraph_url(env),
+        nerdgraph_url=_new_relic_url(env, "NEW_RELIC_NERDGRAPH_URL", NERDGRAPH_URLS),
+        new_relic_query_key=read_secret(env, "NEW_RELIC_QUERY_KEY"),
+        insights_url=_new_relic_url(env, "NEW_RELIC_INSIGHTS_URL", INSIGHTS_URLS),
         influx_url=influx_url.rstrip("/"),
         influx_username=env.get("INFLUX_USERNAME") or None,
         influx_password=read_secret(env, "INFLUX_PASSWORD"),

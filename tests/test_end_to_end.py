@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 
 from archiver.windows import iso
+from fakes.insights import FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import (
     Cli,
@@ -269,3 +270,28 @@ def test_no_self_metrics_flag(cli, influxd, influx_db, queries_dir):
     specs(influx_db)[1].write(queries_dir)
     assert cli("run", "--no-self-metrics").returncode == 0
     assert influxd.points(influx_db, "nr_archiver") == []
+
+
+def test_legacy_insights_api_archives_the_same_points(tmp_path, influxd, influx_db, queries_dir):
+    start = floor(ago(hours=2), 300)
+    chosen = [replace(s, extra={"start": iso(start)}) for s in specs(influx_db)[:2]]
+    for spec in chosen:
+        spec.write(queries_dir)
+    with FakeInsights(accounts={ACCOUNT}).start() as insights:
+        env = cli_env(
+            nerdgraph_url="http://127.0.0.1:9/unused",
+            api_key="",
+            influx_url=influxd.url,
+            db_url=f"sqlite:///{tmp_path / 'state.db'}",
+            queries=queries_dir,
+        )
+        env.pop("NEW_RELIC_API_KEY")
+        env |= {"NEW_RELIC_QUERY_KEY": insights.api_key, "NEW_RELIC_INSIGHTS_URL": insights.url}
+        cli = Cli(env, tmp_path)
+        result = cli("run")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert insights.requests  # it went through the Insights API
+    status = cli.status()
+    for spec in chosen:
+        until = parse_iso(status[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+        assert actual_points(influxd, spec) == expected_points(spec, start, until)
