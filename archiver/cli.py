@@ -15,13 +15,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from archiver import __version__, config, logs, queries, scheduler, status
-from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
+from archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
+    ExitCode,
+    InfluxError,
+    StateError,
+    TransientError,
+)
 from archiver.insights import InsightsClient
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.runner import Backfill, Runner
-from archiver.sinks import open_sink
+from archiver.sinks import Sink, open_sink
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import iso
@@ -178,7 +186,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
     limiter = Limiter(max_concurrent=args.max_concurrent, per_minute=args.requests_per_minute)
     client_factory = new_relic_client_factory(settings, limiter)
     output = getattr(args, "output", None)
-    sink = open_sink(settings, api=settings.influx_api, output=output, org=settings.influx_org)
+    sink, version = connect_sink(settings, output)
     # A file output is for inspection: it must not move the checkpoints of the real target.
     state = State.scratch() if output else State.open(settings.db_url)
     runner = Runner(
@@ -192,9 +200,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         self_metrics=args.self_metrics and not output,
         lease_ttl=timedelta(seconds=settings.lease_seconds),
     )
-    log.info(
-        "writing to %s", output if output else f"InfluxDB {sink.ping()} at {settings.influx_url}"
-    )
+    log.info("writing to %s", output or f"InfluxDB {version} at {settings.influx_url}")
     report = runner.run(loaded.queries, backfill, loaded.problems)
     failed = [job for job in report.jobs if job.failed]
     log.info(
@@ -205,6 +211,22 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         sum(job.points for job in report.jobs),
     )
     return report.exit_code
+
+
+def connect_sink(settings: config.Settings, output: str | None) -> tuple[Sink, str]:
+    """The sink, checked before New Relic is asked anything (its answers cost money).
+
+    A URL that is not InfluxDB is configuration (exit 2); an InfluxDB that does not answer
+    fails the run (exit 1) without a single New Relic request.
+    """
+    try:
+        sink = open_sink(settings, api=settings.influx_api, output=output, org=settings.influx_org)
+        version = sink.ping()
+    except InfluxError as exc:
+        raise ConfigError(str(exc)) from None
+    except TransientError as exc:
+        raise ArchiverError(f"InfluxDB is unreachable, nothing was exported: {exc}") from None
+    return sink, version
 
 
 def new_relic_client_factory(

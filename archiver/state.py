@@ -28,7 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from archiver.errors import StateError
 from archiver.logs import redact
@@ -177,12 +177,18 @@ def upgrade(engine: Engine) -> None:
                 return
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
-    except (OperationalError, DBAPIError) as exc:
+    except DBAPIError as exc:
         # Two processes starting at once may both migrate; the loser finds the schema done.
+        if not _migrated_meanwhile(engine):
+            raise StateError(f"cannot open the state database: {_describe(exc)}") from None
+
+
+def _migrated_meanwhile(engine: Engine) -> bool:
+    try:
         with engine.connect() as conn:
-            if current_revision(conn) == head_revision():
-                return
-        raise StateError(f"cannot migrate the state database: {_describe(exc)}") from None
+            return current_revision(conn) == head_revision()
+    except DBAPIError:
+        return False
 
 
 @dataclass(frozen=True)
