@@ -53,7 +53,6 @@ from archiver.limiter import Limiter
 from archiver.newrelic import (
     NerdGraphClient,
     NrqlResult,
-    _connection_cause,
     _excerpt,
     _json_body,
     _retry_after_seconds,
@@ -116,51 +115,12 @@ class InsightsClient(NerdGraphClient):
                 f"{MAX_NRQL_BYTES:,} bytes: shorten the query, or use NerdGraph (NEW_RELIC_API_KEY)"
             )
         url = f"{self._base}/v1/accounts/{account_id}/query"
-        attempts = 0
-
-        def send() -> dict[str, Any]:
-            nonlocal attempts
-            attempts += 1
-            return self._get_once(url, nrql)
-
-        started = self._clock()
-        try:
-            body = self._retrying(account_id, started)(send)
-        except TransientError as exc:
-            elapsed = self._clock() - started
-            raise TransientError(
-                f"{exc} (gave up after {attempts} attempt{'s' if attempts > 1 else ''} "
-                f"in {elapsed:.0f} s)",
-                retry_after=exc.retry_after,
-            ) from exc
+        body, attempts = self._with_retries(
+            account_id,
+            lambda: _classify(self._request("GET", url, params={"nrql": nrql}), self.url),
+        )
         rows, facets = to_nerdgraph_rows(body)
         return NrqlResult(results=rows, facets=facets, requests=attempts, retries=attempts - 1)
-
-    def _get_once(self, url: str, nrql: str) -> dict[str, Any]:
-        """One HTTP request; returns the answer's JSON object or raises a classified error."""
-        with self._limiter:
-            try:
-                response = self._session.get(
-                    url,
-                    params={"nrql": nrql},
-                    headers=self._headers,
-                    timeout=self._http_timeout,
-                    # A redirect would carry the X-Query-Key header to wherever it points.
-                    allow_redirects=False,
-                )
-            except requests.ConnectionError as exc:
-                raise TransientError(
-                    f"cannot reach New Relic at {self.url}: {_connection_cause(exc)}"
-                ) from None
-            except requests.Timeout:
-                raise TransientError(
-                    f"New Relic at {self.url} did not answer within {self._http_timeout[1]:.0f} s"
-                ) from None
-            except requests.exceptions.ChunkedEncodingError:
-                raise TransientError(
-                    f"New Relic's answer from {self.url} was cut off mid-way"
-                ) from None
-        return _classify(response, self.url)
 
 
 def _classify(response: requests.Response, url: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -31,6 +31,7 @@ from archiver.errors import AuthError, NewRelicError, TransientError
 from archiver.limiter import Limiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The NRQL text and every other value travel as GraphQL variables, never inside this text.
 GRAPHQL = """\
@@ -132,16 +133,29 @@ class NerdGraphClient:
                 },
             }
         )
+        answer, attempts = self._with_retries(
+            account_id,
+            lambda: _classify(self._request("POST", self._post_url, data=body), self.url),
+        )
+        return NrqlResult(
+            results=answer["results"],
+            facets=_facets(answer.get("metadata")),
+            requests=attempts,
+            retries=attempts - 1,
+        )
+
+    def _with_retries(self, account_id: int, send: Callable[[], T]) -> tuple[T, int]:
+        """`send()` under the retry policy; returns its value and the attempts it took."""
         attempts = 0
 
-        def send() -> dict[str, Any]:
+        def attempt() -> T:
             nonlocal attempts
             attempts += 1
-            return self._send_once(body)
+            return send()
 
         started = self._clock()
         try:
-            answer = self._retrying(account_id, started)(send)
+            return self._retrying(account_id, started)(attempt), attempts
         except TransientError as exc:
             elapsed = self._clock() - started
             raise TransientError(
@@ -149,12 +163,6 @@ class NerdGraphClient:
                 f"in {elapsed:.0f} s)",
                 retry_after=exc.retry_after,
             ) from exc
-        return NrqlResult(
-            results=answer["results"],
-            facets=_facets(answer.get("metadata")),
-            requests=attempts,
-            retries=attempts - 1,
-        )
 
     def _retrying(self, account_id: int, started: float) -> Retrying:
         backoff = wait_exponential_jitter(max=BACKOFF_MAX_SECONDS)
@@ -189,17 +197,18 @@ class NerdGraphClient:
             reraise=True,
         )
 
-    def _send_once(self, body: bytes) -> dict[str, Any]:
-        """One HTTP request; returns the `nrql` object or raises a classified error."""
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One HTTP request under the limiter; transport failures become TransientErrors."""
         with self._limiter:
             try:
-                response = self._session.post(
-                    self._post_url,
-                    data=body,
+                return self._session.request(
+                    method,
+                    url,
                     headers=self._headers,
                     timeout=self._http_timeout,
-                    # A redirect would carry the API-Key header to wherever it points.
+                    # A redirect would carry the key header to wherever it points.
                     allow_redirects=False,
+                    **kwargs,
                 )
             except requests.ConnectionError as exc:
                 raise TransientError(
@@ -213,7 +222,6 @@ class NerdGraphClient:
                 raise TransientError(
                     f"New Relic's answer from {self.url} was cut off mid-way"
                 ) from None
-        return _classify(response, self.url)
 
 
 def _classify(response: requests.Response, url: str) -> dict[str, Any]:
