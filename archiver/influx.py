@@ -40,10 +40,10 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-import tenacity
 
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
+from archiver.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,15 +120,8 @@ class InfluxV1Sink:
         self._session = requests.Session()
         if username is not None:
             self._session.auth = (username, password or "")
-        self._backoff = tenacity.wait_exponential_jitter(initial=1, max=30)
-        self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(max_attempts)
-            | tenacity.stop_before_delay(max_total_seconds),
-            wait=self._wait,
-            sleep=sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+        self._retry = RetryPolicy(
+            max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )
 
     def close(self) -> None:
@@ -236,22 +229,7 @@ class InfluxV1Sink:
 
     def _with_retries(self, action: Callable[[], T]) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        retrying = self._retrying.copy()
-        try:
-            return retrying(action), retrying.statistics["attempt_number"]
-        except TransientError as exc:
-            attempts = retrying.statistics["attempt_number"]
-            raise TransientError(f"{exc} (gave up after {attempts} attempts)") from exc
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(self._backoff(state), retry_after or 0.0)
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.1f s (attempt %d)", exc, wait, state.attempt_number + 1)
+        return self._retry.call(action)
 
     def _send(self, method: str, path: str, **kwargs: object) -> requests.Response:
         """One HTTP request; transport failures, 429 and 5xx raise TransientError."""

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import tenacity
 import urllib3
 from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
@@ -51,6 +50,7 @@ from archiver.influx import (
     classify_bad_request,
     duration_seconds,
 )
+from archiver.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,15 +119,8 @@ class InfluxClientSink:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._org_id: str | None = None
         self._org_lock = threading.Lock()
-        self._backoff = tenacity.wait_exponential_jitter(initial=1, max=30)
-        self._retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientError),
-            stop=tenacity.stop_after_attempt(max_attempts)
-            | tenacity.stop_before_delay(max_total_seconds),
-            wait=self._wait,
-            sleep=sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+        self._retry = RetryPolicy(
+            max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )
 
     def close(self) -> None:
@@ -322,13 +315,7 @@ class InfluxClientSink:
 
     def _with_retries(self, action: Callable[[], T], what: str) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        retrying = self._retrying.copy()
-        try:
-            result = retrying(lambda: self._classified(action, what))
-        except TransientError as exc:
-            attempts = retrying.statistics["attempt_number"]
-            raise TransientError(f"{exc} (gave up after {attempts} attempts)") from exc
-        return result, retrying.statistics["attempt_number"]
+        return self._retry.call(lambda: self._classified(action, what))
 
     def _classified(self, action: Callable[[], T], what: str) -> T:
         """`action()` with influxdb-client's and urllib3's errors turned into the archiver's."""
@@ -382,16 +369,6 @@ class InfluxClientSink:
                 "check the query file's database and retention_policy, and INFLUX_ORG"
             )
         return InfluxError(f"InfluxDB refused {what} (HTTP {status}): {message}")
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        return max(self._backoff(state), retry_after or 0.0)
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("%s; retrying in %.1f s (attempt %d)", exc, wait, state.attempt_number + 1)
 
 
 def _require(value: str | None, variable: str, what: str, url: str) -> None:
