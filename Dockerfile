@@ -17,7 +17,7 @@ RUN groupadd --system --gid 10001 archiver \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY archiver/ archiver/
-RUN pip install --no-cache-dir . && rm -rf build *.egg-info
+RUN pip install --no-cache-dir ".[postgres]" && rm -rf build *.egg-info
 COPY migrations/ migrations/
 COPY queries/ queries/
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from archiver import __version__, config, logs, queries, scheduler, status
+from archiver import __version__, config, logs, queries, scheduler, sharding, status
 from archiver.errors import (
     ArchiverError,
     AuthError,
@@ -113,6 +113,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
         metavar="NAME",
         help="only this query (repeatable)",
     )
+    parser.add_argument(
+        "--shard",
+        type=shard_argument,
+        metavar="I/N",
+        help="only the queries of shard I of N (0 <= I < N, by a stable hash of the name)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="queries run in parallel (4)")
     parser.add_argument(
         "--no-self-metrics",
@@ -148,13 +154,24 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
         )
 
 
+def shard_argument(text: str) -> sharding.Shard:
+    try:
+        return sharding.parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
-def load_queries(settings: config.Settings, names: Sequence[str]) -> queries.LoadResult:
+def load_queries(
+    settings: config.Settings, names: Sequence[str], shard: sharding.Shard | None = None
+) -> queries.LoadResult:
     loaded = queries.load_dir(settings.queries_dir)
     selected = queries.select(loaded.queries, names) if names else loaded.queries
     problems = [p for p in loaded.problems if not names or p.query in names]
+    if shard is not None:
+        selected, problems = shard.queries(selected), shard.problems(problems)
     return queries.LoadResult(selected, problems)
 
 
@@ -174,7 +191,7 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
 
 
 def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
-    loaded = load_queries(settings, args.query)
+    loaded = load_queries(settings, args.query, args.shard)
     for problem in loaded.problems:
         log.error("%s", problem)
     backfill = backfill_from(args, datetime.now(UTC))
@@ -337,7 +354,10 @@ def program(args: argparse.Namespace) -> int:
         stream=sys.stderr if data_on_stdout else None,
     )
     if args.command == "run":
-        return cmd_run(args, settings, threading.Event())
+        # SIGTERM (Kubernetes, docker stop): finish the window being written, release the leases.
+        stop = threading.Event()
+        scheduler.install_signal_handlers(stop)
+        return cmd_run(args, settings, stop)
     handlers = {
         "validate": cmd_validate,
         "status": cmd_status,

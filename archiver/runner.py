@@ -74,6 +74,8 @@ class RunReport:
     def exit_code(self) -> ExitCode:
         if self.problems or any(job.failed for job in self.jobs):
             return ExitCode.QUERY_FAILED
+        if any(job.status == "interrupted" for job in self.jobs):
+            return ExitCode.INTERRUPTED
         return ExitCode.OK
 
 
@@ -267,6 +269,9 @@ class Runner:
         self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
     ) -> JobResult:
         result = JobResult(query.name, target.key)
+        if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
+            result.status = "interrupted"
+            return result
         started = time.monotonic()
         export_id = self.state.start_export(run_id, query.name, target.key, self.now())
         job: PlannedJob | None = None
@@ -329,7 +334,16 @@ class Runner:
             if self.progress is not None:
                 self.progress.advance((window.until - window.since).total_seconds(), len(lines))
             log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
-            self._lease(name, key)
+            if not self._lease(name, key):
+                log.warning(
+                    "%s → %s: lost the lease after %s (a window took longer than "
+                    "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+                    name,
+                    key,
+                    window,
+                )
+                result.status = "busy"
+                return
         if result.status == "interrupted":
             return
         result.window = None

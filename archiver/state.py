@@ -384,7 +384,7 @@ class State:
     def latest_exports(self) -> dict[tuple[str, str], ExportRecord]:
         latest = (
             sa.select(sa.func.max(exports.c.id))
-            .where(exports.c.status != "running")
+            .where(exports.c.status.not_in(("running", "busy")))
             .group_by(exports.c.query, exports.c.target)
         )
         with self._begin() as conn:
@@ -468,7 +468,10 @@ class State:
 
         A lease is free when it has expired or when `holder_is_dead` says its holder crashed
         (a process on this host that no longer runs). Insert-if-absent and compare-and-set on
-        `expires_at` make it atomic on SQLite and PostgreSQL alike.
+        `expires_at` make it atomic on SQLite and PostgreSQL alike. On PostgreSQL the row to
+        take is locked first with FOR UPDATE SKIP LOCKED: a lease that another worker is taking
+        at this instant is busy at once, without waiting for that worker's transaction. Only a
+        lease this worker may take is locked, so a live holder's renewal never finds it locked.
         """
         expires = epoch(now + ttl)
         where = (leases.c.query == query, leases.c.target == target)
@@ -484,6 +487,8 @@ class State:
                 return inserted is not None
             free = current.expires_at <= epoch(now) or holder_is_dead(current.holder)
             if current.holder != holder and not free:
+                return False
+            if conn.dialect.name == "postgresql" and not _lock_lease(conn, current):
                 return False
             taken = conn.execute(
                 leases.update()
@@ -509,6 +514,21 @@ class State:
                     leases.c.query == query, leases.c.target == target, leases.c.holder == holder
                 )
             )
+
+
+def _lock_lease(conn: Connection, current: sa.Row) -> bool:
+    """Lock this version of the lease row; False if another transaction holds it or it changed."""
+    locked = conn.execute(
+        sa.select(leases.c.holder)
+        .where(
+            leases.c.query == current.query,
+            leases.c.target == current.target,
+            leases.c.holder == current.holder,
+            leases.c.expires_at == current.expires_at,
+        )
+        .with_for_update(skip_locked=True)
+    ).first()
+    return locked is not None
 
 
 def _insert(conn: Connection):
