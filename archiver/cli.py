@@ -255,7 +255,13 @@ def new_relic_client_factory(
         url, client = settings.nerdgraph_url, NerdGraphClient
     else:
         url, client = settings.insights_url, InsightsClient
-    return lambda: client(url, key, timeout=settings.nerdgraph_timeout, limiter=limiter)
+    return lambda: client(
+        url,
+        key,
+        timeout=settings.nerdgraph_timeout,
+        limiter=limiter,
+        backoff_base=settings.retry_base_seconds,
+    )
 
 
 def print_plan(

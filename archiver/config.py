@@ -44,6 +44,7 @@ class Settings:
     log_level: str = "INFO"
     schedule: str = "0 * * * *"
     lease_seconds: int = 600
+    retry_base_seconds: float = 1.0  # first wait between New Relic retries (tests shorten it)
     nerdgraph_timeout: float = 60.0
     influx_timeout: float = 30.0
 
@@ -128,6 +129,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_log_level(env),
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or "0 * * * *",
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
+        retry_base_seconds=_positive_float(env, "ARCHIVER_RETRY_BASE_SECONDS", 1.0),
     )
 
 
@@ -135,6 +137,19 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     value = env.get(name, "").strip().lower() or default
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
     return value
 
 

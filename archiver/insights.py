@@ -85,6 +85,7 @@ class InsightsClient(NerdGraphClient):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
+        backoff_base: float = 1.0,
     ) -> None:
         base = url_base.rstrip("/")
         # No NRQL timeout travels with the request: the HTTP read timeout is `timeout` alone.
@@ -99,6 +100,7 @@ class InsightsClient(NerdGraphClient):
             sleep=sleep,
             clock=clock,
             session=session,
+            backoff_base=backoff_base,
         )
         self._base = base
         self._headers = {"Accept": "application/json", "X-Query-Key": query_key}

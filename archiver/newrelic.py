@@ -89,8 +89,10 @@ class NerdGraphClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         session: requests.Session | None = None,
+        backoff_base: float = 1.0,
     ) -> None:
         logs.register_secret(api_key)
+        self._backoff_base = backoff_base
         self.url = _displayable(url)
         self._post_url = url
         self._headers = {"Content-Type": "application/json", "API-Key": api_key}
@@ -165,7 +167,9 @@ class NerdGraphClient:
             ) from exc
 
     def _retrying(self, account_id: int, started: float) -> Retrying:
-        backoff = wait_exponential_jitter(max=BACKOFF_MAX_SECONDS)
+        backoff = wait_exponential_jitter(
+            initial=self._backoff_base, max=BACKOFF_MAX_SECONDS, jitter=self._backoff_base
+        )
 
         def wait(state: RetryCallState) -> float:
             delay = backoff(state)
