@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from fakes.nerdgraph import FakeNerdGraph
+from tests.e2e import ACCOUNT, Cli, cli_env
 from tests.influxd import InfluxServer, running_influxd, unique_database_name
+
+PG_ADMIN_URL = os.environ.get(
+    "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +41,60 @@ def influx_db(influxd: InfluxServer) -> Iterator[str]:
     yield name
     influxd.start()  # a no-op unless the test left it stopped
     influxd.query(f'DROP DATABASE "{name}"')
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database for this test session."""
+    with fresh_postgres_database("nr_archiver_test") as url:
+        yield url
+
+
+@pytest.fixture
+def fake_nr() -> Iterator[FakeNerdGraph]:
+    """The fake NerdGraph server, fresh for each test (its request log starts empty)."""
+    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
+        yield server
+
+
+@pytest.fixture
+def queries_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
+    """The real `python -m archiver` against the fake server, influxd and a SQLite state."""
+    env = cli_env(
+        nerdgraph_url=fake_nr.url,
+        api_key=fake_nr.api_key,
+        influx_url=influxd.url,
+        db_url=f"sqlite:///{state_path}",
+        queries=queries_dir,
+    )
+    return Cli(env, tmp_path)

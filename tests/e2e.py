@@ -20,6 +20,7 @@ import yaml
 from fakes import data
 
 REPO = Path(__file__).resolve().parent.parent
+ACCOUNT = 1234567  # the fake servers' account
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,14 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-
 from archiver.state import State
 from archiver.windows import iso
 from fakes import events
-from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import (
-    Cli,
     Item,
     Spec,
     actual_points,
     ago,
-    cli_env,
     expected_points,
     floor,
     parse_iso,
@@ -61,36 +56,6 @@ def logins_spec(database: str, **changes) -> Spec:
     return replace(spec, **changes)
 
 
-@pytest.fixture
-def fake_nr():
-    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
-        yield server
-
-
-@pytest.fixture
-def queries_dir(tmp_path):
-    folder = tmp_path / "queries"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'state.db'}"
-
-
-@pytest.fixture
-def cli(tmp_path, fake_nr, influxd, queries_dir, db_url):
-    env = cli_env(
-        nerdgraph_url=fake_nr.url,
-        api_key=fake_nr.api_key,
-        influx_url=influxd.url,
-        db_url=db_url,
-        queries=queries_dir,
-    )
-    return Cli(env, tmp_path)
-
-
 def ok(result) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -117,7 +82,7 @@ def test_backfill_archives_the_range_and_leaves_the_checkpoint_alone(
 
 
 def test_backfill_killed_then_restarted_completes_without_asking_twice(
-    cli, fake_nr, influxd, influx_db, queries_dir, db_url
+    cli, fake_nr, influxd, influx_db, queries_dir, state_path
 ):
     spec = tx_spec(influx_db)
     spec.write(queries_dir)
@@ -133,7 +98,7 @@ def test_backfill_killed_then_restarted_completes_without_asking_twice(
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
 
-    state = State.open(db_url)
+    state = State.open(f"sqlite:///{state_path}")
     written_before = state.windows_written("tx", f"{influx_db}.autogen")
     assert written_before, "the kill came before any window was written"
     requests_before = len(fake_nr.requests)

@@ -57,7 +57,7 @@ def test_it_runs_as_a_non_root_user_set_after_every_install(instructions):
     installs = [c for c in commands(instructions, "RUN") if "install" in c.value[0]]
     assert installs, "no RUN installs the package"
     assert all(position(instructions, run) < position(instructions, user) for run in installs)
-    assert any("pip install --no-cache-dir \".[postgres]\"" in run.value[0] for run in installs)
+    assert any('pip install --no-cache-dir ".[postgres]"' in run.value[0] for run in installs)
 
 
 def test_the_data_volume_is_declared_after_it_is_given_to_the_user(instructions):

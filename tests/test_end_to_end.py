@@ -10,11 +10,8 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-
 from archiver.windows import iso
 from fakes.insights import FakeInsights
-from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import (
     Cli,
     Item,
@@ -84,31 +81,6 @@ def specs(database: str) -> list[Spec]:
             **common,
         ),
     ]
-
-
-@pytest.fixture
-def fake_nr():
-    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
-        yield server
-
-
-@pytest.fixture
-def queries_dir(tmp_path):
-    folder = tmp_path / "queries"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def cli(tmp_path, fake_nr, influxd, queries_dir):
-    env = cli_env(
-        nerdgraph_url=fake_nr.url,
-        api_key=fake_nr.api_key,
-        influx_url=influxd.url,
-        db_url=f"sqlite:///{tmp_path / 'state.db'}",
-        queries=queries_dir,
-    )
-    return Cli(env, tmp_path)
 
 
 def test_two_runs_archive_exactly_the_contract_points_and_never_ask_twice(

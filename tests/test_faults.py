@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import Cli, Spec, ago, cli_env, floor
 from tests.faults import (
     LAG_SECONDS,
@@ -49,36 +48,6 @@ ALL_FAULTS = (
 # The NerdGraph client backs off for real (1 s, 2 s, 4 s... + jitter) and reads no setting for
 # it yet; this is the test-only knob the lead is asked to add. Ignored until then.
 FAST_RETRIES = {"ARCHIVER_RETRY_BASE_SECONDS": "0.01"}
-
-
-@pytest.fixture
-def fake_nr():
-    with FakeNerdGraph(accounts={ACCOUNT}).start() as server:
-        yield server
-
-
-@pytest.fixture
-def queries_dir(tmp_path):
-    folder = tmp_path / "queries"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def state_path(tmp_path):
-    return tmp_path / "state.db"
-
-
-@pytest.fixture
-def cli(tmp_path, fake_nr, influxd, queries_dir, state_path):
-    env = cli_env(
-        nerdgraph_url=fake_nr.url,
-        api_key=fake_nr.api_key,
-        influx_url=influxd.url,
-        db_url=f"sqlite:///{state_path}",
-        queries=queries_dir,
-    )
-    return Cli(env, tmp_path)
 
 
 def write(queries_dir, *specs: Spec) -> list[Spec]:

@@ -12,7 +12,6 @@ compared, point by point, with the contract's points computed from the fake's da
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import shutil
 import signal
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ import sqlalchemy as sa
 from archiver.state import State
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph
+from tests.conftest import fresh_postgres_database
 from tests.e2e import Cli, Item, Spec, actual_points, ago, cli_env, expected_points, floor
 
 ACCOUNT = 1234567
@@ -42,9 +41,6 @@ LEASE_SECONDS = 10
 NR_LATENCY = 0.1  # seconds per New Relic answer: jobs are caught mid-export
 LAG = timedelta(minutes=5)
 PROCESS_TIMEOUT = 180.0
-PG_ADMIN_URL = os.environ.get(
-    "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 ALIAS = re.compile(r"count\(\*\) AS '(q\d{3})'")
 
 # (event type, FACET attributes, a SELECT item besides the count)
@@ -97,17 +93,8 @@ def scale_specs(database: str, start: datetime, count: int) -> list[Spec]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database (the workers migrate it themselves, all at once)."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"nr_archiver_scale_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database("nr_archiver_scale") as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,7 +1,5 @@
 """The state database on real SQLite and real PostgreSQL (127.0.0.1:5432, database `test`)."""
 
-import os
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,25 +13,6 @@ from archiver.state import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
-PG_ADMIN_URL = os.environ.get(
-    "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"nr_archiver_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
