@@ -6,7 +6,6 @@ The real CLI against the fake NerdGraph server and a real influxd, as in test_en
 from __future__ import annotations
 
 import signal
-import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -22,6 +21,7 @@ from tests.e2e import (
     floor,
     parse_iso,
 )
+from tests.faults import wait_until
 
 ACCOUNT = 1234567
 
@@ -65,7 +65,8 @@ def ok(result) -> str:
 def test_backfill_archives_the_range_and_leaves_the_checkpoint_alone(
     cli, influxd, influx_db, queries_dir
 ):
-    spec = tx_spec(influx_db, extra={"start": iso(floor(ago(hours=1), 60))})
+    incremental_start = floor(ago(hours=1), 60)
+    spec = tx_spec(influx_db, extra={"start": iso(incremental_start)})
     spec.write(queries_dir)
     ok(cli("run"))
     checkpoint_before = cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"]
@@ -75,7 +76,6 @@ def test_backfill_archives_the_range_and_leaves_the_checkpoint_alone(
 
     assert "backfilled" in output
     assert cli.status()[("tx", f"{influx_db}.autogen")]["exported_until"] == checkpoint_before
-    incremental_start = floor(ago(hours=1), 60)
     expected = expected_points(spec, since, until)
     expected |= expected_points(spec, incremental_start, parse_iso(checkpoint_before))
     assert actual_points(influxd, spec) == expected
@@ -87,13 +87,11 @@ def test_backfill_killed_then_restarted_completes_without_asking_twice(
     spec = tx_spec(influx_db)
     spec.write(queries_dir)
     fake_nr.latency = 0.3  # slow answers, so the kill lands mid-backfill
-    since = floor(ago(days=2), 60)
-    args = ("run", "--since", iso(since), "--until", iso(floor(ago(hours=1), 60)))
+    since, until = floor(ago(days=2), 60), floor(ago(hours=1), 60)
+    args = ("run", "--since", iso(since), "--until", iso(until))
 
     process = cli.popen(*args)
-    deadline = time.monotonic() + 60
-    while len(fake_nr.requests) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(fake_nr.requests) >= 3, 60, "three New Relic requests")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -112,7 +110,7 @@ def test_backfill_killed_then_restarted_completes_without_asking_twice(
                 request.since_ms < w_until.timestamp() * 1000
                 and w_since.timestamp() * 1000 < request.until_ms
             ), "a window already written was requested again"
-    assert actual_points(influxd, spec) == expected_points(spec, since, floor(ago(hours=1), 60))
+    assert actual_points(influxd, spec) == expected_points(spec, since, until)
     assert state.checkpoint("tx", f"{influx_db}.autogen") is None
 
 
@@ -121,16 +119,21 @@ def test_backfill_older_than_new_relic_holds_writes_nothing_older(
 ):
     spec = logins_spec(influx_db)
     spec.write(queries_dir)
+    before = ago()
     output = ok(cli("run", "--since", "10d"))
+    after = ago()
 
     assert "older than New Relic keeps 8 days" in output
     times = [row["time"] for row in influxd.points(influx_db, "nr_logins")]
-    oldest_held = (ago(days=8)).timestamp()
-    assert times and min(times) >= oldest_held
-    # and what it wrote is exact (the zeros of expired buckets are never archived)
-    first = parse_iso(iso(floor(ago(days=8), 3600))) + timedelta(hours=1)
-    last = floor(ago(minutes=5), 3600)
-    assert actual_points(influxd, spec) == expected_points(spec, first, last)
+    assert times and min(times) >= (before - timedelta(days=8)).timestamp()
+
+    # What it wrote is exact: the zeros of expired buckets are never archived. The run's "now"
+    # lies between `before` and `after`, which may straddle an hour.
+    def expected_at(now):
+        first = floor(now - timedelta(days=8), 3600) + timedelta(hours=1)
+        return expected_points(spec, first, floor(now - timedelta(minutes=5), 3600))
+
+    assert actual_points(influxd, spec) in (expected_at(before), expected_at(after))
 
 
 def test_a_one_hour_retention_policy_gets_its_last_hour_and_no_error(
