@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -27,11 +28,13 @@ from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
+from archiver.readahead import read_ahead
 from archiver.sinks import Sink
 from archiver.windows import Range, Window, iso
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD_WINDOWS = 1  # windows fetched ahead of the one being written
 LEASE_TTL = timedelta(minutes=10)
 
 
@@ -317,33 +320,44 @@ class Runner:
             log.warning("%s → %s: %s", name, key, note)
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
+        client = self._client()  # here: the batches are produced on the read-ahead thread
         if job.query.mode == "events":
-            batches = self._event_batches(job, result)
+            batches = self._event_batches(job, result, client)
         else:
-            batches = self._aggregate_batches(job, result)
-        for window, lines, precision in batches:
-            written = self.sink.write(
-                job.target.database, job.target.retention_policy, lines, precision
-            )
-            self.state.record_window(
-                export_id, name, key, window.since, window.until, len(lines), self.now(),
-                backfill=backfill,
-            )  # fmt: skip
-            result.windows += 1
-            result.points += written.lines - written.dropped_beyond_retention
-            if self.progress is not None:
-                self.progress.advance((window.until - window.since).total_seconds(), len(lines))
-            log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
-            if not self._lease(name, key):
-                log.warning(
-                    "%s → %s: lost the lease after %s (a window took longer than "
-                    "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
-                    name,
-                    key,
-                    window,
-                )
-                result.status = "busy"
-                return
+            batches = self._aggregate_batches(job, result, client)
+        # New Relic answers the next window (and it is transformed) while InfluxDB writes this
+        # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
+        thread = threading.current_thread().name
+        ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
+        with closing(ahead):
+            for window, lines, precision in ahead:
+                try:
+                    written = self.sink.write(
+                        job.target.database, job.target.retention_policy, lines, precision
+                    )
+                    self.state.record_window(
+                        export_id, name, key, window.since, window.until, len(lines),
+                        self.now(), backfill=backfill,
+                    )  # fmt: skip
+                except BaseException:
+                    result.window = window  # the read-ahead thread may be on the next one
+                    raise
+                result.windows += 1
+                result.points += written.lines - written.dropped_beyond_retention
+                if self.progress is not None:
+                    seconds = (window.until - window.since).total_seconds()
+                    self.progress.advance(seconds, len(lines))
+                log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
+                if not self._lease(name, key):
+                    log.warning(
+                        "%s → %s: lost the lease after %s (a window took longer than "
+                        "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+                        name,
+                        key,
+                        window,
+                    )
+                    result.status = "busy"
+                    return
         if result.status == "interrupted":
             return
         result.window = None
@@ -353,10 +367,9 @@ class Runner:
             result.backfilled = job.segments
 
     def _aggregate_batches(
-        self, job: PlannedJob, result: JobResult
+        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
     ) -> Iterator[tuple[Window, list[str], Precision]]:
         """TIMESERIES windows: one request each, sized by the rows the last answers had."""
-        client = self._client()
         guard = SeriesGuard(job.query.facets, job.query.max_series)
         sizer = self.sizer(job)
         for window in self.windows_of(job, sizer):
@@ -377,10 +390,9 @@ class Runner:
             )
 
     def _event_batches(
-        self, job: PlannedJob, result: JobResult
+        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
     ) -> Iterator[tuple[Window, list[str], Precision]]:
         """Raw events: windows of `interval`, halved while New Relic caps the answer."""
-        client = self._client()
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
 

@@ -9,7 +9,8 @@
 - a row without any field gives no point.
 
 Lines are built with string operations, not per-point objects: this runs once per row of a
-backfill (millions of times), so everything that depends only on the query is prepared once.
+backfill (millions of times), so everything that depends only on the query, or only on the
+facet value, is prepared once.
 """
 
 from __future__ import annotations
@@ -97,22 +98,47 @@ def _tag_part(s: Shape, row: Mapping[str, object]) -> str:
     return "".join(f",{pairs[i][0]}={pairs[i][1]}" for i in s.tag_order if pairs[i][1])
 
 
-def _field_part(s: Shape, row: Mapping[str, object], keys: dict[str, str]) -> str:
-    """`keys` caches escaped field keys: a query has few, a backfill has millions of rows."""
-    fields = []
+def _number_or_other(name: str, value: object, parts: list[str]) -> None:
+    """Append `name` + the formatted value, if it gives a field (the general case)."""
+    if (formatted := format_field(value)) is not None:
+        parts.append(name + formatted)
+
+
+def _nested(key: str, value: dict, names: dict[tuple[str, str], str], parts: list[str]) -> None:
+    """A nested object (percentiles): one field per entry, named `<key>.<subkey>`."""
+    for sub, sub_value in value.items():
+        name = names.get((key, sub))
+        if name is None:
+            name = names[(key, sub)] = escape_key(f"{key}.{sub}") + "="
+        _number_or_other(name, sub_value, parts)
+
+
+def _field_parts(
+    row: Mapping[str, object], names: dict[str, str], nested_names: dict[tuple[str, str], str]
+) -> list[str]:
+    """`key=value` of every field of the row, in row order.
+
+    `names` maps a row key to its escaped `key=`, or to "" when the key is no field; floats and
+    ints, nearly every value, are formatted inline, anything else goes through `format_field`.
+    """
+    parts: list[str] = []
     for key, value in row.items():
-        if key in s.excluded:
+        name = names.get(key)
+        if name is None:
+            name = names[key] = escape_key(key) + "="
+        if not name:
             continue
-        if isinstance(value, dict):
-            for sub, sub_value in value.items():
-                if (formatted := format_field(sub_value)) is not None:
-                    name = f"{key}.{sub}"
-                    escaped = keys.get(name) or keys.setdefault(name, escape_key(name))
-                    fields.append(f"{escaped}={formatted}")
-        elif (formatted := format_field(value)) is not None:
-            escaped = keys.get(key) or keys.setdefault(key, escape_key(key))
-            fields.append(f"{escaped}={formatted}")
-    return ",".join(fields)
+        kind = type(value)
+        if kind is float:
+            if value - value == 0.0:  # finite: inf and nan give no field
+                parts.append(name + repr(value))
+        elif kind is int:
+            parts.append(name + repr(float(value)))
+        elif isinstance(value, dict):
+            _nested(key, value, nested_names, parts)
+        else:
+            _number_or_other(name, value, parts)
+    return parts
 
 
 def to_lines(
@@ -121,20 +147,28 @@ def to_lines(
     measurement: str,
     static_tags: Mapping[str, str],
 ) -> list[str]:
-    """One line per row that has at least one field."""
+    """One line per row that has at least one field.
+
+    The hot loop of a backfill: field names are escaped once per query, the measurement and
+    tags once per facet value.
+    """
     s = shape(measurement, facets, static_tags)
-    prefix_cache: dict[str, str] = {}
-    field_keys: dict[str, str] = {}
-    lines = []
+    names: dict[str, str] = dict.fromkeys(s.excluded, "")
+    nested_names: dict[tuple[str, str], str] = {}
+    prefixes: dict[object, str] = {}  # facet value → "measurement,tags "
+    lines: list[str] = []
     for row in rows:
-        fields = _field_part(s, row, field_keys)
-        if not fields:
+        parts = _field_parts(row, names, nested_names)
+        if not parts:
             continue
-        tags = _tag_part(s, row)
-        prefix = prefix_cache.get(tags)
+        facet = row.get("facet")
+        # Tags depend on the facet value only. A non-string is keyed by its repr in a tuple,
+        # never equal to a string key, so that 1, 1.0 and True stay apart.
+        facet_key = facet if type(facet) is str else (repr(facet),)
+        prefix = prefixes.get(facet_key)
         if prefix is None:
-            prefix = prefix_cache[tags] = s.measurement + tags
-        lines.append(f"{prefix} {fields} {int(row['beginTimeSeconds'])}")
+            prefix = prefixes[facet_key] = f"{s.measurement}{_tag_part(s, row)} "
+        lines.append(f"{prefix}{','.join(parts)} {int(row['beginTimeSeconds'])}")
     return lines
 
 

@@ -1,0 +1,108 @@
+"""In-process measurements: the transform alone, and InfluxDB's own ingest rate (the limit).
+
+Both use the archiver's own pieces (the query file's NRQL, `windows`, `transform`) on the fake
+server's data model, so they handle the very points the end-to-end run writes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import requests
+
+from archiver import transform, windows
+from archiver.influx import GZIP_LEVEL  # the limit posts bodies compressed like the sink
+from archiver.queries import QueryDef
+from fakes import data
+
+BATCH_LINES = 5000  # the sink's batch size
+
+WRITE_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Answer:
+    rows: list[dict[str, object]]
+    facets: Sequence[str]
+
+
+def planned_nrql(
+    query: QueryDef, since: datetime, until: datetime, rows_per_bucket: int
+) -> Iterator[str]:
+    """The NRQL of each window a fresh backfill of [since, until) requests.
+
+    Mirrors the runner's window sizing (a first guess, then sized from the rows per bucket the
+    first answer had) with the same `windows` functions, for a query whose every bucket holds
+    `rows_per_bucket` rows. Should the runner size differently, the precomputed answers are
+    not asked for and the fake answers live: `precomputed_hits` in the results tells.
+    """
+    interval = query.targets[0].interval
+    seen: float | None = None
+    while since < until:
+        buckets = windows.buckets_per_request(has_facets=bool(query.facets), rows_per_bucket=seen)
+        window = windows.next_window(since, until, interval, buckets)
+        yield query.nrql_for(window.since, window.until, interval)
+        seen, since = rows_per_bucket, window.until
+
+
+def answers(nrqls: Iterable[str], *, retention: timedelta) -> Iterator[Answer]:
+    """What the fake server answers for each of `nrqls` (none of them reaches into the future)."""
+    for nrql in nrqls:
+        result = data.answer(nrql, now=time.time(), retention_seconds=retention.total_seconds())
+        yield Answer(result.results, result.metadata.get("facets") or ())
+
+
+def transform_rate(query: QueryDef, sample: list[Answer], repeats: int = 3) -> tuple[int, float]:
+    """(rows, best CPU seconds) of `transform.to_lines` over every answer of `sample`.
+
+    CPU time of this thread, so the figure is rows/s on one core whatever else the machine runs.
+    """
+    rows = sum(len(answer.rows) for answer in sample)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.thread_time()
+        for answer in sample:
+            transform.to_lines(answer.rows, answer.facets, query.measurement, query.tags)
+        best = min(best, time.thread_time() - started)
+    return rows, best
+
+
+def gzipped_batches(query: QueryDef, source: Iterator[Answer]) -> tuple[list[bytes], int]:
+    """Every window's lines cut into 5,000-line gzipped bodies, as the sink sends them."""
+    bodies, points = [], 0
+    for answer in source:
+        lines = transform.to_lines(answer.rows, answer.facets, query.measurement, query.tags)
+        points += len(lines)
+        for start in range(0, len(lines), BATCH_LINES):
+            body = "\n".join(lines[start : start + BATCH_LINES]).encode()
+            bodies.append(gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0))
+    return bodies, points
+
+
+def post_batches(influx_url: str, database: str, bodies: list[bytes]) -> float:
+    """Seconds InfluxDB takes to acknowledge every body, sent one after another."""
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
+    params = {"db": database, "precision": "s"}
+    with requests.Session() as session:
+        created = session.post(
+            f"{influx_url}/query", params={"q": f'CREATE DATABASE "{database}"'}, timeout=30
+        )
+        created.raise_for_status()
+        started = time.perf_counter()
+        for body in bodies:
+            response = session.post(
+                f"{influx_url}/write",
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=WRITE_TIMEOUT_SECONDS,
+            )
+            if response.status_code != 204:
+                raise RuntimeError(
+                    f"InfluxDB refused a batch: {response.status_code} {response.text}"
+                )
+        return time.perf_counter() - started

@@ -1,0 +1,68 @@
+"""read_ahead: same items in order, bounded lead, errors in place, producer stopped on close."""
+
+import threading
+from contextlib import closing
+
+import pytest
+
+from archiver.readahead import read_ahead
+
+
+def test_items_arrive_in_order_from_another_thread():
+    threads = []
+
+    def items():
+        for number in range(5):
+            threads.append(threading.current_thread())
+            yield number
+
+    assert list(read_ahead(items())) == [0, 1, 2, 3, 4]
+    assert threading.current_thread() not in threads
+
+
+def test_the_producer_is_never_more_than_depth_items_ahead():
+    produced = []
+
+    def items():
+        for number in range(10):
+            produced.append(number)
+            yield number
+
+    ahead = read_ahead(items(), depth=2)
+    with closing(ahead):
+        for number in ahead:
+            # in our hands, at most 2 in the queue, at most 1 being produced
+            assert len(produced) <= number + 1 + 2 + 1
+
+
+def test_an_error_is_raised_after_the_items_before_it():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("window 3 failed")
+
+    received = []
+    with pytest.raises(ValueError, match="window 3 failed"):
+        for item in read_ahead(items()):
+            received.append(item)
+    assert received == [1, 2]
+
+
+def test_closing_stops_the_producer_and_closes_its_iterator():
+    closed = threading.Event()
+    produced = []
+
+    def items():
+        try:
+            for number in range(1000):
+                produced.append(number)
+                yield number
+        finally:
+            closed.set()
+
+    ahead = read_ahead(items(), depth=1, name="test-read-ahead")
+    with closing(ahead):
+        assert next(ahead) == 0
+    assert closed.is_set()  # close() returns only once the producer is done
+    assert len(produced) <= 4
+    assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
