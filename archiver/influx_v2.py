@@ -42,6 +42,7 @@ from influxdb_client.service.dbr_ps_service import DBRPsService
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.influx import (
+    DEFAULT_RP,
     INFLUXQL_DURATION,
     InfluxV1Sink,
     Precision,
@@ -62,7 +63,6 @@ WRITE_PRECISION = {
     "us": WritePrecision.US,
     "ns": WritePrecision.NS,
 }
-DEFAULT_RP = "autogen"
 ORG_ID = re.compile(r"[0-9a-f]{16}")
 ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 

@@ -20,12 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from archiver.config import Settings
 from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
-from archiver.influx import InfluxV1Sink, Precision, RetentionPolicy, WriteResult
-from archiver.influx_v2 import DEFAULT_RP, Flavour, InfluxClientSink
+from archiver.influx import DEFAULT_RP, InfluxV1Sink, Precision, RetentionPolicy, WriteResult
+
+if TYPE_CHECKING:
+    from archiver.influx_v2 import Flavour
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,8 @@ def open_sink(
         return v1
     v1.close()
     log.info("InfluxDB %s at %s: writing with /api/v2/write", version, v1.display_url)
+    from archiver.influx_v2 import InfluxClientSink  # only when needed: a slow import
+
     return InfluxClientSink(
         settings.influx_url,
         flavour=flavour,
@@ -183,6 +187,8 @@ def _server_version(v1: InfluxV1Sink, settings: Settings, sleep: Callable[[float
     except AuthError:
         if not settings.influx_token:
             raise
+    from archiver.influx_v2 import InfluxClientSink
+
     with InfluxClientSink(
         settings.influx_url,
         flavour="3.x",
