@@ -10,29 +10,22 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from archiver import __version__, config, logs, queries, scheduler, sharding, status
+from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
 from archiver.errors import (
     ArchiverError,
     AuthError,
     ConfigError,
     ExitCode,
-    InfluxError,
     StateError,
-    TransientError,
 )
-from archiver.insights import InsightsClient
-from archiver.limiter import Limiter
-from archiver.newrelic import NerdGraphClient
-from archiver.progress import Progress
-from archiver.runner import Backfill, Runner
-from archiver.sinks import Sink, open_sink
+from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
-from archiver.windows import iso
+from archiver.windows import Window, iso
 
 log = logging.getLogger("archiver")
 
@@ -196,85 +189,34 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
         log.error("%s", problem)
     backfill = backfill_from(args, datetime.now(UTC))
     if getattr(args, "dry_run", False):
-        return print_plan(settings, loaded, backfill)
+        print_plan(passes.plan_pass(settings, loaded, backfill))
+        return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
     if not loaded.queries:
         log.error("no valid query file to run")
         return ExitCode.QUERY_FAILED
-    limiter = Limiter(max_concurrent=args.max_concurrent, per_minute=args.requests_per_minute)
-    client_factory = new_relic_client_factory(settings, limiter)
     output = getattr(args, "output", None)
-    sink, version = connect_sink(settings, output)
-    # A file output is for inspection: it must not move the checkpoints of the real target.
-    state = State.scratch() if output else State.open(settings.db_url)
-    runner = Runner(
-        state=state,
-        sink=sink,
-        client_factory=client_factory,
-        default_account=settings.new_relic_account_id,
+    if output:
+        log.info("writing line protocol to %s instead of InfluxDB", output)
+    options = passes.PassOptions(
         workers=args.workers,
-        stop=stop,
-        progress=Progress(),
-        self_metrics=args.self_metrics and not output,
-        lease_ttl=timedelta(seconds=settings.lease_seconds),
+        max_concurrent=args.max_concurrent,
+        requests_per_minute=args.requests_per_minute,
+        self_metrics=args.self_metrics,
+        output=output,
     )
-    log.info("writing to %s", output or f"InfluxDB {version} at {settings.influx_url}")
-    report = runner.run(loaded.queries, backfill, loaded.problems)
-    failed = [job for job in report.jobs if job.failed]
+    report = passes.run_pass(settings, loaded, backfill, options, stop)
     log.info(
         "run finished: %d targets ok, %d failed, %d query file problems, %d points written",
         sum(job.status == "ok" for job in report.jobs),
-        len(failed),
+        sum(job.failed for job in report.jobs),
         len(report.problems),
         sum(job.points for job in report.jobs),
     )
     return report.exit_code
 
 
-def connect_sink(settings: config.Settings, output: str | None) -> tuple[Sink, str]:
-    """The sink, checked before New Relic is asked anything (its answers cost money).
-
-    A URL that is not InfluxDB is configuration (exit 2); an InfluxDB that does not answer
-    fails the run (exit 1) without a single New Relic request.
-    """
-    try:
-        sink = open_sink(settings, api=settings.influx_api, output=output, org=settings.influx_org)
-        version = sink.ping()
-    except InfluxError as exc:
-        raise ConfigError(str(exc)) from None
-    except TransientError as exc:
-        raise ArchiverError(f"InfluxDB is unreachable, nothing was exported: {exc}") from None
-    return sink, version
-
-
-def new_relic_client_factory(
-    settings: config.Settings, limiter: Limiter
-) -> Callable[[], NerdGraphClient]:
-    """NerdGraph with a user key; the legacy Insights API when only a query key is given."""
-    key = settings.require_new_relic_key()
-    if settings.new_relic_api_key:
-        url, client = settings.nerdgraph_url, NerdGraphClient
-    else:
-        url, client = settings.insights_url, InsightsClient
-    return lambda: client(
-        url,
-        key,
-        timeout=settings.nerdgraph_timeout,
-        limiter=limiter,
-        backoff_base=settings.retry_base_seconds,
-    )
-
-
-def print_plan(
-    settings: config.Settings, loaded: queries.LoadResult, backfill: Backfill | None
-) -> int:
-    state = State.open_existing(settings.db_url) or State.scratch()  # no state yet: empty
-    runner = Runner(
-        state=state,
-        sink=None,
-        client_factory=None,
-        default_account=settings.new_relic_account_id,
-    )
-    for job, planned in runner.dry_run(loaded.queries, backfill):
+def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
+    for job, planned in plan:
         target = job.target
         print(
             f"{job.query.name} → {target.key} (database {target.database}, retention policy "
@@ -285,7 +227,6 @@ def print_plan(
             print(f"  {note}")
         for window in planned:
             print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
-    return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
 
 
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:

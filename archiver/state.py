@@ -11,6 +11,7 @@ acknowledged the window's points (the runner's job).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -114,6 +115,7 @@ leases = sa.Table(
 )
 
 WINDOW_LOG_DAYS = 30
+MIGRATION_LOCK = 0x6E72_6172  # pg_advisory_xact_lock key of the migrations ('nrar')
 
 
 def epoch(t: datetime) -> int:
@@ -169,26 +171,40 @@ def head_revision() -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Apply the Alembic migrations up to head (what `nr-archiver db upgrade` runs)."""
+    """Apply the Alembic migrations up to head (what `nr-archiver db upgrade` runs).
+
+    Processes starting at once (workers, an overlapping cron run) take turns: an advisory lock
+    on PostgreSQL, a lock file next to a SQLite database (whose DDL is not transactional, so
+    the others would otherwise see half a schema). The later ones find the schema done.
+    """
     config = _alembic_config()
     try:
-        with engine.begin() as conn:
+        with _sqlite_migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             if current_revision(conn) == head_revision():
                 return
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
     except DBAPIError as exc:
-        # Two processes starting at once may both migrate; the loser finds the schema done.
-        if not _migrated_meanwhile(engine):
-            raise StateError(f"cannot open the state database: {_describe(exc)}") from None
+        raise StateError(f"cannot open the state database: {_describe(exc)}") from None
 
 
-def _migrated_meanwhile(engine: Engine) -> bool:
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    lock_path = Path(f"{path}.migrate-lock")
     try:
-        with engine.connect() as conn:
-            return current_revision(conn) == head_revision()
-    except DBAPIError:
-        return False
+        lock_file = lock_path.open("a")
+    except OSError:  # a read-only folder: nobody can migrate there anyway
+        yield
+        return
+    with lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
 
 
 @dataclass(frozen=True)
