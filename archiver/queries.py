@@ -384,6 +384,8 @@ def _name_problem(name: str) -> str | None:
         return "must not contain newlines or other control characters"
     if name in RESERVED_INFLUX_KEYS:
         return f"'{name}' is reserved by InfluxDB"
+    if name.endswith("\\"):  # it would escape the separator after it in line protocol
+        return "must not end with a backslash (InfluxDB cannot store it)"
     return None
 
 

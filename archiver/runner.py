@@ -30,6 +30,7 @@ from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.readahead import read_ahead
 from archiver.sinks import Sink
+from archiver.state import State
 from archiver.windows import Range, Window, iso
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Runner:
     def __init__(
         self,
         *,
-        state,
+        state: State,
         sink: Sink | None,
         client_factory: Callable[[], NerdGraphClient] | None,
         default_account: int | None,
@@ -253,10 +254,9 @@ class Runner:
             self.state.finish_run(run_id, int(report.exit_code), self.now())
             if self.progress is not None:
                 self.progress.close()
-        if self._auth_failure is None:
-            self._write_metrics()
         if self._auth_failure is not None:
             raise self._auth_failure
+        self._write_metrics()
         return report
 
     def dry_run(

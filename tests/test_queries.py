@@ -899,3 +899,17 @@ def test_events_mode_rules(tmp_path, nrql, extra, key, message):
     problems = load_files([path]).problems
     assert problems, "expected a problem"
     assert any(p.key == key and message in p.message for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        pytest.param('measurement: "m\\\\"\ntags: {a: b}\n', "measurement", id="measurement"),
+        pytest.param('measurement: m\ntags: {"k\\\\": v}\n', "tags", id="tag-key"),
+    ],
+)
+def test_names_ending_with_a_backslash_are_refused(tmp_path, body, key):
+    path = tmp_path / "q.yaml"
+    path.write_text(f"nrql: SELECT count(*) FROM T\ninterval: 1m\ndatabase: d\n{body}")
+    problems = load_files([path]).problems
+    assert any(p.key.startswith(key) and "backslash" in p.message for p in problems), problems
