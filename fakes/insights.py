@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from itertools import groupby
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -79,6 +79,12 @@ class FakeInsights(FakeNerdGraph):
     request and the shapes of the answers differ.
     """
 
+    thread_name = "fake-insights"
+
+    @staticmethod
+    def handler_class() -> type[BaseHTTPRequestHandler]:
+        return _InsightsHandler
+
     def __init__(
         self,
         *,
@@ -91,19 +97,6 @@ class FakeInsights(FakeNerdGraph):
         super().__init__(
             api_key=query_key, accounts=accounts, retention=retention, now=now, latency=latency
         )
-
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeInsights:
-        server = ThreadingHTTPServer((host, port), _InsightsHandler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-insights"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        return self
 
     def __enter__(self) -> FakeInsights:
         return self if self._server is not None else self.start()

@@ -71,7 +71,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Literal, Self
 
 import orjson
 
@@ -205,6 +205,12 @@ def _read_request(body: bytes) -> GraphqlRequest:
 class FakeNerdGraph:
     """The fake server; start() runs it on a background thread."""
 
+    thread_name = "fake-nerdgraph"
+
+    @staticmethod
+    def handler_class() -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
     def __init__(
         self,
         *,
@@ -234,14 +240,14 @@ class FakeNerdGraph:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeNerdGraph:
-        server = ThreadingHTTPServer((host, port), _Handler)
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
+        server = ThreadingHTTPServer((host, port), self.handler_class())
         server.daemon_threads = True
         server.fake = self  # type: ignore[attr-defined]
         self._server = server
         self._stopping.clear()
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-nerdgraph"
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name
         )
         self._thread.daemon = True
         self._thread.start()
