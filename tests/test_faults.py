@@ -87,17 +87,7 @@ def test_every_third_answer_a_fault_of_each_kind_still_archives_everything(
 
     before = ago()
     run = Output(cli.popen("run", "--workers", str(len(specs)), **FAST_RETRIES))
-    # After one full cycle the last workers would only meet faults of their own: stop there.
-    wait_until(
-        lambda: (
-            {r.outcome for r in fake_nr.requests} >= set(ALL_FAULTS)
-            or run.process.poll() is not None
-        ),
-        60,
-        "every kind of fault",
-    )
-    fake_nr.set_faults([])
-    code = run.finish()
+    code = run.finish()  # every third answer stays a fault until the end
 
     assert code == 0, run.text
     faulted = [r for r in fake_nr.requests if r.outcome != "ok"]
