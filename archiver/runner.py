@@ -59,7 +59,7 @@ class JobResult:
     nr_requests: int = 0
     retries: int = 0
     seconds: float = 0.0
-    exported_until: datetime | None = None
+    exported_until: datetime | None = None  # the incremental checkpoint after the job
     error: str | None = None
     window: Window | None = None  # the window being exported when it failed
     backfilled: list[tuple[datetime, datetime]] = field(default_factory=list)
@@ -298,9 +298,7 @@ class Runner:
             result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
         finally:
             result.seconds = time.monotonic() - started
-            result.exported_until = (
-                self.state.checkpoint(query.name, target.key) if backfill is None else None
-            )
+            result.exported_until = self.state.checkpoint(query.name, target.key)
             self.state.finish_export(
                 export_id,
                 status=result.status,
@@ -474,7 +472,7 @@ class Runner:
             nr_requests=result.nr_requests,
             retries=result.retries,
             seconds=result.seconds,
-            exported_until=self.state.checkpoint(result.query, result.target),
+            exported_until=result.exported_until,
             now=now,
         )
         self._metric_lines.setdefault(target.database, []).append(line)
