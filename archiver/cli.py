@@ -112,7 +112,9 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
         metavar="I/N",
         help="only the queries of shard I of N (0 <= I < N, by a stable hash of the name)",
     )
-    parser.add_argument("--workers", type=int, default=4, help="queries run in parallel (4)")
+    parser.add_argument(
+        "--workers", type=positive_int, default=4, help="queries run in parallel (4)"
+    )
     parser.add_argument(
         "--no-self-metrics",
         dest="self_metrics",
@@ -121,13 +123,13 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
     )
     parser.add_argument(
         "--max-concurrent",
-        type=int,
+        type=positive_int,
         default=5,
         help="concurrent New Relic requests at most (5, as New Relic asks)",
     )
     parser.add_argument(
         "--requests-per-minute",
-        type=int,
+        type=positive_int,
         default=1000,
         help="New Relic requests per minute at most (1000; the account limit is 3000)",
     )
@@ -145,6 +147,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
             action="store_true",
             help="print windows, NRQL and targets; touch nothing",
         )
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def shard_argument(text: str) -> sharding.Shard:

@@ -1,0 +1,47 @@
+"""Usage errors: exit code 2 and one line, before anything is touched."""
+
+import pytest
+
+from archiver.cli import build_parser, main
+
+
+@pytest.mark.parametrize("option", ["--workers", "--max-concurrent", "--requests-per-minute"])
+def test_counts_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["run", option, "0"])
+    assert exit_info.value.code == 2
+    assert "'0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["run", "--until", "1h"], "--until needs --since", id="until-alone"),
+        pytest.param(
+            ["run", "--since", "1h", "--until", "2h"], "is not after --since", id="until-first"
+        ),
+        pytest.param(["run", "--since", "yesterday"], "yesterday", id="bad-time"),
+    ],
+)
+def test_bad_backfill_ranges_are_usage_errors(args, message, tmp_path, monkeypatch, capsys):
+    (tmp_path / "q.yaml").write_text(
+        "nrql: SELECT count(*) FROM T\nmeasurement: m\ninterval: 1m\ndatabase: d\n"
+    )
+    monkeypatch.setenv("ARCHIVER_QUERIES_DIR", str(tmp_path))
+    monkeypatch.setenv("ARCHIVER_DB_URL", f"sqlite:///{tmp_path / 'state.db'}")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nr-archiver: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_missing_api_key_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    (tmp_path / "q.yaml").write_text(
+        "nrql: SELECT count(*) FROM T\nmeasurement: m\ninterval: 1m\ndatabase: d\n"
+    )
+    monkeypatch.setenv("ARCHIVER_QUERIES_DIR", str(tmp_path))
+    for variable in ("NEW_RELIC_API_KEY", "NEW_RELIC_QUERY_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["run"]) == 2
+    assert "NEW_RELIC_API_KEY is not set" in capsys.readouterr().err
