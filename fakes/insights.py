@@ -34,11 +34,8 @@ Log outcomes: "ok", a fault kind, "bad_query_key", "bad_request", "forbidden", "
 
 from __future__ import annotations
 
-import argparse
 import re
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
@@ -56,6 +53,8 @@ from fakes.nerdgraph import (
     Reply,
     _Handler,
     _json,
+    command_line,
+    serve,
 )
 from fakes.nrql import Aggregate, NrqlError, Query, parse
 
@@ -322,35 +321,14 @@ def _stats(rows: list[Row]) -> dict[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fakes.insights", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--query-key", default=DEFAULT_QUERY_KEY)
-    parser.add_argument("--account", type=int, action="append", help="repeatable")
-    parser.add_argument("--faults", default="", help="comma-separated fault kinds")
-    parser.add_argument("--fault-every", type=int, default=1)
-    parser.add_argument("--retry-after", type=float)
-    parser.add_argument("--latency", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeInsights(
-        query_key=args.query_key,
-        accounts=set(args.account or [DEFAULT_ACCOUNT]),
-        latency=args.latency,
+    parser = command_line(
+        "python -m fakes.insights", __doc__, 8766, "--query-key", DEFAULT_QUERY_KEY
     )
-    try:
-        fake.set_faults(
-            [kind for kind in args.faults.split(",") if kind], args.fault_every, args.retry_after
-        )
-    except ValueError as error:
-        parser.error(str(error))
-    stop = threading.Event()
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda *_: stop.set())
-    with fake.start(args.host, args.port):
-        print(fake.url, flush=True)
-        stop.wait()
-    return 0
+    args = parser.parse_args(argv)
+    accounts = set(args.account or [DEFAULT_ACCOUNT])
+    return serve(
+        FakeInsights(query_key=args.key, accounts=accounts, latency=args.latency), args, parser
+    )
 
 
 if __name__ == "__main__":

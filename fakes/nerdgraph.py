@@ -444,21 +444,25 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the request log is kept in FakeNerdGraph.requests."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fakes.nerdgraph", description=__doc__)
+def command_line(
+    prog: str, description: str | None, port: int, key_option: str, default_key: str
+) -> argparse.ArgumentParser:
+    """The options both fakes take; `key_option` names the key (--api-key, --query-key)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(key_option, dest="key", default=default_key)
     parser.add_argument("--account", type=int, action="append", help="repeatable")
     parser.add_argument("--faults", default="", help="comma-separated fault kinds")
     parser.add_argument("--fault-every", type=int, default=1)
     parser.add_argument("--retry-after", type=float)
     parser.add_argument("--latency", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    fake = FakeNerdGraph(
-        api_key=args.api_key, accounts=set(args.account or [DEFAULT_ACCOUNT]), latency=args.latency
-    )
+    return parser
+
+
+def serve(fake: FakeNerdGraph, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Print the URL, answer until SIGTERM or SIGINT, exit 0."""
     faults = [kind for kind in args.faults.split(",") if kind]
     try:
         fake.set_faults(faults, args.fault_every, args.retry_after)
@@ -471,6 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(fake.url, flush=True)
         stop.wait()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_line("python -m fakes.nerdgraph", __doc__, 8765, "--api-key", DEFAULT_API_KEY)
+    args = parser.parse_args(argv)
+    accounts = set(args.account or [DEFAULT_ACCOUNT])
+    return serve(
+        FakeNerdGraph(api_key=args.key, accounts=accounts, latency=args.latency), args, parser
+    )
 
 
 if __name__ == "__main__":
