@@ -98,3 +98,23 @@ def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
         queries=queries_dir,
     )
     return Cli(env, tmp_path)
+
+
+class FakeTime:
+    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()

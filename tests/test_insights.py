@@ -21,6 +21,7 @@ from archiver.newrelic import NerdGraphClient
 from archiver.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
+from tests.conftest import FakeTime
 
 BASE = INSIGHTS_URLS["US"]
 QUERY_KEY = "NRIQ-TESTQUERYKEY0123456789ABCD"
@@ -289,24 +290,6 @@ def test_unreadable_answers_are_refused_with_the_reason(body, message):
 
 
 # -- InsightsClient over HTTP (responses) ---------------------------------------------------------
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from archiver import logs
 from archiver.errors import AuthError, NewRelicError, TransientError
 from archiver.limiter import Limiter
 from archiver.newrelic import GRAPHQL, NerdGraphClient, NrqlResult
+from tests.conftest import FakeTime
 
 URL = "https://api.newrelic.com/graphql"
 KEY = "NRAK-TEST0123456789ABCDEFGHIJKLM"
@@ -31,21 +32,6 @@ ROWS = [
     {"appName": "App1", "facet": "App1", "count": 100, "beginTimeSeconds": 1700000000},
     {"appName": "App2", "facet": "App2", "count": 2.5, "beginTimeSeconds": 1700000000},
 ]
-
-
-class FakeTime:
-    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def nrql_answer(rows: list[dict[str, Any]], facets: Any = None) -> dict[str, Any]:
@@ -76,11 +62,6 @@ def refused() -> requests.ConnectionError:
     )
     new_connection.__cause__ = ConnectionRefusedError(111, "Connection refused")
     return connection_error(new_connection)
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
 
 
 @pytest.fixture
