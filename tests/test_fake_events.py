@@ -6,21 +6,11 @@ import json
 from collections import Counter
 
 import pytest
-import requests
 
 from fakes.events import events
 from fakes.nerdgraph import FakeNerdGraph
+from tests.nerdgraph_http import HOUR_MS, NOW, UNTIL_MS, nrql_result, post
 
-KEY = "NRAK-FAKEKEY0000000000000000000"
-ACCOUNT = 1234567
-QUERY = (
-    "query($accountId: Int!, $nrql: Nrql!) { actor { account(id: $accountId) {"
-    " nrql(query: $nrql, timeout: 60) { results metadata { facets eventTypes messages"
-    " timeWindow { begin end } } } } } }"
-)
-NOW = 1_795_003_200  # a whole hour, epoch seconds
-UNTIL_MS = (NOW - 3600) * 1000
-HOUR_MS = 3_600_000
 LAST_HOUR = f"SINCE {UNTIL_MS - HOUR_MS} UNTIL {UNTIL_MS}"
 
 
@@ -28,18 +18,6 @@ LAST_HOUR = f"SINCE {UNTIL_MS - HOUR_MS} UNTIL {UNTIL_MS}"
 def fake():
     with FakeNerdGraph(now=lambda: NOW) as server:
         yield server
-
-
-def post(fake: FakeNerdGraph, nrql: str) -> requests.Response:
-    body = {"query": QUERY, "variables": {"accountId": ACCOUNT, "nrql": nrql}}
-    return requests.post(fake.url, json=body, headers={"API-Key": KEY}, timeout=10)
-
-
-def nrql_result(fake: FakeNerdGraph, nrql: str) -> tuple[list[dict], dict]:
-    document = post(fake, nrql).json()
-    assert "errors" not in document, document
-    result = document["data"]["actor"]["account"]["nrql"]
-    return result["results"], result["metadata"]
 
 
 def nrql_error(fake: FakeNerdGraph, nrql: str) -> str:

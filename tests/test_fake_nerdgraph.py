@@ -14,17 +14,8 @@ import pytest
 import requests
 
 from fakes.nerdgraph import FAULT_KINDS, FakeNerdGraph, facet_values, value
+from tests.nerdgraph_http import ACCOUNT, HOUR_MS, NOW, QUERY, UNTIL_MS, nrql_result, post
 
-KEY = "NRAK-FAKEKEY0000000000000000000"
-ACCOUNT = 1234567
-QUERY = (
-    "query($accountId: Int!, $nrql: Nrql!) { actor { account(id: $accountId) {"
-    " nrql(query: $nrql, timeout: 60) { results metadata { facets eventTypes messages"
-    " timeWindow { begin end } } } } } }"
-)
-NOW = 1_795_003_200  # a whole hour, epoch seconds
-UNTIL_MS = (NOW - 3600) * 1000
-HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,20 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 def fake():
     with FakeNerdGraph(now=lambda: NOW, accounts={ACCOUNT, 7654321}) as server:
         yield server
-
-
-def post(fake: FakeNerdGraph, nrql: str, *, account: int = ACCOUNT, key: str = KEY, **kw):
-    body = {"query": kw.pop("query", QUERY), "variables": {"accountId": account, "nrql": nrql}}
-    return requests.post(fake.url, json=body, headers={"API-Key": key}, timeout=10, **kw)
-
-
-def nrql_result(fake: FakeNerdGraph, nrql: str) -> tuple[list[dict], dict]:
-    response = post(fake, nrql)
-    assert response.status_code == 200, response.text
-    document = response.json()
-    assert "errors" not in document, document
-    result = document["data"]["actor"]["account"]["nrql"]
-    return result["results"], result["metadata"]
 
 
 def hours(count: int, until_ms: int = UNTIL_MS) -> str:
