@@ -329,17 +329,21 @@ def test_four_workers_export_every_window_exactly_once(scale, fake_nr, influxd):
     assert {row["last_status"] for row in scale.cli.status().values()} == {"ok"}
 
 
-def test_a_killed_worker_leaves_nothing_unexported_once_its_leases_expire(
-    scale, fake_nr, influxd, state_db
-):
-    started = now()
+def start_workers_and_pick_one_mid_export(scale, fake_nr, state_db):
     workers = start_workers(scale, WORKERS)
-
     victim = poll_until(
         lambda: worker_mid_export(scale, fake_nr, state_db, workers),
         timeout=PROCESS_TIMEOUT,
         what="a worker mid-export",
     )
+    return workers, victim
+
+
+def test_a_killed_worker_leaves_nothing_unexported_once_its_leases_expire(
+    scale, fake_nr, influxd, state_db
+):
+    started = now()
+    workers, victim = start_workers_and_pick_one_mid_export(scale, fake_nr, state_db)
     victim.process.send_signal(signal.SIGKILL)
     victim.process.wait()
     held = {
@@ -379,12 +383,7 @@ def test_a_worker_stopped_by_sigterm_finishes_its_window_and_releases_its_leases
     scale, fake_nr, influxd, state_db
 ):
     started = now()
-    workers = start_workers(scale, WORKERS)
-    victim = poll_until(
-        lambda: worker_mid_export(scale, fake_nr, state_db, workers),
-        timeout=PROCESS_TIMEOUT,
-        what="a worker mid-export",
-    )
+    workers, victim = start_workers_and_pick_one_mid_export(scale, fake_nr, state_db)
     victim.process.send_signal(signal.SIGTERM)
     assert victim.wait() == 130  # interrupted: what it left is for the next run
     assert [lease for lease in leases(state_db) if lease.host == victim.host] == []
