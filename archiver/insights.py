@@ -53,9 +53,9 @@ from archiver.limiter import Limiter
 from archiver.newrelic import (
     NerdGraphClient,
     NrqlResult,
-    _excerpt,
-    _json_body,
-    _retry_after_seconds,
+    excerpt,
+    json_body,
+    raise_for_status,
 )
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
@@ -132,22 +132,10 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"New Relic refused the query key (HTTP {status}): {_error_text(response)}: "
             f"{BAD_KEY_HINT}"
         )
-    if status == 429 or status >= 500:
-        raise TransientError(
-            f"New Relic answered HTTP {status}: {_error_text(response)}",
-            retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
-        )
-    if 300 <= status < 400:
-        raise NewRelicError(
-            f"New Relic answered HTTP {status}, a redirect to "
-            f"{_excerpt(response.headers.get('Location', '(nowhere)'))}: "
-            f"check NEW_RELIC_INSIGHTS_URL ({url})"
-        )
-    if status >= 400:
-        raise NewRelicError(f"New Relic answered HTTP {status}: {_error_text(response)}")
-    body = _json_body(response)
+    raise_for_status(response, _error_text(response), "NEW_RELIC_INSIGHTS_URL", url)
+    body = json_body(response)
     if not isinstance(body, dict):
-        raise NewRelicError(f"New Relic's answer is not a JSON object: {_excerpt(response.text)!r}")
+        raise NewRelicError(f"New Relic's answer is not a JSON object: {excerpt(response.text)!r}")
     if body.get("error"):
         message = _error_message(body["error"])
         raise TransientError(message) if TRANSIENT_ERROR.search(message) else NewRelicError(message)
@@ -162,7 +150,7 @@ def _error_text(response: requests.Response) -> str:
         error = None
     if error:
         return _error_message(error)
-    return repr(_excerpt(response.text)) if response.text.strip() else "(empty body)"
+    return repr(excerpt(response.text)) if response.text.strip() else "(empty body)"
 
 
 def _error_message(error: object) -> str:

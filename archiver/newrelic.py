@@ -237,30 +237,39 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"New Relic refused the request (HTTP 403): {_describe(response)}: "
             "check that NEW_RELIC_API_KEY is a user key (NRAK-...) allowed to query this account"
         )
+    raise_for_status(response, _describe(response), "NEW_RELIC_NERDGRAPH_URL", url)
+    return _nrql_object(json_body(response))
+
+
+def raise_for_status(response: requests.Response, what: str, variable: str, url: str) -> None:
+    """429 and 5xx are transient; a redirect or any other 4xx fails the query.
+
+    `what` describes the answer; `variable` is the setting to check after a redirect.
+    """
+    status = response.status_code
     if status == 429 or status >= 500:
         raise TransientError(
-            f"New Relic answered HTTP {status}: {_describe(response)}",
+            f"New Relic answered HTTP {status}: {what}",
             retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
         )
     if 300 <= status < 400:
         raise NewRelicError(
             f"New Relic answered HTTP {status}, a redirect to "
-            f"{_excerpt(response.headers.get('Location', '(nowhere)'))}: "
-            f"check NEW_RELIC_NERDGRAPH_URL ({url})"
+            f"{excerpt(response.headers.get('Location', '(nowhere)'))}: "
+            f"check {variable} ({url})"
         )
     if status >= 400:
-        raise NewRelicError(f"New Relic answered HTTP {status}: {_describe(response)}")
-    return _nrql_object(_json_body(response))
+        raise NewRelicError(f"New Relic answered HTTP {status}: {what}")
 
 
-def _json_body(response: requests.Response) -> Any:
+def json_body(response: requests.Response) -> Any:
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
         content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
         raise TransientError(
             f"New Relic answered HTTP {response.status_code} with {content_type}, not JSON: "
-            f"{_excerpt(response.text)!r} (a proxy in the way?)"
+            f"{excerpt(response.text)!r} (a proxy in the way?)"
         ) from None
 
 
@@ -272,7 +281,7 @@ def _nrql_object(body: Any) -> dict[str, Any]:
     if not isinstance(nrql, dict) or not isinstance(nrql.get("results"), list):
         raise TransientError(
             "New Relic's answer has no data for the query and no error: "
-            f"{_excerpt(orjson.dumps(body).decode())!r}"
+            f"{excerpt(orjson.dumps(body).decode())!r}"
         )
     return nrql
 
@@ -321,10 +330,10 @@ def _describe(response: requests.Response) -> str:
         messages = []
     if messages:
         return logs.redact("; ".join(dict.fromkeys(messages)))
-    return repr(_excerpt(response.text)) if response.text.strip() else "(empty body)"
+    return repr(excerpt(response.text)) if response.text.strip() else "(empty body)"
 
 
-def _excerpt(text: str) -> str:
+def excerpt(text: str) -> str:
     collapsed = logs.redact(re.sub(r"\s+", " ", text).strip())
     if len(collapsed) <= EXCERPT_CHARS:
         return collapsed
