@@ -13,6 +13,7 @@ from pathlib import Path
 
 from archiver import logs
 from archiver.errors import ConfigError
+from archiver.scheduler import DEFAULT_SCHEDULE
 
 NERDGRAPH_URLS = {
     "US": "https://api.newrelic.com/graphql",
@@ -42,7 +43,7 @@ class Settings:
     db_url: str = "sqlite:///archiver.db"
     queries_dir: Path = Path("queries")
     log_level: str = "INFO"
-    schedule: str = "0 * * * *"
+    schedule: str = DEFAULT_SCHEDULE
     lease_seconds: int = 600
     retry_base_seconds: float = 1.0  # first wait between New Relic retries (tests shorten it)
     nerdgraph_timeout: float = 60.0
@@ -127,7 +128,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
         queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
-        schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or "0 * * * *",
+        schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE,
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
         retry_base_seconds=_positive_float(env, "ARCHIVER_RETRY_BASE_SECONDS", 1.0),
     )

@@ -43,7 +43,7 @@ class EventWindow(NamedTuple):
 
 def events_nrql(nrql: str, since: datetime, until: datetime) -> str:
     """The query file's NRQL (which has no LIMIT) for the half-open window [since, until)."""
-    return f"{nrql.strip()} LIMIT MAX SINCE {_epoch_ms(since)} UNTIL {_epoch_ms(until)}"
+    return f"{nrql.strip()} LIMIT MAX SINCE {epoch_ms(since)} UNTIL {epoch_ms(until)}"
 
 
 def is_capped(rows: Sequence[Row]) -> bool:
@@ -146,5 +146,5 @@ def _timestamp_ms(row: Row) -> int:
     return int(value)
 
 
-def _epoch_ms(moment: datetime) -> int:
+def epoch_ms(moment: datetime) -> int:
     return (as_utc(moment) - EPOCH) // timedelta(milliseconds=1)

@@ -44,7 +44,7 @@ import requests
 
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
-from archiver.retry import RetryPolicy
+from archiver.retry import RetryPolicy, retry_after_seconds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -382,7 +382,7 @@ def _raise_for_transport(response: requests.Response, url: str) -> None:
             return  # InfluxDB 1.x answers 500 for a missing RP: permanent, not transient
         raise TransientError(
             f"InfluxDB at {url} answered HTTP {status}: {text}",
-            retry_after=_retry_after(response),
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
 
 
@@ -441,11 +441,6 @@ def _error_text(response: requests.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"]
     return response.reason or "no reason given"
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

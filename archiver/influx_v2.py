@@ -51,7 +51,7 @@ from archiver.influx import (
     classify_bad_request,
     duration_seconds,
 )
-from archiver.retry import RetryPolicy
+from archiver.retry import RetryPolicy, retry_after_seconds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -357,7 +357,7 @@ class InfluxClientSink:
         if (status == 429 or status >= 500) and "retention policy not found" not in message:
             return TransientError(
                 f"InfluxDB at {self.display_url} answered HTTP {status} to {what}: {message}",
-                retry_after=_retry_after(exc),
+                retry_after=retry_after_seconds(getattr(exc, "retry_after", None)),
             )
         if status == 413:
             return InfluxError(
@@ -403,11 +403,6 @@ def _partial_write(message: str) -> str:
     """2.x wraps 1.x's `partial write: ...` in `failure writing points to database: ...`."""
     start = message.find("partial write")
     return message[start:] if start > 0 else message
-
-
-def _retry_after(exc: InfluxDBError) -> float | None:
-    value = str(getattr(exc, "retry_after", None) or "")
-    return float(value) if value.isdigit() else None
 
 
 def _bucket_seconds(bucket: Bucket) -> int | None:

@@ -132,7 +132,7 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"New Relic refused the query key (HTTP {status}): {_error_text(response)}: "
             f"{BAD_KEY_HINT}"
         )
-    raise_for_status(response, _error_text(response), "NEW_RELIC_INSIGHTS_URL", url)
+    raise_for_status(response, _error_text, "NEW_RELIC_INSIGHTS_URL", url)
     body = json_body(response)
     if not isinstance(body, dict):
         raise NewRelicError(f"New Relic's answer is not a JSON object: {excerpt(response.text)!r}")

@@ -15,8 +15,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -29,6 +27,7 @@ from tenacity.wait import wait_exponential_jitter
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, TransientError
 from archiver.limiter import Limiter
+from archiver.retry import retry_after_seconds
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,20 +236,28 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"New Relic refused the request (HTTP 403): {_describe(response)}: "
             "check that NEW_RELIC_API_KEY is a user key (NRAK-...) allowed to query this account"
         )
-    raise_for_status(response, _describe(response), "NEW_RELIC_NERDGRAPH_URL", url)
+    raise_for_status(response, _describe, "NEW_RELIC_NERDGRAPH_URL", url)
     return _nrql_object(json_body(response))
 
 
-def raise_for_status(response: requests.Response, what: str, variable: str, url: str) -> None:
+def raise_for_status(
+    response: requests.Response,
+    describe: Callable[[requests.Response], str],
+    variable: str,
+    url: str,
+) -> None:
     """429 and 5xx are transient; a redirect or any other 4xx fails the query.
 
-    `what` describes the answer; `variable` is the setting to check after a redirect.
+    `describe` words a failed answer (only called then: a success can be megabytes);
+    `variable` is the setting to check after a redirect.
     """
     status = response.status_code
+    if status < 300:
+        return
     if status == 429 or status >= 500:
         raise TransientError(
-            f"New Relic answered HTTP {status}: {what}",
-            retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
+            f"New Relic answered HTTP {status}: {describe(response)}",
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     if 300 <= status < 400:
         raise NewRelicError(
@@ -259,7 +266,7 @@ def raise_for_status(response: requests.Response, what: str, variable: str, url:
             f"check {variable} ({url})"
         )
     if status >= 400:
-        raise NewRelicError(f"New Relic answered HTTP {status}: {what}")
+        raise NewRelicError(f"New Relic answered HTTP {status}: {describe(response)}")
 
 
 def json_body(response: requests.Response) -> Any:
@@ -338,24 +345,6 @@ def excerpt(text: str) -> str:
     if len(collapsed) <= EXCERPT_CHARS:
         return collapsed
     return collapsed[: EXCERPT_CHARS - 3] + "..."
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds, from either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 # Most precise first: urllib3's NewConnectionError is also a ConnectTimeoutError, whatever the

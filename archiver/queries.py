@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from archiver.errors import ConfigError
-from archiver.events import events_nrql
+from archiver.events import epoch_ms, events_nrql
 from archiver.timeparse import (
     as_utc,
     format_duration,
@@ -43,6 +43,7 @@ from archiver.timeparse import (
     parse_duration,
     parse_time,
 )
+from archiver.windows import MAX_BUCKETS
 
 QUERY_FILE_PATTERNS = ("*.yaml", "*.yml")
 DEFAULT_LAG = timedelta(minutes=5)
@@ -51,7 +52,6 @@ DEFAULT_MAX_SERIES = 10_000
 EVENTS_WINDOW = timedelta(hours=1)
 Mode = Literal["aggregate", "events"]
 MAX_FACETS = 5  # New Relic's limit on FACET attributes
-MAX_BUCKETS = 366  # New Relic's limit on TIMESERIES buckets per query
 DAY = timedelta(days=1)
 RESERVED_INFLUX_KEYS = frozenset({"time", "_field", "_measurement"})
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
@@ -125,7 +125,7 @@ class QueryDef(BaseModel, frozen=True):
         """
         if self.mode == "events":  # raw events: any window, split while New Relic caps it
             return events_nrql(self._shape.sendable, since, until)
-        since_ms, until_ms = _epoch_ms(since), _epoch_ms(until)
+        since_ms, until_ms = epoch_ms(since), epoch_ms(until)
         step_ms = interval // timedelta(milliseconds=1)
         if step_ms <= 0 or since_ms % step_ms or until_ms % step_ms:
             raise ValueError(
@@ -140,10 +140,6 @@ class QueryDef(BaseModel, frozen=True):
             f"{self._shape.sendable}{limit} SINCE {since_ms} UNTIL {until_ms}"
             f" TIMESERIES {nrql_timeseries(interval)}"
         )
-
-
-def _epoch_ms(moment: datetime) -> int:
-    return (as_utc(moment) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)

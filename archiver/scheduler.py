@@ -41,6 +41,7 @@ from typing import Any
 from croniter import CroniterError, croniter
 
 from archiver.errors import ConfigError, ExitCode
+from archiver.timeparse import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Schedule:
     expression: str
 
     def next_after(self, moment: datetime) -> datetime:
-        return croniter(self.expression, _utc(moment)).get_next(datetime)
+        return croniter(self.expression, as_utc(moment)).get_next(datetime)
 
     def period_after(self, moment: datetime) -> timedelta:
         """The time between the first two ticks after `moment`."""
@@ -189,7 +190,7 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
     except (ValueError, KeyError, TypeError, CroniterError) as exc:
         return False, f"the heartbeat file {path} is not valid: {type(exc).__name__}: {exc}"
     last = record.get("last_completed") or "never"
-    overdue = _utc(now) - next_run
+    overdue = as_utc(now) - next_run
     if overdue > max_age:
         return False, (
             f"the run due at {_iso(next_run)} has not completed {_duration(overdue)} later "
@@ -256,18 +257,14 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _iso(moment: datetime) -> str:
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_iso(text: Any) -> datetime:
     if not isinstance(text, str):
         raise TypeError(f"expected an ISO 8601 time, got {text!r}")
-    return _utc(datetime.fromisoformat(text))
+    return as_utc(datetime.fromisoformat(text))
 
 
 def _duration(delta: timedelta) -> str:

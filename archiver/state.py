@@ -140,7 +140,8 @@ def _alembic_config() -> Config:
 
 
 def _describe(exc: Exception) -> str:
-    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    message = lines[0] if lines else type(exc).__name__
     return redact(message)
 
 

@@ -170,8 +170,3 @@ def to_lines(
             prefix = prefixes[facet_key] = f"{s.measurement}{_tag_part(s, row)} "
         lines.append(f"{prefix}{','.join(parts)} {int(row['beginTimeSeconds'])}")
     return lines
-
-
-def series_count(rows: Iterable[Mapping[str, object]]) -> int:
-    """Distinct facet values in a result: the number of series its points belong to."""
-    return len({repr(row.get("facet")) for row in rows})
