@@ -119,7 +119,7 @@ class InfluxV1Sink:
         if password:
             logs.register_secret(password)
         self.url = url.rstrip("/")
-        self.display_url = _without_userinfo(self.url)
+        self.display_url = without_userinfo(self.url)
         self.timeout = timeout
         self.batch_size = batch_size
         self.gzip = gzip
@@ -199,11 +199,7 @@ class InfluxV1Sink:
         self, database: str, retention_policy: str | None, retention_duration: str | None
     ) -> RetentionPolicy:
         """Create the database if missing, and the RP if missing and a duration is given."""
-        if retention_duration is not None and not INFLUXQL_DURATION.fullmatch(retention_duration):
-            raise InfluxError(
-                f"retention_duration {retention_duration!r} is not an InfluxQL duration "
-                "such as 30d, 104w or INF"
-            )
+        check_retention_duration(retention_duration)
         self._ensure_database(database)
         existing = self._find_policy(database, retention_policy)
         if existing is not None:
@@ -261,7 +257,7 @@ class InfluxV1Sink:
             ) from None
         except requests.ConnectionError as exc:
             raise TransientError(
-                f"cannot reach InfluxDB at {self.display_url}: {_connection_reason(exc)}"
+                f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
             ) from None
         except requests.RequestException as exc:
             raise InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}") from None
@@ -443,13 +439,22 @@ def _error_text(response: requests.Response) -> str:
     return response.reason or "no reason given"
 
 
-def _connection_reason(exc: requests.ConnectionError) -> str:
+def check_retention_duration(retention_duration: str | None) -> None:
+    """Only an InfluxQL duration may go into CREATE RETENTION POLICY (nothing else is injected)."""
+    if retention_duration is not None and not INFLUXQL_DURATION.fullmatch(retention_duration):
+        raise InfluxError(
+            f"retention_duration {retention_duration!r} is not an InfluxQL duration "
+            "such as 30d, 104w or INF"
+        )
+
+
+def connection_reason(exc: BaseException) -> str:
     """`Connection refused` rather than urllib3's whole pool message."""
     found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
     return found.group(1).strip() if found else type(exc).__name__
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
@@ -43,13 +42,15 @@ from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.influx import (
     DEFAULT_RP,
-    INFLUXQL_DURATION,
     InfluxV1Sink,
     Precision,
     RetentionPolicy,
     WriteResult,
+    check_retention_duration,
     classify_bad_request,
+    connection_reason,
     duration_seconds,
+    without_userinfo,
 )
 from archiver.retry import RetryPolicy, retry_after_seconds
 
@@ -64,7 +65,6 @@ WRITE_PRECISION = {
     "ns": WritePrecision.NS,
 }
 ORG_ID = re.compile(r"[0-9a-f]{16}")
-ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
 def bucket_name(database: str, retention_policy: str | None) -> str:
@@ -91,7 +91,7 @@ class InfluxClientSink:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = url.rstrip("/")
-        self.display_url = _without_userinfo(self.url)
+        self.display_url = without_userinfo(self.url)
         self.flavour = flavour
         self.timeout = timeout
         self.batch_size = batch_size
@@ -152,11 +152,7 @@ class InfluxClientSink:
     ) -> RetentionPolicy:
         if self._influxql is not None:
             return self._influxql.ensure_target(database, retention_policy, retention_duration)
-        if retention_duration is not None and not INFLUXQL_DURATION.fullmatch(retention_duration):
-            raise InfluxError(
-                f"retention_duration {retention_duration!r} is not an InfluxQL duration "
-                "such as 30d, 104w or INF"
-            )
+        check_retention_duration(retention_duration)
         if self.flavour == "3.x":
             return self._database_target(database, retention_policy, retention_duration)
         return self._bucket_target(database, retention_policy, retention_duration)
@@ -337,9 +333,9 @@ class InfluxClientSink:
             )
         if isinstance(exc, urllib3.exceptions.SSLError | urllib3.exceptions.LocationValueError):
             return InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}")
-        found = ERRNO_REASON.search(str(exc))
-        reason = found.group(1).strip() if found else type(exc).__name__
-        return TransientError(f"cannot reach InfluxDB at {self.display_url}: {reason}")
+        return TransientError(
+            f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
+        )
 
     def _api_error(self, exc: InfluxDBError, what: str) -> Exception:
         status, message = _status(exc), _message(exc)
@@ -409,10 +405,3 @@ def _bucket_seconds(bucket: Bucket) -> int | None:
     """The bucket's retention in seconds; None for infinite (no rule, or everySeconds 0)."""
     seconds = [rule.every_seconds for rule in bucket.retention_rules or [] if rule.every_seconds]
     return min(seconds) if seconds else None
-
-
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

@@ -16,7 +16,7 @@ import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -205,6 +205,7 @@ class _Texts:
     flat: str  # and the inside of parentheses replaced by 'x': what is left is depth 0
 
 
+@lru_cache(maxsize=1024)  # validation rules and QueryDef all ask about the same few strings
 def analyse_nrql(nrql: str) -> NrqlShape:
     """The facets and LIMIT of a query, and what is wrong with it for archiving."""
     try:

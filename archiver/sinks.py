@@ -172,7 +172,7 @@ def open_sink(
         settings.influx_url,
         flavour=flavour,
         token=settings.influx_token,
-        org=org if org is not None else getattr(settings, "influx_org", None),
+        org=org if org is not None else settings.influx_org,
         username=settings.influx_username,
         password=settings.influx_password,
         timeout=settings.influx_timeout,
