@@ -45,3 +45,9 @@ def test_missing_api_key_is_a_usage_error(tmp_path, monkeypatch, capsys):
         monkeypatch.delenv(variable, raising=False)
     assert main(["run"]) == 2
     assert "NEW_RELIC_API_KEY is not set" in capsys.readouterr().err
+
+
+def test_health_without_a_scheduler_heartbeat_is_unhealthy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARCHIVER_HEARTBEAT_FILE", str(tmp_path / "no-heartbeat"))
+    assert main(["health"]) == 1
+    assert "no-heartbeat" in capsys.readouterr().out
