@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from fakes.nerdgraph import FakeNerdGraph
+from tests import faults
 from tests.e2e import ACCOUNT, Cli, cli_env
 from tests.influxd import InfluxServer, running_influxd, unique_database_name
 
@@ -118,3 +119,10 @@ class FakeTime:
 @pytest.fixture
 def fake_time() -> FakeTime:
     return FakeTime()
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    """The URL of a web server that is not InfluxDB (200 and an HTML page to everything)."""
+    with faults.html_server() as url:
+        yield url

@@ -16,24 +16,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import Cli, Item, Spec, actual_points, expected_points, parse_iso
 
+T = TypeVar("T")
 POLL_SECONDS = 0.01
 LAG_SECONDS = 5 * 60
 # An ERROR log line, or the CLI's own one-line error.
 ERROR_LINE = re.compile(r"^\S+ ERROR |^nr-archiver: error: ")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail the test with `what` after `timeout` seconds."""
+def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll `condition` until it is truthy and return that; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(POLL_SECONDS)  # a poll interval, not a synchronisation sleep
+    return value
 
 
 class Output:

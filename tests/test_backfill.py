@@ -23,8 +23,6 @@ from tests.e2e import (
 )
 from tests.faults import wait_until
 
-ACCOUNT = 1234567
-
 
 def tx_spec(database: str, **changes) -> Spec:
     spec = Spec(

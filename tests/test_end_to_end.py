@@ -13,6 +13,7 @@ from datetime import timedelta
 from archiver.windows import iso
 from fakes.insights import FakeInsights
 from tests.e2e import (
+    ACCOUNT,
     Cli,
     Item,
     Spec,
@@ -24,8 +25,6 @@ from tests.e2e import (
     parse_iso,
 )
 from tests.faults import error_lines
-
-ACCOUNT = 1234567
 
 
 def specs(database: str) -> list[Spec]:

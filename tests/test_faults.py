@@ -31,7 +31,6 @@ from tests.faults import (
 )
 from tests.influxd import unique_database_name
 
-ACCOUNT = 1234567
 ALL_FAULTS = (
     "http429",
     "http500",

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import gzip
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -55,33 +53,6 @@ def sent_requests(monkeypatch: pytest.MonkeyPatch) -> list[requests.PreparedRequ
 
     monkeypatch.setattr(requests.Session, "send", spy)
     return sent
-
-
-class HtmlHandler(BaseHTTPRequestHandler):
-    """Any web server that is not InfluxDB."""
-
-    def _answer(self) -> None:
-        body = b"<html><body>It works!</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def html_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HtmlHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 # --- writing and reading back -----------------------------------------------------------------

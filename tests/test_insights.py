@@ -22,11 +22,11 @@ from archiver.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.conftest import FakeTime
+from tests.e2e import ACCOUNT
 
 BASE = INSIGHTS_URLS["US"]
 QUERY_KEY = "NRIQ-TESTQUERYKEY0123456789ABCD"
 API_KEY = "NRAK-TESTAPIKEY0123456789ABCDEF"
-ACCOUNT = 1234567
 QUERY_URL = f"{BASE}/v1/accounts/{ACCOUNT}/query"
 NRQL = "SELECT count(*) FROM Transaction SINCE 1700000000000 UNTIL 1700003600000 TIMESERIES 1 hour"
 NOW = 1_795_003_200  # a whole hour, epoch seconds

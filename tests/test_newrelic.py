@@ -23,10 +23,10 @@ from archiver.errors import AuthError, NewRelicError, TransientError
 from archiver.limiter import Limiter
 from archiver.newrelic import GRAPHQL, NerdGraphClient, NrqlResult
 from tests.conftest import FakeTime
+from tests.e2e import ACCOUNT
 
 URL = "https://api.newrelic.com/graphql"
 KEY = "NRAK-TEST0123456789ABCDEFGHIJKLM"
-ACCOUNT = 1234567
 NRQL = "SELECT count(*) FROM Transaction FACET appName SINCE 1700000000 UNTIL 1700003600"
 ROWS = [
     {"appName": "App1", "facet": "App1", "count": 100, "beginTimeSeconds": 1700000000},

@@ -33,9 +33,9 @@ from archiver.state import State
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph
 from tests.conftest import fresh_postgres_database
-from tests.e2e import Cli, Item, Spec, actual_points, ago, cli_env, expected_points, floor
+from tests.e2e import ACCOUNT, Cli, Item, Spec, actual_points, ago, cli_env, expected_points, floor
+from tests.faults import wait_until
 
-ACCOUNT = 1234567
 QUERY_COUNT = 200
 WORKERS = 4
 LEASE_SECONDS = 10
@@ -263,16 +263,6 @@ def worker_mid_export(
     return max(alive, key=lambda w: hosts.count(w.host), default=None)
 
 
-def poll_until(condition: Callable[[], object], *, timeout: float, what: str) -> object:
-    """Poll `condition` until it is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)  # a poll interval, not a synchronisation sleep
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def assert_exported_exactly(
     scale: Scale,
     fake: FakeNerdGraph,
@@ -331,7 +321,7 @@ def test_four_workers_export_every_window_exactly_once(scale, fake_nr, influxd):
 
 def start_workers_and_pick_one_mid_export(scale, fake_nr, state_db):
     workers = start_workers(scale, WORKERS)
-    victim = poll_until(
+    victim = wait_until(
         lambda: worker_mid_export(scale, fake_nr, state_db, workers),
         timeout=PROCESS_TIMEOUT,
         what="a worker mid-export",
@@ -363,7 +353,7 @@ def test_a_killed_worker_leaves_nothing_unexported_once_its_leases_expire(
     def all_leases_expired() -> bool:
         return all(lease.expires_at <= time.time() for lease in leases(state_db))
 
-    poll_until(all_leases_expired, timeout=LEASE_SECONDS + 30, what="the dead worker's leases")
+    wait_until(all_leases_expired, timeout=LEASE_SECONDS + 30, what="the dead worker's leases")
     last = scale.worker("worker-after")
     assert last.wait() == 0, last.output[-3000:]
     assert "another run is exporting it" not in last.output

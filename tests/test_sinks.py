@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -123,31 +121,6 @@ def test_concurrent_writes_keep_every_batch_whole(tmp_path: Path) -> None:
 
 
 # --- open_sink ---------------------------------------------------------------------------------
-
-
-class HtmlHandler(BaseHTTPRequestHandler):
-    """Any web server that is not InfluxDB."""
-
-    def do_GET(self) -> None:
-        body = b"<html><body>It works!</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def html_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HtmlHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_auto_picks_the_v1_sink_for_influxdb_1_6(influxd: InfluxServer) -> None:
