@@ -132,7 +132,7 @@ def entities(event_type: str) -> tuple[dict[str, str], ...]:
 # -- numbers ------------------------------------------------------------------------------------
 
 
-def _mix(x: int) -> int:
+def mix(x: int) -> int:
     """splitmix64's finaliser: a cheap, well-spread, stable 64-bit hash of an integer."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
@@ -141,7 +141,7 @@ def _mix(x: int) -> int:
 
 
 @lru_cache(maxsize=65536)
-def _name_seed(*parts: object) -> int:
+def name_seed(*parts: object) -> int:
     text = "\x1f".join("\x00" if part is None else str(part) for part in parts)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
@@ -168,11 +168,11 @@ class _Bucket:
 
 
 def _bucket_salt(begin_seconds: int, seconds: int) -> int:
-    return _mix((begin_seconds << 24) ^ seconds)
+    return mix((begin_seconds << 24) ^ seconds)
 
 
 def _bucket(series_seed: int, bucket_salt: int, seconds: int, has_data: bool = True) -> _Bucket:
-    seed = _mix(series_seed ^ bucket_salt)
+    seed = mix(series_seed ^ bucket_salt)
     if not has_data or seed % 10 == 0:  # about one bucket in 10 saw no event
         return _Bucket(seed, seconds, 0)
     per_minute = 1 + series_seed % 40
@@ -183,14 +183,14 @@ def _bucket(series_seed: int, bucket_salt: int, seconds: int, has_data: bool = T
 _Stats = tuple[Number, Number, Number, Number]  # min, average, max, latest
 _STAT_INDEX = {"min": 0, "average": 1, "max": 2, "latest": 3}
 _COUNTING = {"count", "sum", "uniqueCount"}
-_FILTER_SALT = _name_seed("filter")
+_FILTER_SALT = name_seed("filter")
 Evaluator = Callable[[_Bucket], object]
 
 
 @lru_cache(maxsize=4096)
 def _attribute_constants(attribute: str | None) -> tuple[int, float]:
     """(hash salt, typical size) of a numeric attribute."""
-    return _name_seed("attribute", attribute), 0.05 + _name_seed("scale", attribute) % 1000 / 100
+    return name_seed("attribute", attribute), 0.05 + name_seed("scale", attribute) % 1000 / 100
 
 
 def _stats(bucket: _Bucket, attribute: str | None) -> _Stats:
@@ -199,7 +199,7 @@ def _stats(bucket: _Bucket, attribute: str | None) -> _Stats:
     if stats is not None:
         return stats
     salt, scale = _attribute_constants(attribute)
-    bits = _mix(bucket.seed ^ salt)
+    bits = mix(bucket.seed ^ salt)
     average: Number = scale * (0.5 + (bits & 0xFFFF) / 0x10000)
     if bucket.integral:
         average = max(1, round(average))
@@ -239,8 +239,8 @@ def _compile(aggregate: Aggregate) -> Evaluator:
     if function == "sum":
         return lambda bucket: _stats(bucket, attribute)[1] * bucket.count
     if function == "uniqueCount":
-        salt = _name_seed("uniqueCount", attribute)
-        return lambda bucket: 1 + _mix(bucket.seed ^ salt) % bucket.count
+        salt = name_seed("uniqueCount", attribute)
+        return lambda bucket: 1 + mix(bucket.seed ^ salt) % bucket.count
     if function == "percentile":
         return _compile_percentile(aggregate)
     return _compile_wrapping(aggregate)
@@ -264,7 +264,7 @@ def _compile_wrapping(aggregate: Aggregate) -> Evaluator:
 
     def matched(bucket: _Bucket) -> int:
         """How many of the bucket's events the WHERE of percentage()/filter() matched."""
-        return math.floor(bucket.count * (_mix(bucket.seed ^ _FILTER_SALT) >> 11) * _UNIT)
+        return math.floor(bucket.count * (mix(bucket.seed ^ _FILTER_SALT) >> 11) * _UNIT)
 
     def rate(bucket: _Bucket) -> object:
         value = inner(bucket)
@@ -279,7 +279,7 @@ def _compile_wrapping(aggregate: Aggregate) -> Evaluator:
         count = matched(bucket)
         if count == 0:
             return inner_empty
-        return inner(_Bucket(_mix(bucket.seed ^ _FILTER_SALT), bucket.seconds, count))
+        return inner(_Bucket(mix(bucket.seed ^ _FILTER_SALT), bucket.seconds, count))
 
     return {"rate": rate, "percentage": percentage, "filter": filtered}[aggregate.function]
 
@@ -306,7 +306,7 @@ def value(
         inner_function, _, inner_attribute = (attribute or "count").partition(".")
         inner = Aggregate(inner_function, inner_attribute or None, attribute or "count")
         aggregate = Aggregate(function, inner.attribute, "", inner=inner, per_seconds=per_seconds)
-    series_seed = _name_seed(event_type, *facet_values)
+    series_seed = name_seed(event_type, *facet_values)
     bucket = _bucket(series_seed, _bucket_salt(bucket_start, bucket_seconds), bucket_seconds)
     result = _compile(aggregate)(bucket) if bucket.count else _empty(aggregate)
     return result[percentile] if isinstance(result, dict) else result  # type: ignore[return-value]
@@ -373,7 +373,7 @@ def _ranked_series(
     """Facets by total count (descending) then value, cut to the query's LIMIT."""
     series = []
     for facet in _facet_values(query.event_type, query.facets):
-        seed = _name_seed(query.event_type, *facet)
+        seed = name_seed(query.event_type, *facet)
         series.append((facet, [_bucket(seed, b.salt, b.seconds, b.has_data) for b in buckets]))
     if not query.facets:
         return series

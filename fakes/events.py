@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from itertools import islice
 
-from fakes.data import Answer, Window, _mix, _name_seed, entities
+from fakes.data import Answer, Window, entities, mix, name_seed
 from fakes.nrql import Query
 
 Event = dict[str, object]
@@ -87,7 +87,7 @@ def _newest_first(event_type: str, since_ms: int, until_ms: int) -> Iterator[Eve
 
 def _second(event_type: str, second: int) -> list[Event]:
     """The events of one second, in generation order."""
-    seed = _mix(_type_seed(event_type) ^ second)
+    seed = mix(_type_seed(event_type) ^ second)
     busy = BUSY.fullmatch(event_type)
     if busy is None:
         return _ordinary_second(event_type, second, seed)
@@ -99,7 +99,7 @@ def _ordinary_second(event_type: str, second: int, seed: int) -> list[Event]:
     choices = _entity_choices(event_type)
     result = []
     for index in range(_ORDINARY_COUNTS[seed % len(_ORDINARY_COUNTS)]):
-        bits = _mix(seed ^ (index + 1))
+        bits = mix(seed ^ (index + 1))
         timestamp = second * 1000 + (bits >> 8) % 1000
         result.append(_event(choices[(bits >> 24) % len(choices)], timestamp, bits))
     return result
@@ -110,7 +110,7 @@ def _busy_second(second: int, seed: int, count: int) -> list[Event]:
     result: list[Event] = []
     group = 0
     while len(result) < count:
-        group_bits = _mix(seed ^ (group << 32))
+        group_bits = mix(seed ^ (group << 32))
         timestamp = second * 1000 + (group_bits >> 8) % 1000
         entity = BUSY_ENTITIES[(group_bits >> 24) % len(BUSY_ENTITIES)]
         size = min(1 + (group_bits >> 32) % 3, count - len(result))
@@ -118,7 +118,7 @@ def _busy_second(second: int, seed: int, count: int) -> list[Event]:
             if member == 2 and (group_bits >> 40) % 2 == 0:
                 result.append(dict(result[-1]))  # an exact duplicate: it must survive too
             else:
-                result.append(_event(entity, timestamp, _mix(group_bits ^ (member + 1))))
+                result.append(_event(entity, timestamp, mix(group_bits ^ (member + 1))))
         group += 1
     return result
 
@@ -144,7 +144,7 @@ def _duration(bits: int) -> int | float | None:
 
 @lru_cache(maxsize=256)
 def _type_seed(event_type: str) -> int:
-    return _name_seed("events", event_type)
+    return name_seed("events", event_type)
 
 
 @lru_cache(maxsize=256)

@@ -50,10 +50,10 @@ from fakes.nerdgraph import (
     HTTP_FAULTS,
     FakeNerdGraph,
     GraphqlRequest,
+    Handler,
     Reply,
-    _Handler,
-    _json,
     command_line,
+    json_reply,
     serve,
 )
 from fakes.nrql import Aggregate, NrqlError, Query, parse
@@ -131,7 +131,7 @@ class FakeInsights(FakeNerdGraph):
         reply = super()._reply(fault, api_key, request)
         if fault in HTTP_FAULTS:
             # The fake NerdGraph's HTTP faults carry GraphQL errors; this API sends {"error"}.
-            reply.body = _json(reply.status, {"error": f"HTTP {reply.status}"}, fault).body
+            reply.body = json_reply(reply.status, {"error": f"HTTP {reply.status}"}, fault).body
         return reply
 
     def _answer(self, api_key: str | None, request: GraphqlRequest) -> Reply:
@@ -154,11 +154,11 @@ class FakeInsights(FakeNerdGraph):
             )
         except NrqlError as error:
             return _error(400, str(error), "nrql_error")
-        return _json(200, legacy_answer(query, result.results), "ok")
+        return json_reply(200, legacy_answer(query, result.results), "ok")
 
 
 def _error(status: int, message: str, outcome: str) -> Reply:
-    return _json(status, {"error": message}, outcome)
+    return json_reply(status, {"error": message}, outcome)
 
 
 def _read_request(account_id: int, query_string: str) -> GraphqlRequest:
@@ -175,7 +175,7 @@ def _read_request(account_id: int, query_string: str) -> GraphqlRequest:
     return GraphqlRequest(account_id, nrql, parsed.since_ms, parsed.until_ms)
 
 
-class _InsightsHandler(_Handler):
+class _InsightsHandler(Handler):
     server_version = "FakeInsights/1.0"
 
     def do_GET(self) -> None:

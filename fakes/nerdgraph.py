@@ -128,7 +128,7 @@ class Reply:
     reset: bool = False  # close the connection without answering
 
 
-def _json(status: int, payload: object, outcome: str) -> Reply:
+def json_reply(status: int, payload: object, outcome: str) -> Reply:
     return Reply(status, orjson.dumps(payload), outcome)
 
 
@@ -136,19 +136,19 @@ def _graphql_error(message: str, error_class: str, outcome: str) -> Reply:
     """A GraphQL error on the nrql field, the way NerdGraph reports it: HTTP 200."""
     error = {"message": message, "path": NRQL_PATH, "extensions": {"errorClass": error_class}}
     payload = {"data": {"actor": {"account": {"nrql": None}}}, "errors": [error]}
-    return _json(200, payload, outcome)
+    return json_reply(200, payload, outcome)
 
 
 def _request_error(message: str) -> Reply:
     """A GraphQL validation error: no data at all."""
     payload = {"errors": [{"message": message, "extensions": {"errorClass": "BAD_USER_INPUT"}}]}
-    return _json(200, payload, "bad_request")
+    return json_reply(200, payload, "bad_request")
 
 
 def _fault_reply(kind: str, retry_after: float | None) -> Reply:
     if kind in HTTP_FAULTS:
         status = HTTP_FAULTS[kind]
-        reply = _json(status, {"errors": [{"message": f"HTTP {status}"}]}, kind)
+        reply = json_reply(status, {"errors": [{"message": f"HTTP {status}"}]}, kind)
         if retry_after is not None and status in (429, 503):
             reply.headers["Retry-After"] = f"{retry_after:g}"
         return reply
@@ -162,7 +162,7 @@ def _fault_reply(kind: str, retry_after: float | None) -> Reply:
     if kind == "not_json":
         return Reply(200, b'{"data": {"actor": {"acc', kind)
     if kind == "no_data":
-        return _json(200, {"status": "ok"}, kind)
+        return json_reply(200, {"status": "ok"}, kind)
     return Reply(0, b"", kind, reset=True)
 
 
@@ -209,7 +209,7 @@ class FakeNerdGraph:
 
     @staticmethod
     def handler_class() -> type[BaseHTTPRequestHandler]:
-        return _Handler
+        return Handler
 
     def __init__(
         self,
@@ -351,13 +351,13 @@ class FakeNerdGraph:
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
         nrql = {"results": result.results, "metadata": result.metadata}
-        return _json(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+        return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
 
     def _bad_key(self) -> Reply:
         error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}
         if self.bad_key_style == "http401":
-            return _json(401, {"errors": [error]}, "bad_api_key")
-        return _json(200, {"data": {"actor": None}, "errors": [error]}, "bad_api_key")
+            return json_reply(401, {"errors": [error]}, "bad_api_key")
+        return json_reply(200, {"data": {"actor": None}, "errors": [error]}, "bad_api_key")
 
     def _next_fault(self) -> str | None:
         with self._lock:
@@ -385,7 +385,7 @@ class FakeNerdGraph:
     def handle_control(self, method: str, path: str, body: bytes) -> Reply | None:
         """The /_requests, /_faults, /_reject and /_reset endpoints; None for unknown ones."""
         if (method, path) == ("GET", "/_requests"):
-            return _json(200, self.requests, "control")
+            return json_reply(200, self.requests, "control")
         if method != "POST" or path not in ("/_faults", "/_reject", "/_reset"):
             return None
         try:
@@ -399,11 +399,11 @@ class FakeNerdGraph:
             else:
                 self.reset_log()
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            return _json(400, {"error": f"{path}: {error!r}"}, "control")
-        return _json(200, {"ok": True}, "control")
+            return json_reply(400, {"error": f"{path}: {error!r}"}, "control")
+        return json_reply(200, {"ok": True}, "control")
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the archiver and the benchmark reuse connections
     server_version = "FakeNerdGraph/1.0"
 
@@ -423,7 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply | None) -> None:
         if reply is None:
-            reply = _json(404, {"error": f"no such endpoint: {self.command} {self.path}"}, "")
+            reply = json_reply(404, {"error": f"no such endpoint: {self.command} {self.path}"}, "")
         if reply.reset:
             self._reset_connection()
             return
