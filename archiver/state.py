@@ -127,10 +127,17 @@ def from_epoch(seconds: int | None) -> datetime | None:
 
 
 def migrations_dir() -> Path:
-    """`ARCHIVER_MIGRATIONS_DIR`, else `migrations/` next to the package (a source checkout)."""
+    """Where the Alembic migrations are.
+
+    `ARCHIVER_MIGRATIONS_DIR` if set; else `archiver/migrations/` in an installed wheel (the
+    top-level `migrations/` ships there as package data); else `migrations/` beside the package
+    in a source checkout (or an editable install).
+    """
     if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "migrations"
+    package = Path(__file__).resolve().parent
+    installed = package / "migrations"
+    return installed if installed.is_dir() else package.parent / "migrations"
 
 
 def _alembic_config() -> Config:
