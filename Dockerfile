@@ -1,8 +1,14 @@
 # nr-archiver: the hourly copy job, as a container (see docker-compose.yml for a full stack).
 #
 #   docker build -t nr-archiver .
-#   docker run -d -e NEW_RELIC_API_KEY -e NEW_RELIC_ACCOUNT_ID -e INFLUX_URL=http://influxdb:8086 \
-#     -v archiver-state:/data -v "$PWD/queries:/app/queries:ro" --stop-timeout 120 nr-archiver
+#   docker network create nr-archiver
+#   docker run -d --name influxdb --network nr-archiver -v influxdb-data:/var/lib/influxdb influxdb:1.8
+#   docker run -d --name nr-archiver --network nr-archiver \
+#     -e NEW_RELIC_API_KEY -e NEW_RELIC_ACCOUNT_ID -e INFLUX_URL=http://influxdb:8086 \
+#     -v nr-archiver-state:/data -v "$PWD/my-queries:/app/queries:ro" --stop-timeout 120 nr-archiver
+#
+# /app/queries, the folder read, is empty in the image: mount your query files there. The
+# repository's example files are in /app/examples/queries, for reference only (never read).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -11,19 +17,23 @@ ENV PYTHONUNBUFFERED=1 \
 
 RUN groupadd --system --gid 10001 archiver \
     && useradd --system --uid 10001 --gid archiver --home-dir /app --shell /usr/sbin/nologin archiver \
-    && mkdir /data \
+    && mkdir -p /data /app/queries \
     && chown archiver:archiver /data
 
+# The package is built from a copy that does not stay in /app; the wheel carries the
+# migrations (archiver/migrations), so the installed command finds them on its own.
+COPY pyproject.toml README.md /tmp/src/
+COPY archiver/ /tmp/src/archiver/
+COPY migrations/ /tmp/src/migrations/
+RUN pip install --no-cache-dir "/tmp/src[postgres]" && rm -rf /tmp/src
+
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY archiver/ archiver/
-RUN pip install --no-cache-dir ".[postgres]" && rm -rf build *.egg-info
-COPY migrations/ migrations/
-COPY queries/ queries/
+# The examples of the repository's queries/, kept apart from /app/queries (empty above) so a
+# container without your own query files exports nothing rather than the examples.
+COPY queries/ examples/queries/
 
 ENV ARCHIVER_DB_URL=sqlite:////data/archiver.db \
     ARCHIVER_QUERIES_DIR=/app/queries \
-    ARCHIVER_MIGRATIONS_DIR=/app/migrations \
     ARCHIVER_SCHEDULE="0 * * * *" \
     ARCHIVER_HEARTBEAT_FILE=/tmp/nr-archiver.heartbeat
 

@@ -17,10 +17,11 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import sqlalchemy as sa
 from alembic import command
@@ -127,10 +128,17 @@ def from_epoch(seconds: int | None) -> datetime | None:
 
 
 def migrations_dir() -> Path:
-    """`ARCHIVER_MIGRATIONS_DIR`, else `migrations/` next to the package (a source checkout)."""
+    """Where the Alembic migrations are.
+
+    `ARCHIVER_MIGRATIONS_DIR` if set; else `archiver/migrations/` in an installed wheel (the
+    top-level `migrations/` ships there as package data); else `migrations/` beside the package
+    in a source checkout (or an editable install).
+    """
     if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "migrations"
+    package = Path(__file__).resolve().parent
+    installed = package / "migrations"
+    return installed if installed.is_dir() else package.parent / "migrations"
 
 
 def _alembic_config() -> Config:
@@ -193,19 +201,46 @@ def upgrade(engine: Engine) -> None:
 
 @contextmanager
 def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on `<database>.migrate-lock`, a file that is gone again afterwards."""
     path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
     if not path or path == ":memory:" or path.startswith("file:"):
         yield
         return
     lock_path = Path(f"{path}.migrate-lock")
-    try:
-        lock_file = lock_path.open("a")
-    except OSError:  # a read-only folder: nobody can migrate there anyway
+    lock_file = _lock_file(lock_path)
+    if lock_file is None:  # a read-only folder: nobody can migrate there anyway
         yield
         return
     with lock_file:
+        try:
+            yield
+        finally:
+            # Removed while still locked: whoever waits on this file finds it gone and retries.
+            with suppress(OSError):
+                lock_path.unlink()
+
+
+def _lock_file(lock_path: Path) -> IO[str] | None:
+    """The lock file, opened and locked; None when it cannot be created.
+
+    The holder removes the file before it unlocks it, so a process that was waiting on it
+    gets a lock on a file nobody else will ever see: it must notice, and lock the file now
+    at the path (which a newcomer may have created meanwhile) instead.
+    """
+    while True:
+        try:
+            lock_file = lock_path.open("a")
+        except OSError:
+            return None
         fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield
+        try:
+            on_disk = os.stat(lock_path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(lock_file.fileno())
+        if on_disk and (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino):
+            return lock_file
+        lock_file.close()
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,14 @@ def test_compose_runs_several_schedulers_on_one_postgresql(compose):
     assert services["db-upgrade"]["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
+def test_compose_mounts_the_users_queries_never_the_examples(compose):
+    for service in ("archiver", "db-upgrade"):
+        (mount,) = [v for v in compose["services"][service]["volumes"] if ":/app/queries" in v]
+        source, target, mode = mount.rsplit(":", 2)
+        assert (target, mode) == ("/app/queries", "ro")
+        assert source == "${NR_ARCHIVER_QUERIES:-../my-queries}", "not the examples in ../queries"
+
+
 def test_compose_takes_secrets_from_the_environment(compose):
     for name, service in compose["services"].items():
         for variable, value in (service.get("environment") or {}).items():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+import shlex
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dockerfile
@@ -11,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT_USERS = {"root", "0", "0:0", "root:root"}
+WHEEL_SOURCES = {"pyproject.toml", "README.md", "archiver", "migrations"}  # tests/test_install.py
+EXAMPLES = "/app/examples/queries"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,9 @@ def test_it_runs_as_a_non_root_user_set_after_every_install(instructions):
     installs = [c for c in commands(instructions, "RUN") if "install" in c.value[0]]
     assert installs, "no RUN installs the package"
     assert all(position(instructions, run) < position(instructions, user) for run in installs)
-    assert any('pip install --no-cache-dir ".[postgres]"' in run.value[0] for run in installs)
+    assert any(
+        'pip install --no-cache-dir "/tmp/src[postgres]"' in run.value[0] for run in installs
+    )
 
 
 def test_the_data_volume_is_declared_after_it_is_given_to_the_user(instructions):
@@ -83,17 +89,52 @@ def test_the_default_command_is_the_scheduler_in_exec_form(instructions):
     assert not commands(instructions, "ENTRYPOINT")
 
 
-def test_the_image_holds_the_package_migrations_and_queries(instructions):
-    copied = {source.rstrip("/") for c in commands(instructions, "COPY") for source in c.value[:-1]}
-    assert {"pyproject.toml", "archiver", "migrations", "queries"} <= copied
-    assert only(instructions, "WORKDIR").value == ("/app",)
+def copies(instructions: list[dockerfile.Command]) -> list[tuple[str, PurePosixPath, int]]:
+    """(source, absolute destination in the image, position) of every COPY source."""
+    found, workdir = [], PurePosixPath("/")
+    for i, command in enumerate(instructions):
+        if command.cmd == "WORKDIR":
+            workdir = workdir / command.value[0]
+        elif command.cmd == "COPY":
+            *sources, destination = command.value
+            found += [(source.rstrip("/"), workdir / destination, i) for source in sources]
+    return found
+
+
+def test_the_package_is_installed_from_exactly_what_the_wheel_is_made_of(instructions):
+    """The sources the wheel test builds from, copied into one folder, installed, removed."""
+    (install,) = [c for c in commands(instructions, "RUN") if "pip install" in c.value[0]]
+    before = {s: d for s, d, i in copies(instructions) if i < position(instructions, install)}
+    assert set(before) == WHEEL_SOURCES
+    build = before["pyproject.toml"]  # the folder the files are copied into
+    assert before == {
+        name: build / name if (REPO / name).is_dir() else build for name in WHEEL_SOURCES
+    }
+    assert f'pip install --no-cache-dir "{build}[postgres]"' in install.value[0]
+    assert f"rm -rf {build}" in install.value[0]
+    assert PurePosixPath("/app") not in [build, *build.parents], "sources left in /app"
+
+
+def test_the_examples_are_in_the_image_apart_from_the_empty_queries_folder(instructions):
+    env = env_values(instructions)
+    queries = PurePosixPath(env["ARCHIVER_QUERIES_DIR"])
+    assert queries == PurePosixPath("/app/queries")
+    copied = {source: destination for source, destination, _ in copies(instructions)}
+    assert copied["queries"] == PurePosixPath(EXAMPLES)
+    assert not [d for d in copied.values() if d == queries or queries in d.parents], (
+        "the image must not ship query files in the folder it reads"
+    )
+    created = [
+        c for c in commands(instructions, "RUN") if re.search(r"mkdir\b.*/app/queries", c.value[0])
+    ]
+    assert created, "the empty queries folder is not created"
 
 
 def test_the_environment_points_the_state_under_data(instructions):
     env = env_values(instructions)
     assert env["ARCHIVER_DB_URL"].startswith("sqlite:////data/")
     assert env["ARCHIVER_QUERIES_DIR"] == "/app/queries"
-    assert env["ARCHIVER_MIGRATIONS_DIR"] == "/app/migrations"
+    assert "ARCHIVER_MIGRATIONS_DIR" not in env, "the installed package carries its migrations"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["ARCHIVER_SCHEDULE"] == "0 * * * *"
 
@@ -148,7 +189,15 @@ def test_compose_keeps_archiver_state_in_a_named_volume(compose):
     assert state, "no volume mounted at /data"
     volume_name = state[0].split(":")[0]
     assert volume_name in compose["volumes"], f"{volume_name} is not a named volume"
-    assert "./queries:/app/queries:ro" in archiver["volumes"]
+
+
+def test_compose_mounts_the_users_queries_never_the_examples(compose):
+    archiver = compose["services"]["archiver"]
+    (mount,) = [v for v in archiver["volumes"] if ":/app/queries" in v]
+    source, target, mode = mount.rsplit(":", 2)
+    assert (target, mode) == ("/app/queries", "ro")
+    assert source == "${NR_ARCHIVER_QUERIES:-./my-queries}"
+    assert "command" not in archiver, "the image's CMD (the scheduler) is what runs"
 
 
 def test_compose_gives_a_stopping_pass_time_to_finish(compose):
@@ -160,3 +209,51 @@ def test_compose_hard_codes_no_secret(compose):
         for key, value in environment(service).items():
             if any(word in key for word in ("KEY", "TOKEN", "PASSWORD", "SECRET")):
                 assert value.startswith("${"), f"{name}: {key} is hard-coded"
+
+
+# -- the `docker run` examples ---------------------------------------------------------------
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The commands of a shell snippet, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+def readme_snippet(heading: str) -> str:
+    section = (REPO / "README.md").read_text(encoding="utf-8").split(f"## {heading}\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def dockerfile_snippet() -> str:
+    """The commands in the Dockerfile's header comment (the lines indented under `#`)."""
+    header = (REPO / "Dockerfile").read_text(encoding="utf-8").split("\nFROM ", 1)[0]
+    return "\n".join(line[1:] for line in header.splitlines() if line.startswith("#   "))
+
+
+def option(words: list[str], name: str) -> list[str]:
+    return [words[i + 1] for i, word in enumerate(words[:-1]) if word == name]
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [readme_snippet("Deploying hourly"), dockerfile_snippet()],
+    ids=["README", "Dockerfile"],
+)
+def test_docker_run_examples_reach_influxdb_and_mount_the_users_queries(snippet):
+    commands_ = [words for words in shell_commands(snippet) if words[:1] == ["docker"]]
+    runs = [words for words in commands_ if words[1:2] == ["run"] and "-d" in words]
+    (archiver,) = [words for words in runs if words[-1] == "nr-archiver"]
+    (influx_url,) = [e for e in option(archiver, "-e") if e.startswith("INFLUX_URL=")]
+    host = re.match(r"INFLUX_URL=https?://([^:/]+)", influx_url).group(1)
+    networks = option(archiver, "--network")
+    assert networks, f"no network on which {host!r} resolves"
+    network = networks[0]
+    assert ["docker", "network", "create", network] in commands_
+    influxdb = [words for words in runs if option(words, "--name") == [host]]
+    assert influxdb and option(influxdb[0], "--network") == [network], (
+        f"nothing named {host!r} on the network {network!r}"
+    )
+    (queries,) = [v for v in option(archiver, "-v") if ":/app/queries" in v]
+    source = queries.split(":", 1)[0]
+    assert not source.rstrip("/").endswith("/queries"), "mounts the examples as the live folder"

@@ -1,5 +1,6 @@
 """The state database on real SQLite and real PostgreSQL (127.0.0.1:5432, database `test`)."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,3 +150,50 @@ def test_locked_state_database_gives_one_line(tmp_path):
 def test_unusable_url_is_a_state_error():
     with pytest.raises(StateError, match="ARCHIVER_DB_URL"):
         State.open("nosuchdialect://x")
+
+
+# -- the SQLite migration lock -------------------------------------------------------------------
+
+
+def test_migrating_a_sqlite_database_leaves_nothing_beside_it(tmp_path):
+    path = tmp_path / "state.db"
+    State.open(f"sqlite:///{path}").engine.dispose()  # migrates
+    State.open(f"sqlite:///{path}").engine.dispose()  # finds it migrated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
+
+
+def test_a_migrate_lock_left_by_an_earlier_release_is_removed(tmp_path):
+    path = tmp_path / "state.db"
+    (tmp_path / "state.db.migrate-lock").touch()
+    State.open(f"sqlite:///{path}").engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
+
+
+def test_the_migration_lock_admits_one_holder_at_a_time_though_each_removes_it(tmp_path):
+    """Holders that remove the lock file must not let a waiter and a newcomer in together.
+
+    A waiter blocked on the file the holder then removes, and a newcomer who creates a new
+    one, would both get "their" lock: the marker below, created exclusively inside, catches it.
+    """
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    inside = tmp_path / "inside"
+    clashes: list[str] = []
+
+    def hammer() -> None:
+        for _ in range(300):
+            with state_module._sqlite_migration_lock(engine):
+                try:
+                    inside.touch(exist_ok=False)
+                except FileExistsError:
+                    clashes.append("two holders at once")
+                    continue
+                inside.unlink()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert clashes == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
