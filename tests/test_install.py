@@ -116,6 +116,17 @@ def test_the_wheel_holds_the_migrations_as_package_data(installed):
     assert not [name for name in names if name.startswith("migrations/")], "a top-level package"
 
 
+def test_the_wheel_holds_every_module_of_the_package(installed):
+    """pyproject.toml lists the packages by name: a new subpackage must not be left out."""
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    modules = {
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "archiver").rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert modules <= names, f"add to [tool.setuptools] packages: {sorted(modules - names)}"
+
+
 def test_archiver_is_imported_from_the_venv_not_the_checkout(installed, outside):
     probe = "import archiver.state as s; print(s.__file__); print(s.migrations_dir())"
     env = plain_env({"PATH": os.environ["PATH"], "HOME": str(outside)}, installed)
