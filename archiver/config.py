@@ -62,9 +62,13 @@ class Settings:
 
 
 def read_secret(env: Mapping[str, str], name: str) -> str | None:
-    """`NAME`, else the content of the file `NAME_FILE` (trailing newline stripped)."""
-    value = env.get(name)
-    file_name = env.get(f"{name}_FILE")
+    """`NAME`, else the content of the file `NAME_FILE`; surrounding whitespace stripped.
+
+    A key pasted with a stray space, or a file or env file with Windows line endings (a
+    trailing CR), would otherwise be sent as it is, refused, and echoed in error messages.
+    """
+    value = (env.get(name) or "").strip()
+    file_name = (env.get(f"{name}_FILE") or "").strip()
     if value and file_name:
         raise ConfigError(f"set either {name} or {name}_FILE, not both")
     if file_name:
