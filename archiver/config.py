@@ -111,8 +111,17 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
-def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings; raises ConfigError naming the variable at fault."""
+def from_env(
+    env: Mapping[str, str] | None = None,
+    *,
+    queries_dir: str | Path | None = None,
+    db_url: str | None = None,
+) -> Settings:
+    """Read the settings; raises ConfigError naming the variable at fault.
+
+    `queries_dir` and `db_url` (the command line's `--queries-dir`, `--db-url`) win over the
+    environment.
+    """
     env = os.environ if env is None else env
     influx_url = env.get("INFLUX_URL", "").strip() or "http://localhost:8086"
     if not influx_url.startswith(("http://", "https://")):
@@ -129,8 +138,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influx_token=read_secret(env, "INFLUX_TOKEN"),
         influx_org=env.get("INFLUX_ORG", "").strip() or None,
         influx_api=_choice(env, "INFLUX_API", ("auto", "v1", "v2"), "auto"),
-        db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
-        queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
+        db_url=db_url or env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
+        queries_dir=Path(queries_dir or env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE,
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
