@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the next run exports from there. Prints the old and the new value.",
     )
     reset.add_argument(
-        "--query", required=True, metavar="NAME", help="the query's name (default: file stem)"
+        "--query",
+        required=True,
+        metavar="NAME",
+        help="the query's name (its file's stem unless the file sets `name`)",
     )
     reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
     reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
@@ -153,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule",
         parents=[common],
         help="run `run` at every tick of ARCHIVER_SCHEDULE (default '0 * * * *') until SIGTERM",
+        description="The container's loop: one incremental pass at every tick of the cron "
+        "schedule (UTC) until SIGTERM, with a heartbeat file for `health`.",
     )
     schedule.add_argument(
         "--cron", metavar="EXPR", help="cron expression (default: $ARCHIVER_SCHEDULE)"
