@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
+from datetime import UTC, datetime
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 from archiver import config, logs
 from tests.e2e import ago, floor
 from tests.faults import small_spec
+
+NOW = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)
 
 # Every character JSON escapes ("\\", '"', the control characters), a quote of each kind, a
 # non-ASCII one (escaped as \uXXXX by ASCII-only JSON), and characters URL encoding changes.
@@ -140,3 +144,26 @@ def test_a_key_pasted_with_a_space_and_a_cr_works_and_never_shows(
     for output in (run.stdout, run.stderr, status.stdout, status.stderr):
         assert_no_secret(output, pasted)
         assert_no_secret(output, fake_nr.api_key)
+
+
+@pytest.mark.parametrize("flag", [["--json"], []], ids=["json", "table"])
+def test_status_redacts_a_secret_stored_by_an_older_release(flag, tmp_path, monkeypatch, capsys):
+    from archiver.cli import main
+    from archiver.state import State
+
+    secret = f"NRAK-OLD{uuid.uuid4().hex}"  # not registered yet, as in the release that ran
+    db_url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = State.open(db_url)
+    run = state.start_run("incremental", NOW)
+    export = state.start_export(run, "q", "t", NOW)
+    leaked = f"InvalidHeader: header value: {secret + chr(13)!r}"
+    state.finish_export(export, status="failed", now=NOW, error=leaked)
+    monkeypatch.setenv("ARCHIVER_DB_URL", db_url)
+    monkeypatch.setenv("ARCHIVER_QUERIES_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("NEW_RELIC_API_KEY", f"{secret}\r")
+
+    assert main(["status", *flag]) == 0
+
+    out = capsys.readouterr().out
+    assert "InvalidHeader" in out
+    assert_no_secret(out, secret)
