@@ -29,28 +29,28 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The epilog of `nr-archiver --help`; README's Configuration table says more (tests/test_docs.py).
 ENVIRONMENT_HELP = """\
 environment variables (README.md, "Configuration", says more):
-  NEW_RELIC_API_KEY            New Relic user key (NRAK-...) for NerdGraph; run needs a key
-  NEW_RELIC_ACCOUNT_ID         account queried when a query file names none
+  NEW_RELIC_API_KEY            user key (NRAK-...) for NerdGraph
+  NEW_RELIC_ACCOUNT_ID         account of the query files that name none
   NEW_RELIC_REGION             US (default) or EU
-  NEW_RELIC_NERDGRAPH_URL      full GraphQL URL; overrides the region
-  NEW_RELIC_QUERY_KEY          Insights query key, used when NEW_RELIC_API_KEY is not set
-  NEW_RELIC_INSIGHTS_URL       base URL of the Insights Query API; overrides the region
-  INFLUX_URL                   InfluxDB base URL (http://localhost:8086)
+  NEW_RELIC_NERDGRAPH_URL      GraphQL URL; overrides the region
+  NEW_RELIC_QUERY_KEY          Insights query key (used without an API key)
+  NEW_RELIC_INSIGHTS_URL       Insights API URL; overrides the region
+  INFLUX_URL                   InfluxDB URL (http://localhost:8086)
   INFLUX_USERNAME              InfluxDB 1.x user
   INFLUX_PASSWORD              InfluxDB 1.x password
   INFLUX_TOKEN                 InfluxDB 2.x/3.x token
   INFLUX_ORG                   InfluxDB 2.x organisation
   INFLUX_API                   auto (default), v1 or v2
-  ARCHIVER_DB_URL              state database, SQLAlchemy URL (sqlite:///archiver.db); --db-url
-  ARCHIVER_QUERIES_DIR         folder of query files (queries); --queries-dir
+  ARCHIVER_DB_URL              state database (SQLAlchemy URL); --db-url wins
+  ARCHIVER_QUERIES_DIR         folder of query files; --queries-dir wins
   ARCHIVER_LOG_LEVEL           DEBUG, INFO (default), WARNING or ERROR
-  ARCHIVER_SCHEDULE            cron expression of schedule (0 * * * *); --cron
+  ARCHIVER_SCHEDULE            cron of schedule (0 * * * *); --cron wins
   ARCHIVER_HEARTBEAT_FILE      heartbeat of schedule, read by health
-  ARCHIVER_LEASE_SECONDS       how long a lease outlives a crashed holder (600)
-  ARCHIVER_RETRY_BASE_SECONDS  first wait between New Relic retries (1)
+  ARCHIVER_LEASE_SECONDS       lease of a crashed holder, in seconds (600)
+  ARCHIVER_RETRY_BASE_SECONDS  first wait between New Relic retries (1 s)
   ARCHIVER_MIGRATIONS_DIR      where the Alembic migrations are
-Each secret (NEW_RELIC_API_KEY, NEW_RELIC_QUERY_KEY, INFLUX_PASSWORD, INFLUX_TOKEN) may
-instead be read from the file named by the same variable with _FILE appended.
+Each secret (NEW_RELIC_API_KEY, NEW_RELIC_QUERY_KEY, INFLUX_PASSWORD,
+INFLUX_TOKEN) may instead be read from the file named by NAME_FILE.
 """
 
 
