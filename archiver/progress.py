@@ -78,7 +78,7 @@ class Progress:
         rate = self.done / elapsed
         percent = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate else float("inf")
-        eta_text = compact_duration(timedelta(seconds=eta)) if eta != float("inf") else "unknown"
+        eta_text = compact_duration(timedelta(seconds=eta)) if eta < 10**9 else "unknown"
         return (
             f"progress: {percent:.0f}% of the range ({_hours(self.done)} of "
             f"{_hours(self.total)} of data), {self.points / elapsed:.0f} points/s, ETA {eta_text}"
