@@ -26,6 +26,7 @@ from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import Window, iso
+from archiver.wording import plural
 
 log = logging.getLogger("archiver")
 
@@ -38,10 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="log lines as text (default) or one JSON object per line",
     )
+    common.add_argument(
+        "--queries-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="folder of query files (default: $ARCHIVER_QUERIES_DIR, else queries)",
+    )
+    common.add_argument(
+        "--db-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="SQLAlchemy URL of the state database "
+        "(default: $ARCHIVER_DB_URL, else sqlite:///archiver.db)",
+    )
     parser = argparse.ArgumentParser(
         prog="nr-archiver",
         description="Copy New Relic NRQL results into InfluxDB, window by window, checkpointed.",
         parents=[common],
+        epilog=config.ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -58,29 +74,64 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         parents=[common],
         help="check query files without touching New Relic or InfluxDB",
+        description="Check query files without touching New Relic or InfluxDB: YAML, keys, "
+        "types, NRQL time clauses, names InfluxDB would reject. One line per problem, naming "
+        "the file and the key; exit 1 if there is any.",
     )
-    validate.add_argument("files", nargs="*", type=Path, metavar="FILE")
+    validate.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="a query file to check (default: every *.yaml/*.yml file of the queries folder)",
+    )
 
     status_cmd = commands.add_parser(
-        "status", parents=[common], help="exported-until, lag, last result and error per target"
+        "status",
+        parents=[common],
+        help="exported-until, lag, last result and error per target",
+        description="Per query and target: how far it is exported, the lag behind now, when "
+        "it last ran, its result and its error.",
     )
     status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     reset = commands.add_parser(
-        "reset", parents=[common], help="move a checkpoint on purpose (prints old and new value)"
+        "reset",
+        parents=[common],
+        help="move a checkpoint on purpose (prints old and new value)",
+        description="Move the checkpoint of a query (every target, or only --target) to TIME; "
+        "the next run exports from there. Prints the old and the new value.",
     )
-    reset.add_argument("--query", required=True, metavar="NAME")
+    reset.add_argument(
+        "--query",
+        required=True,
+        metavar="NAME",
+        help="the query's name (its file's stem unless the file sets `name`)",
+    )
     reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
     reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
 
-    db = commands.add_parser("db", parents=[common], help="state database maintenance")
+    db = commands.add_parser(
+        "db",
+        parents=[common],
+        help="state database maintenance",
+        description="State database maintenance (the database of --db-url / ARCHIVER_DB_URL).",
+    )
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_commands.add_parser("upgrade", parents=[common], help="apply the Alembic migrations")
+    db_commands.add_parser(
+        "upgrade",
+        parents=[common],
+        help="apply the Alembic migrations",
+        description="Apply the Alembic migrations to the state database; every command "
+        "applies them too, so this only migrates ahead of a deployment.",
+    )
 
     schedule = commands.add_parser(
         "schedule",
         parents=[common],
         help="run `run` at every tick of ARCHIVER_SCHEDULE (default '0 * * * *') until SIGTERM",
+        description="The container's loop: one incremental pass at every tick of the cron "
+        "schedule (UTC) until SIGTERM, with a heartbeat file for `health`.",
     )
     schedule.add_argument(
         "--cron", metavar="EXPR", help="cron expression (default: $ARCHIVER_SCHEDULE)"
@@ -94,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "health",
         parents=[common],
         help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)",
+        description="Exit 0 while the heartbeat file of `schedule` (ARCHIVER_HEARTBEAT_FILE) "
+        "shows its next pass is not overdue; exit 1 otherwise. The Docker HEALTHCHECK.",
     )
     return parser
 
@@ -214,11 +267,11 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading
     )
     report = passes.run_pass(settings, loaded, backfill, options, stop)
     log.info(
-        "run finished: %d targets ok, %d failed, %d query file problems, %d points written",
-        sum(job.status == "ok" for job in report.jobs),
+        "run finished: %s ok, %d failed, %s, %s written",
+        plural(sum(job.status == "ok" for job in report.jobs), "target"),
         sum(job.failed for job in report.jobs),
-        len(report.problems),
-        sum(job.points for job in report.jobs),
+        plural(len(report.problems), "query file problem"),
+        plural(sum(job.points for job in report.jobs), "point"),
     )
     return report.exit_code
 
@@ -229,7 +282,7 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
         print(
             f"{job.query.name} → {target.key} (database {target.database}, retention policy "
             f"{target.retention_policy or 'default'}, every {format_duration(target.interval)}, "
-            f"account {job.account_id}): {len(planned)} window(s)"
+            f"account {job.account_id}): {plural(len(planned), 'window')}"
         )
         for note in job.skipped:
             print(f"  {note}")
@@ -243,14 +296,18 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     for problem in loaded.problems:
         print(problem)
-    print(f"{len(loaded.queries)} valid queries, {len(loaded.problems)} problems")
+    print(
+        f"{plural(len(loaded.queries), 'valid query', 'valid queries')}, "
+        f"{plural(len(loaded.problems), 'problem')}"
+    )
     return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
     rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
-    print(status.to_json(rows) if args.json else status.to_table(rows))
+    # errors are stored redacted; this also covers those stored by an older release
+    print(logs.redact(status.to_json(rows) if args.json else status.to_table(rows)))
     return ExitCode.OK
 
 
@@ -285,7 +342,7 @@ def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
 
     def one_pass() -> int:
         try:
-            return cmd_run(args, config.from_env(), stop)
+            return cmd_run(args, settings_from(args), stop)
         except ArchiverError as exc:
             log.error("%s", exc)
             return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.QUERY_FAILED
@@ -299,9 +356,16 @@ def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
 
 
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    """The environment's settings; `--queries-dir` and `--db-url` win over it."""
+    return config.from_env(
+        queries_dir=getattr(args, "queries_dir", None), db_url=getattr(args, "db_url", None)
+    )
+
+
 def program(args: argparse.Namespace) -> int:
     """The main program without error handling."""
-    settings = config.from_env()
+    settings = settings_from(args)
     data_on_stdout = getattr(args, "output", None) == "-"
     logs.setup(
         settings.log_level,
@@ -325,6 +389,23 @@ def program(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit code of the command; a reader of stdout that goes away (`| head`) ends it quietly.
+
+    As Python's documentation advises for SIGPIPE: stdout is flushed here, where a
+    BrokenPipeError can be caught, then pointed at the null device so that the interpreter's
+    own flush at exit cannot fail again; exit 1.
+    """
+    try:
+        try:
+            return run_command(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        logs.silence(sys.stdout)
+        return ExitCode.QUERY_FAILED
+
+
+def run_command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(program(args))

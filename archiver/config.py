@@ -26,6 +26,33 @@ INSIGHTS_URLS = {
 SECRET_VARIABLES = ("NEW_RELIC_API_KEY", "NEW_RELIC_QUERY_KEY", "INFLUX_PASSWORD", "INFLUX_TOKEN")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
+# The epilog of `nr-archiver --help`; README's Configuration table says more (tests/test_docs.py).
+ENVIRONMENT_HELP = """\
+environment variables (README.md, "Configuration", says more):
+  NEW_RELIC_API_KEY            user key (NRAK-...) for NerdGraph
+  NEW_RELIC_ACCOUNT_ID         account of the query files that name none
+  NEW_RELIC_REGION             US (default) or EU
+  NEW_RELIC_NERDGRAPH_URL      GraphQL URL; overrides the region
+  NEW_RELIC_QUERY_KEY          Insights query key (used without an API key)
+  NEW_RELIC_INSIGHTS_URL       Insights API URL; overrides the region
+  INFLUX_URL                   InfluxDB URL (http://localhost:8086)
+  INFLUX_USERNAME              InfluxDB 1.x user
+  INFLUX_PASSWORD              InfluxDB 1.x password
+  INFLUX_TOKEN                 InfluxDB 2.x/3.x token
+  INFLUX_ORG                   InfluxDB 2.x organisation
+  INFLUX_API                   auto (default), v1 or v2
+  ARCHIVER_DB_URL              state database (SQLAlchemy URL); --db-url wins
+  ARCHIVER_QUERIES_DIR         folder of query files; --queries-dir wins
+  ARCHIVER_LOG_LEVEL           DEBUG, INFO (default), WARNING or ERROR
+  ARCHIVER_SCHEDULE            cron of schedule (0 * * * *); --cron wins
+  ARCHIVER_HEARTBEAT_FILE      heartbeat of schedule, read by health
+  ARCHIVER_LEASE_SECONDS       lease of a crashed holder, in seconds (600)
+  ARCHIVER_RETRY_BASE_SECONDS  first wait between New Relic retries (1 s)
+  ARCHIVER_MIGRATIONS_DIR      where the Alembic migrations are
+Each secret (NEW_RELIC_API_KEY, NEW_RELIC_QUERY_KEY, INFLUX_PASSWORD,
+INFLUX_TOKEN) may instead be read from the file named by NAME_FILE.
+"""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -62,9 +89,13 @@ class Settings:
 
 
 def read_secret(env: Mapping[str, str], name: str) -> str | None:
-    """`NAME`, else the content of the file `NAME_FILE` (trailing newline stripped)."""
-    value = env.get(name)
-    file_name = env.get(f"{name}_FILE")
+    """`NAME`, else the content of the file `NAME_FILE`; surrounding whitespace stripped.
+
+    A key pasted with a stray space, or a file or env file with Windows line endings (a
+    trailing CR), would otherwise be sent as it is, refused, and echoed in error messages.
+    """
+    value = (env.get(name) or "").strip()
+    file_name = (env.get(f"{name}_FILE") or "").strip()
     if value and file_name:
         raise ConfigError(f"set either {name} or {name}_FILE, not both")
     if file_name:
@@ -107,8 +138,17 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
-def from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings; raises ConfigError naming the variable at fault."""
+def from_env(
+    env: Mapping[str, str] | None = None,
+    *,
+    queries_dir: str | Path | None = None,
+    db_url: str | None = None,
+) -> Settings:
+    """Read the settings; raises ConfigError naming the variable at fault.
+
+    `queries_dir` and `db_url` (the command line's `--queries-dir`, `--db-url`) win over the
+    environment.
+    """
     env = os.environ if env is None else env
     influx_url = env.get("INFLUX_URL", "").strip() or "http://localhost:8086"
     if not influx_url.startswith(("http://", "https://")):
@@ -125,8 +165,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         influx_token=read_secret(env, "INFLUX_TOKEN"),
         influx_org=env.get("INFLUX_ORG", "").strip() or None,
         influx_api=_choice(env, "INFLUX_API", ("auto", "v1", "v2"), "auto"),
-        db_url=env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
-        queries_dir=Path(env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
+        db_url=db_url or env.get("ARCHIVER_DB_URL", "").strip() or "sqlite:///archiver.db",
+        queries_dir=Path(queries_dir or env.get("ARCHIVER_QUERIES_DIR", "").strip() or "queries"),
         log_level=_log_level(env),
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE,
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),

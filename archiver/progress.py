@@ -12,9 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TextIO
 
 from tqdm import tqdm
+
+from archiver.timeparse import compact_duration
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,8 @@ class Progress:
             self.points += points
             if self._bar is not None:
                 self._bar.update(seconds)
-                self._bar.set_postfix(points=self.points, refresh=False)
+                # a string: tqdm would print a number as 1.01e+6
+                self._bar.set_postfix(points=str(self.points), refresh=False)
             elif self.clock() - self._last_log >= self.log_every:
                 self._last_log = self.clock()
                 log.info("%s", self.summary())
@@ -74,7 +78,7 @@ class Progress:
         rate = self.done / elapsed
         percent = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate else float("inf")
-        eta_text = f"{eta:.0f}s" if eta != float("inf") else "unknown"
+        eta_text = compact_duration(timedelta(seconds=eta)) if eta < 10**9 else "unknown"
         return (
             f"progress: {percent:.0f}% of the range ({_hours(self.done)} of "
             f"{_hours(self.total)} of data), {self.points / elapsed:.0f} points/s, ETA {eta_text}"

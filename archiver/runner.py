@@ -32,6 +32,7 @@ from archiver.readahead import read_ahead
 from archiver.sinks import Sink
 from archiver.state import State
 from archiver.windows import Range, Window, iso
+from archiver.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,14 @@ def account_for(query: QueryDef, default: int | None) -> int:
 
 def _head(result: JobResult) -> tuple[str, str]:
     return result.query, result.target
+
+
+def log_fields(query: str, target: str, window: Window | None = None, **more: object) -> dict:
+    """The `extra=` of a log call: JSON log lines carry these as keys (archiver.logs)."""
+    fields: dict[str, object] = {"query": query, "target": target}
+    if window is not None:
+        fields["window_since"], fields["window_until"] = iso(window.since), iso(window.until)
+    return {**fields, **more}
 
 
 class Runner:
@@ -294,7 +303,13 @@ class Runner:
         except ArchiverError as exc:
             result.status, result.error = "failed", redact(str(exc))
         except Exception as exc:  # a bug must fail this job only, with its type in the message
-            log.debug("unexpected error in %s → %s", query.name, target.key, exc_info=True)
+            log.debug(
+                "unexpected error in %s → %s",
+                query.name,
+                target.key,
+                exc_info=True,
+                extra=log_fields(query.name, target.key),
+            )
             result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
         finally:
             result.seconds = time.monotonic() - started
@@ -315,7 +330,7 @@ class Runner:
     def _export(self, job: PlannedJob, export_id: int, result: JobResult, backfill: bool) -> None:
         name, key = job.query.name, job.target.key
         for note in job.skipped:
-            log.warning("%s → %s: %s", name, key, note)
+            log.warning("%s → %s: %s", name, key, note, extra=log_fields(name, key))
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         client = self._client()  # here: the batches are produced on the read-ahead thread
@@ -345,7 +360,14 @@ class Runner:
                 if self.progress is not None:
                     seconds = (window.until - window.since).total_seconds()
                     self.progress.advance(seconds, len(lines))
-                log.debug("%s → %s: %s: %d points", name, key, window, len(lines))
+                log.debug(
+                    "%s → %s: %s: %s",
+                    name,
+                    key,
+                    window,
+                    plural(len(lines), "point"),
+                    extra=log_fields(name, key, window, points=len(lines)),
+                )
                 if not self._lease(name, key):
                     log.warning(
                         "%s → %s: lost the lease after %s (a window took longer than "
@@ -353,6 +375,7 @@ class Runner:
                         name,
                         key,
                         window,
+                        extra=log_fields(name, key, window),
                     )
                     result.status = "busy"
                     return
@@ -433,7 +456,12 @@ class Runner:
             result.error = f"another run is exporting it (lease held by {who}); try again later"
         else:
             result.status = "busy"
-            log.info("%s → %s: skipped, another run is exporting it (%s)", *_head(result), who)
+            log.info(
+                "%s → %s: skipped, another run is exporting it (%s)",
+                *_head(result),
+                who,
+                extra=log_fields(*_head(result)),
+            )
         return result
 
     def sizer(self, job: PlannedJob) -> WindowSizer:
@@ -483,16 +511,31 @@ class Runner:
             try:
                 self.sink.write(database, None, lines)
             except ArchiverError as exc:
-                log.warning("self-metrics not written to %s: %s", database, exc)
+                log.warning(
+                    "self-metrics not written to %s: %s", database, exc, extra={"error": str(exc)}
+                )
         self._metric_lines.clear()
 
     def _report(self, result: JobResult) -> None:
         head = f"{result.query} → {result.target}"
         if self._auth_failure is not None:
             return  # said once, by the CLI
+        fields = log_fields(
+            *_head(result),
+            result.window if result.failed else None,
+            points=result.points,
+            nr_requests=result.nr_requests,
+            seconds=round(result.seconds, 3),
+        )
         if result.failed:
             where = f" (window {result.window})" if result.window else ""
-            log.error("%s: FAILED%s: %s", head, where, result.error)
+            log.error(
+                "%s: FAILED%s: %s",
+                head,
+                where,
+                result.error,
+                extra=fields | {"error": result.error},
+            )
             return
         if result.status != "ok":
             return
@@ -502,15 +545,16 @@ class Runner:
             until = iso(result.exported_until) if result.exported_until else "-"
             position = f"exported until {until}"
         if not result.windows:
-            log.info("%s: up to date (%s)", head, position)
+            log.info("%s: up to date (%s)", head, position, extra=fields)
             return
         log.info(
-            "%s: %d windows, %d points, %d New Relic requests (%d retries), %s, %.1fs",
+            "%s: %s, %s, %s (%s), %s, %.1fs",
             head,
-            result.windows,
-            result.points,
-            result.nr_requests,
-            result.retries,
+            plural(result.windows, "window"),
+            plural(result.points, "point"),
+            plural(result.nr_requests, "New Relic request"),
+            plural(result.retries, "retry", "retries"),
             position,
             result.seconds,
+            extra=fields | {"windows": result.windows, "retries": result.retries},
         )

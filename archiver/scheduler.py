@@ -73,10 +73,19 @@ class Schedule:
 def parse_schedule(cron: str, now: datetime | None = None) -> Schedule:
     """5 fields (minute hour day month weekday), or 6 with seconds last, as croniter reads them.
 
-    Raises ConfigError when the expression is malformed or never matches (`0 0 30 2 *`).
+    Raises ConfigError when the expression is malformed or never matches (`0 0 30 2 *`), and
+    when it reads as seconds-first (Quartz, `*/10 * * * * *`): a first field other than `*`
+    with `*` last would run every second of the minutes it names.
     """
     expression = " ".join(cron.split())
-    fields = len(expression.split())
+    parts = expression.split()
+    fields = len(parts)
+    if fields == 6 and parts[0] != "*" and parts[5] == "*":
+        meant = " ".join(parts[1:] + parts[:1])
+        raise ConfigError(
+            f"ARCHIVER_SCHEDULE {cron!r} puts seconds first (Quartz style) and would run every "
+            f"second of the minutes it names; seconds go last here: write {meant!r}"
+        )
     try:
         if not expression.startswith("@") and fields not in (5, 6):
             raise ValueError(f"expected 5 fields (or 6 with seconds last), got {fields}")

@@ -75,6 +75,10 @@ def to_table(rows: list[TargetStatus]) -> str:
     ]
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False)) + "  " + r[-1]
+        (
+            "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False))
+            + "  "
+            + r[-1]
+        ).rstrip()
         for r in table
-    ).rstrip()
+    )

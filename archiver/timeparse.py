@@ -132,6 +132,21 @@ def format_duration(duration: timedelta) -> str:
     return _in_largest_unit(int(seconds), _WORD_UNITS)
 
 
+def compact_duration(duration: timedelta) -> str:
+    """'8d', '1h30m', '5m27s', '0s': whole seconds, in the form `parse_duration` reads back.
+
+    Weeks are written as days (`14d`): people read retention and lag in days.
+    """
+    seconds = int(duration.total_seconds())
+    sign, seconds = ("-", -seconds) if seconds < 0 else ("", seconds)
+    parts = []
+    for size, unit in _INFLUX_UNITS[1:]:
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + ("".join(parts) or "0s")
+
+
 def nrql_timeseries(interval: timedelta) -> str:
     """The body of NRQL's TIMESERIES clause for a bucket: '1 minute', '5 minutes', '1 day'."""
     seconds = _positive_whole_seconds(interval)

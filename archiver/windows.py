@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from archiver.timeparse import compact_duration
+
 MAX_BUCKETS = 366  # New Relic: "TIMESERIES supports a maximum of 366 buckets"
 ROWS_PER_REQUEST = 20_000  # keep each answer small: facets × buckets stays under this
 FIRST_FACET_BUCKETS = 60  # before the first answer tells how many facets a query has
@@ -44,7 +46,8 @@ class Range:
 
 
 def iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """`2026-11-26T03:50:00Z`: whole seconds (a fraction is cut, never shown)."""
+    return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def floor(t: datetime, interval: timedelta) -> datetime:
@@ -67,11 +70,17 @@ def oldest_exportable(
     Returns it with the name of the limit that decided it. Buckets that begin before it are
     never requested: for time it no longer holds, New Relic answers zeros, not "no data".
     """
-    oldest, reason = ceil(now - nr_retention, interval), f"New Relic keeps {nr_retention}"
+    oldest, reason = (
+        ceil(now - nr_retention, interval),
+        f"New Relic keeps {compact_duration(nr_retention)}",
+    )
     if rp_duration is not None:
         rp_oldest = ceil(now - rp_duration, interval)
         if rp_oldest > oldest:
-            oldest, reason = rp_oldest, f"the retention policy keeps {rp_duration}"
+            oldest, reason = (
+                rp_oldest,
+                f"the retention policy keeps {compact_duration(rp_duration)}",
+            )
     return oldest, reason
 
 

@@ -121,7 +121,7 @@ def test_backfill_older_than_new_relic_holds_writes_nothing_older(
     output = ok(cli("run", "--since", "10d"))
     after = ago()
 
-    assert "older than New Relic keeps 8 days" in output
+    assert "older than New Relic keeps 8d" in output
     times = [row["time"] for row in influxd.points(influx_db, "nr_logins")]
     assert times and min(times) >= (before - timedelta(days=8)).timestamp()
 

@@ -205,7 +205,7 @@ def test_validate_names_every_broken_file_and_key(cli, queries_dir):
     assert "typo.yaml" in out and "measurment" in out
     assert "since.yaml" in out and "SINCE" in out
     assert "interval.yaml: key 'interval': '7 mins'" in out
-    assert "good.yaml" not in out and "1 valid queries, 4 problems" in out
+    assert "good.yaml" not in out and "1 valid query, 4 problems" in out
 
 
 def test_status_json_reports_every_target(cli, influx_db, queries_dir):

@@ -312,7 +312,7 @@ def test_four_workers_export_every_window_exactly_once(scale, fake_nr, influxd):
     assert exit_codes == [0] * WORKERS, "\n".join(w.output[-3000:] for w in workers)
     assert_exported_exactly(scale, fake_nr, influxd, started=started, finished=finished)
     # The work was shared: every worker exported some of the queries.
-    exported_by = [worker.output.count("New Relic requests") for worker in workers]
+    exported_by = [worker.output.count("New Relic request") for worker in workers]
     assert all(exported_by), exported_by
     assert sum(exported_by) >= len(scale.specs)
     # A job skipped because another worker held its lease does not hide how the export went.
