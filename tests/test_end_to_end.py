@@ -269,3 +269,56 @@ def test_legacy_insights_api_archives_the_same_points(tmp_path, influxd, influx_
     for spec in chosen:
         until = parse_iso(status[(spec.name, f"{influx_db}.autogen")]["exported_until"])
         assert actual_points(influxd, spec) == expected_points(spec, start, until)
+
+
+def real_shapes_spec(database: str) -> Spec:
+    """TransactionError rows carry `appName` without a `facet` key (as New Relic's Go client
+    fixture does); funnel buckets are `{"steps": [...]}`; Insights spells `uniquecount`."""
+    return Spec(
+        name="error_funnel",
+        nrql="SELECT funnel(host, WHERE duration > 1 AS 'Slow', WHERE error IS true),"
+        " uniqueCount(host) FROM TransactionError FACET appName",
+        event_type="TransactionError",
+        facets=("appName",),
+        items=(
+            Item("funnel", "host", "funnel.host", steps=("Slow", "step2")),
+            Item("uniqueCount", "host", "uniqueCount.host"),
+        ),
+        measurement="nr_error_funnel",
+        interval="5 minutes",
+        interval_seconds=300,
+        database=database,
+    )
+
+
+def test_real_answer_shapes_archive_every_point_through_both_apis(
+    tmp_path, cli, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=1), 300)
+    spec = replace(real_shapes_spec(influx_db), extra={"start": iso(start)})
+    spec.write(queries_dir)
+    result = cli("run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    until = parse_iso(cli.status()[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+    expected = expected_points(spec, start, until)
+    assert len({tags for tags, _ in expected}) > 1  # several apps, none overwriting another
+    assert actual_points(influxd, spec) == expected
+
+    insights_db = influx_db + "_insights"
+    legacy = replace(spec, database=insights_db)
+    legacy.write(queries_dir)
+    with FakeInsights(accounts={ACCOUNT}).start() as insights:
+        env = {**cli.env, "NEW_RELIC_QUERY_KEY": insights.api_key}
+        env |= {
+            "NEW_RELIC_INSIGHTS_URL": insights.url,
+            "ARCHIVER_DB_URL": f"sqlite:///{tmp_path / 'legacy.db'}",
+        }
+        env.pop("NEW_RELIC_API_KEY")
+        legacy_cli = Cli(env, tmp_path)
+        assert legacy_cli("run").returncode == 0
+    status = legacy_cli.status()[(spec.name, f"{insights_db}.autogen")]
+    try:
+        legacy_until = parse_iso(status["exported_until"])
+        assert actual_points(influxd, legacy) == expected_points(legacy, start, legacy_until)
+    finally:
+        influxd.query(f'DROP DATABASE "{insights_db}"')

@@ -578,6 +578,11 @@ TIMESERIES_QUERIES = [
         f" {RETENTION_EDGE} TIMESERIES 5 minutes",
         id="retention_edge",
     ),
+    pytest.param(
+        "SELECT funnel(host, WHERE duration > 1 AS 'slow', WHERE error IS true), uniqueCount(host)"
+        f" FROM Transaction FACET appName LIMIT MAX {TWO_HOURS} TIMESERIES 5 minutes",
+        id="funnel_and_lower_case_uniquecount",
+    ),
 ]
 
 
@@ -591,6 +596,31 @@ def test_both_apis_give_the_same_rows_and_byte_identical_lines(both_apis, nrql):
     expected_lines = to_lines(expected.results, expected.facets, "nr_test", {"source": "nr"})
     got_lines = to_lines(got.results, got.facets, "nr_test", {"source": "nr"})
     assert got_lines and "\n".join(got_lines) == "\n".join(expected_lines)
+
+
+@pytest.mark.parametrize(
+    "nrql",
+    [
+        pytest.param(
+            f"SELECT count(*) FROM TransactionError FACET appName {TWO_HOURS} TIMESERIES 5 minutes",
+            id="attribute_without_facet_key",
+        ),
+        pytest.param(
+            f"SELECT max(lagSeconds) FROM ReplicationLag FACET cluster, replica {TWO_HOURS}"
+            " TIMESERIES 5 minutes",
+            id="facet_list_without_attributes",
+        ),
+    ],
+)
+def test_both_apis_give_the_same_lines_whatever_the_facet_labels(both_apis, nrql):
+    nerdgraph_client, insights_client = both_apis
+    expected = nerdgraph_client.query(ACCOUNT, nrql)
+    got = insights_client.query(ACCOUNT, nrql)
+    assert got.results != expected.results  # the labels differ...
+    expected_lines = to_lines(expected.results, expected.facets, "nr_test", {})
+    got_lines = to_lines(got.results, got.facets, "nr_test", {})
+    assert got_lines and got_lines == expected_lines  # ...the points do not
+    assert len({line.partition(" ")[0] for line in got_lines}) > 1
 
 
 def test_the_comparison_sees_null_buckets(both_apis):
