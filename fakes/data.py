@@ -218,6 +218,8 @@ def _zero(aggregate: Aggregate) -> object:
     """What New Relic answers for a period it no longer holds."""
     if aggregate.steps:
         return {"steps": [0] * len(aggregate.steps)}
+    if aggregate.function == "uniques":
+        return []
     return dict.fromkeys(aggregate.percentiles, 0) if aggregate.percentiles else 0
 
 
@@ -225,6 +227,8 @@ def _empty(aggregate: Aggregate) -> object:
     """The value when no event matched: 0 for counting functions, null for the others."""
     if aggregate.steps:
         return {"steps": [0] * len(aggregate.steps)}
+    if aggregate.function == "uniques":
+        return []
     if aggregate.inner is not None and aggregate.function != "percentage":
         return _empty(aggregate.inner)
     if aggregate.function in _COUNTING:
@@ -249,6 +253,12 @@ def _compile(aggregate: Aggregate) -> Evaluator:
         return _compile_percentile(aggregate)
     if function == "funnel":
         return _compile_funnel(aggregate)
+    if function == "uniques":  # a list: it has no line-protocol form
+        salt = name_seed("uniques", attribute)
+        return lambda bucket: [
+            f"{attribute} {1 + (mix(bucket.seed ^ salt) + i) % 9}"
+            for i in range(min(bucket.count, 3))
+        ]
     return _compile_wrapping(aggregate)
 
 

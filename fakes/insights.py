@@ -263,6 +263,8 @@ def _results(query: Query, row: Row) -> list[dict[str, Any]]:
 def _entry(aggregate: Aggregate, value: Any) -> dict[str, Any]:
     if aggregate.steps:  # funnel(): {"steps": [n1, n2, ...]}, as in the rows
         return value if isinstance(value, dict) else {"steps": value}
+    if aggregate.function == "uniques":
+        return {"members": value}
     if aggregate.percentiles:
         return {"percentiles": value}
     if aggregate.function in ("percentage", "rate"):

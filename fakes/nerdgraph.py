@@ -27,10 +27,10 @@ NRQL (keywords case-insensitive, clauses after FROM in any order)
     [SINCE <epoch ms>|<n unit> AGO] [UNTIL <epoch ms>|<n unit> AGO|NOW]
     [TIMESERIES <n> <second|minute|hour|day|week>[s]]
     Items: count(*), count(a), average(a), sum(a), min(a), max(a), latest(a), uniqueCount(a),
-    percentile(a, p...), percentage(<item>, WHERE ...), filter(<item>, WHERE ...),
-    rate(<item>, <n> <unit>), funnel(a, WHERE ... [AS 'step'], WHERE ... [AS 'step'], ...)
-    (each bucket `{"steps": [n1, n2, ...]}`), each with optional AS alias (bare, 'quoted' or
-    `backticked`).
+    uniques(a) (a list of values), percentile(a, p...), percentage(<item>, WHERE ...),
+    filter(<item>, WHERE ...), rate(<item>, <n> <unit>),
+    funnel(a, WHERE ... [AS 'step'], WHERE ... [AS 'step'], ...) (each bucket
+    `{"steps": [n1, n2, ...]}`), each with optional AS alias (bare, 'quoted' or `backticked`).
     FACET labels: rows carry `facet` and the attributes, except TransactionError rows (the
     attribute alone, no `facet`) and ReplicationLag rows on several attributes (the `facet`
     list alone), as real answers do (`real_facet_labels`).

@@ -16,7 +16,17 @@ MAX_FACET_ATTRIBUTES = 5
 UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 SIMPLE_FUNCTIONS = {
     name.lower(): name
-    for name in ("count", "average", "sum", "min", "max", "latest", "uniqueCount", "percentile")
+    for name in (
+        "count",
+        "average",
+        "sum",
+        "min",
+        "max",
+        "latest",
+        "uniqueCount",
+        "uniques",
+        "percentile",
+    )
 }
 WRAPPING_FUNCTIONS = {"percentage", "filter", "rate"}
 CLAUSES = {"where", "facet", "limit", "since", "until", "timeseries", "with", "extrapolate"}

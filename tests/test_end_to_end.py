@@ -322,3 +322,32 @@ def test_real_answer_shapes_archive_every_point_through_both_apis(
         assert actual_points(influxd, legacy) == expected_points(legacy, start, legacy_until)
     finally:
         influxd.query(f'DROP DATABASE "{insights_db}"')
+
+
+def test_a_list_value_is_left_out_with_a_warning_and_a_self_metric(
+    cli, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=1), 300)
+    spec = Spec(
+        name="login_users",
+        nrql="SELECT count(*), uniques(host) FROM Login FACET provider",
+        event_type="Login",
+        facets=("provider",),
+        items=(Item("count", None, "count"),),
+        measurement="nr_login_users",
+        interval="5 minutes",
+        interval_seconds=300,
+        database=influx_db,
+        extra={"start": iso(start)},
+    )
+    spec.write(queries_dir)
+    result = cli("run")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "uniques.host" in line]
+    assert len(warnings) == 1, output  # once per job, not once per window
+    assert "login_users" in warnings[0] and "no line-protocol form" in warnings[0]
+    until = parse_iso(cli.status()[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+    assert actual_points(influxd, spec) == expected_points(spec, start, until)
+    [metric] = influxd.points(influx_db, "nr_archiver")
+    assert metric["fields"]["dropped_keys"] == 1

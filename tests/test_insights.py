@@ -579,7 +579,8 @@ TIMESERIES_QUERIES = [
         id="retention_edge",
     ),
     pytest.param(
-        "SELECT funnel(host, WHERE duration > 1 AS 'slow', WHERE error IS true), uniqueCount(host)"
+        "SELECT funnel(host, WHERE duration > 1 AS 'slow', WHERE error IS true), uniqueCount(host),"
+        " uniques(host)"
         f" FROM Transaction FACET appName LIMIT MAX {TWO_HOURS} TIMESERIES 5 minutes",
         id="funnel_and_lower_case_uniquecount",
     ),
