@@ -247,20 +247,38 @@ def to_lines(
         funnels=funnels or {},
         dropped=dropped if dropped is not None else set(),
     )
-    prefixes: dict[tuple, str] = {}  # facet values → "measurement,tags "
+    prefixes: dict[object, str] = {}  # facet value(s) → "measurement,tags "
     lines: list[str] = []
+    single = facets[0] if len(facets) == 1 else None
     for row in rows:
         parts = _field_parts(row, ctx)
         if not parts:
             continue
-        values = facet_values(row, facets) if facets else ()
-        # Tags depend on the facet values only. A non-string is keyed by its repr in a tuple,
-        # never equal to a string key, so that 1, 1.0 and True stay apart.
-        facet_key = tuple(v if type(v) is str else (repr(v),) for v in values)
-        prefix = prefixes.get(facet_key)
+        # The cache key of the row's tags. repr() keeps 1, 1.0, True and "1" apart (equal keys
+        # in a dict, different tag values); a string facet is its own key.
+        facet = row.get("facet", _ABSENT)
+        key: object = _ABSENT
+        if type(facet) is str:
+            if single is not None and row.get(single, facet) == facet:
+                key = facet  # the common case: a string facet its attribute agrees with
+        elif type(facet) is list and len(facet) == len(facets):
+            key = (repr(facet),)  # several attributes: checked below, unless the row has none
+            for name in facets:
+                if name in row:
+                    key = _ABSENT
+                    break
+        if key is _ABSENT:
+            values = facet_values(row, facets) if facets else ()
+            key = (repr(list(values)),)
+        prefix = prefixes.get(key)
         if prefix is None:
-            prefix = prefixes[facet_key] = f"{s.measurement}{_tag_part(s, values)} "
-        lines.append(f"{prefix}{','.join(parts)} {_begin(row)}")
+            values = facet_values(row, facets) if facets else ()
+            prefix = prefixes[key] = f"{s.measurement}{_tag_part(s, values)} "
+        try:
+            begin = int(row["beginTimeSeconds"])  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError):
+            begin = _begin(row)
+        lines.append(f"{prefix}{','.join(parts)} {begin}")
     return lines
 
 
