@@ -75,7 +75,7 @@ BUCKET_KEYS = ("beginTimeSeconds", "endTimeSeconds")
 NRQL_AGGREGATOR_FUNCTIONS = (
     "aggregationEndTime", "apdex", "average", "bucketPercentile", "cardinality",
     "cdfPercentage", "count", "derivative", "dimensions", "earliest", "filter", "funnel",
-    "histogram", "keyset", "latest", "latestRate", "max", "median", "min", "mode",
+    "histogram", "keyset", "latest", "latestRate", "max", "median", "min",
     "percentage", "percentile", "predictLinear", "rate", "stddev", "stdvar", "sum",
     "uniqueCount", "uniques",
 )  # fmt: skip
