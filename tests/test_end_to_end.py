@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from archiver.windows import iso
 from fakes.insights import FakeInsights
+from fakes.nerdgraph import FakeNerdGraph, json_reply
 from tests.e2e import (
     ACCOUNT,
     Cli,
@@ -351,3 +352,34 @@ def test_a_list_value_is_left_out_with_a_warning_and_a_self_metric(
     assert actual_points(influxd, spec) == expected_points(spec, start, until)
     [metric] = influxd.points(influx_db, "nr_archiver")
     assert metric["fields"]["dropped_keys"] == 1
+
+
+class DisagreeingNerdGraph(FakeNerdGraph):
+    """Answers rows whose `facet` and attribute disagree (never seen from New Relic)."""
+
+    def _answer(self, api_key, request):
+        reply = super()._answer(api_key, request)
+        document = json.loads(reply.body)
+        for row in document["data"]["actor"]["account"]["nrql"]["results"]:
+            row["provider"] = "not " + str(row["provider"])
+        return json_reply(reply.status, document, reply.outcome)
+
+
+def test_a_facet_that_disagrees_with_its_attribute_fails_the_query_by_name(
+    tmp_path, influxd, influx_db, queries_dir
+):
+    spec = replace(specs(influx_db)[1], extra={"start": iso(floor(ago(hours=1), 300))})
+    spec.write(queries_dir)
+    with DisagreeingNerdGraph(accounts={ACCOUNT}).start() as fake:
+        env = cli_env(
+            nerdgraph_url=fake.url,
+            api_key=fake.api_key,
+            influx_url=influxd.url,
+            db_url=f"sqlite:///{tmp_path / 'state.db'}",
+            queries=queries_dir,
+        )
+        result = Cli(env, tmp_path)("run")
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout + result.stderr)
+    assert "logins" in line and "disagrees with its attribute provider" in line
+    assert actual_points(influxd, spec) == {}
