@@ -23,6 +23,16 @@ class CardinalityError(PermanentError):
     pass
 
 
+def _facet(row: Mapping[str, object], names: tuple[str, ...]) -> object:
+    """The row's `facet`, or for rows without one (New Relic sends both kinds) the value(s)
+    of the FACET attributes, as the transform tags them."""
+    if "facet" in row:
+        return row["facet"]
+    if len(names) == 1:
+        return row.get(names[0])
+    return [row.get(name) for name in names]
+
+
 class SeriesGuard:
     def __init__(self, facets: Sequence[str], max_series: int) -> None:
         self.facets = tuple(facets)
@@ -33,7 +43,7 @@ class SeriesGuard:
         """Raise CardinalityError, naming the facet to blame, before anything is written."""
         names = tuple(facets) or self.facets
         if names:
-            self._check_keys(names, (row.get("facet") for row in rows))
+            self._check_keys(names, (_facet(row, names) for row in rows))
 
     def check_events(self, rows: Iterable[Mapping[str, object]]) -> None:
         """The same for raw events, whose tags are the `tag_attributes` (given as `facets`)."""

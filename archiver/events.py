@@ -93,20 +93,26 @@ def to_lines(
     measurement: str,
     tag_attributes: Sequence[str],
     static_tags: Mapping[str, str],
+    *,
+    dropped: set[str] | None = None,
 ) -> list[str]:
     """One line per event with at least one field, sorted; time in nanoseconds.
 
     Tags: the static tags, then one per tag attribute with a non-empty value (an attribute's
     value wins over a static tag of the same name). Fields: every other attribute but
-    `timestamp`, as `archiver.transform` formats them, in key order.
+    `timestamp`, as `archiver.transform` formats them, in key order; a nested object (a
+    dimensional Metric's `"newrelic.internal.usage": {"count": 49500, "type": "count"}`) gives
+    one field per entry, `<key>.<subkey>`, as in aggregate mode. Keys whose value has no
+    line-protocol form (lists) are added to `dropped`.
     """
+    dropped = dropped if dropped is not None else set()
     static = {escape_key(key): escape_key(str(value)) for key, value in static_tags.items()}
     tag_keys = [(attribute, escape_key(attribute)) for attribute in tag_attributes]
     excluded = {"timestamp", *tag_attributes}
     prefix = escape_measurement(measurement)
     groups: dict[tuple[int, str], list[str]] = defaultdict(list)
     for row in rows:
-        fields = _field_part(row, excluded)
+        fields = _field_part(row, excluded, dropped)
         if fields:
             series = prefix + _tag_part(row, static, tag_keys)
             groups[(_timestamp_ms(row), series)].append(fields)
@@ -126,17 +132,27 @@ def _tag_part(row: Row, static: dict[str, str], tag_keys: list[tuple[str, str]])
     return "".join(f",{key}={value}" for key, value in sorted(tags.items()) if key and value)
 
 
-def _field_part(row: Row, excluded: set[str]) -> str:
+def _field_part(row: Row, excluded: set[str], dropped: set[str]) -> str:
     """`key=value,...` sorted by key: equal events give equal text whatever their key order."""
-    fields = []
+    fields: list[tuple[str, str]] = []
     for key, value in row.items():
-        if key in excluded:
-            continue
-        formatted = format_field(value)
-        escaped_key = escape_key(key)
-        if formatted is not None and escaped_key:
-            fields.append((escaped_key, formatted))
+        if key not in excluded:
+            _add_field(key, value, fields, dropped)
     return ",".join(f"{key}={value}" for key, value in sorted(fields))
+
+
+def _add_field(key: str, value: object, fields: list[tuple[str, str]], dropped: set[str]) -> None:
+    """One attribute's fields: nested objects are flattened to `<key>.<subkey>`."""
+    if isinstance(value, dict):
+        for sub, sub_value in value.items():
+            _add_field(f"{key}.{sub}", sub_value, fields, dropped)
+        return
+    formatted = format_field(value)
+    escaped_key = escape_key(key)
+    if formatted is not None and escaped_key:
+        fields.append((escaped_key, formatted))
+    elif value is not None and not isinstance(value, int | float):
+        dropped.add(key)
 
 
 def _timestamp_ms(row: Row) -> int:

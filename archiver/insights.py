@@ -15,6 +15,9 @@ fixtures of Grafana's New Relic data source) show the shapes; what no capture sh
   `metadata.timeSeries.contents`, `metadata.contents.contents` (FACET) or
   `metadata.contents.timeSeries.contents` (FACET + TIMESERIES); the shallowest `contents` list
   found under `metadata` is used.
+- The Insights API spells functions in lower case (`"function": "uniquecount"`) where NerdGraph
+  keys read `uniqueCount.<attribute>`: every NRQL aggregator function is mapped to NerdGraph's
+  spelling (`NERDGRAPH_FUNCTION_NAMES`); a function not in that list is kept as sent.
 - A content's NerdGraph key: `{"function": "alias", "alias": A, "contents": {...}}` gives `A`;
   `count` without an attribute (or with `*`) gives `count`; a wrapping function
   (`{"function": "filter", "contents": {...}}`) gives `filter.<key of the inner content>`, as
@@ -33,6 +36,8 @@ fixtures of Grafana's New Relic data source) show the shapes; what no capture sh
   becomes `facet` plus one key per attribute, exactly as in NerdGraph rows; a facet group's
   `timeSeries` buckets are used when present, else its `results`.
 - Raw events, `{"results": [{"events": [...]}]}`, give one row per event.
+- `funnel()` entries are `{"steps": [n1, n2, ...]}` and stay that object, keyed
+  `funnel.<attribute>` (or the alias); the transform names the steps from the NRQL.
 - COMPARE WITH answers (`current`/`previous`) are refused: the archiver never sends one.
 """
 
@@ -65,6 +70,16 @@ BAD_KEY_HINT = "check NEW_RELIC_QUERY_KEY (an Insights query key of this account
 # Error texts that New Relic sends for an overloaded service, not for a bad query.
 TRANSIENT_ERROR = re.compile(r"timed out|heavy load|try again", re.IGNORECASE)
 BUCKET_KEYS = ("beginTimeSeconds", "endTimeSeconds")
+# NRQL's aggregator functions, spelled as NerdGraph keys spell them (New Relic's NRQL reference,
+# "Aggregator functions"); the Insights API sends them in lower case.
+NRQL_AGGREGATOR_FUNCTIONS = (
+    "aggregationEndTime", "apdex", "average", "bucketPercentile", "cardinality",
+    "cdfPercentage", "count", "derivative", "dimensions", "earliest", "filter", "funnel",
+    "histogram", "keyset", "latest", "latestRate", "max", "median", "min",
+    "percentage", "percentile", "predictLinear", "rate", "stddev", "stdvar", "sum",
+    "uniqueCount", "uniques",
+)  # fmt: skip
+NERDGRAPH_FUNCTION_NAMES = {name.lower(): name for name in NRQL_AGGREGATOR_FUNCTIONS}
 
 Row = dict[str, Any]
 
@@ -237,7 +252,7 @@ def _key(content: Any) -> str:
     """The NerdGraph result key of one metadata content (see the module's docstring)."""
     if not isinstance(content, dict):
         raise NewRelicError(f"New Relic's Insights metadata has an unreadable content {content!r}")
-    function = str(content.get("function"))
+    function = nerdgraph_function_name(str(content.get("function")))
     inner = content.get("contents")
     if function == "alias":
         return str(content.get("alias"))
@@ -251,9 +266,16 @@ def _key(content: Any) -> str:
     return f"{function}.{attribute}" if attribute is not None else function
 
 
+def nerdgraph_function_name(function: str) -> str:
+    """`uniquecount` → `uniqueCount`: NerdGraph's spelling of an Insights function name."""
+    return NERDGRAPH_FUNCTION_NAMES.get(function.lower(), function)
+
+
 def _value(result: Any, content: Mapping[str, Any]) -> Any:
     if not isinstance(result, dict) or not result:
         return None
+    if isinstance(result.get("steps"), list):
+        return {"steps": result["steps"]}  # funnel(): the transform names the steps
     if "percentiles" in result:
         return _percentiles(result["percentiles"])
     if len(result) == 1:

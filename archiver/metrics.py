@@ -26,6 +26,7 @@ def job_line(
     seconds: float,
     exported_until: datetime | None,
     now: datetime,
+    dropped_keys: int = 0,
 ) -> str:
     tags = {"kind": kind, "query": query, "status": status, "target": target}
     fields = {
@@ -35,6 +36,7 @@ def job_line(
         "retries": retries,
         "seconds": seconds,
         "failed": 1 if status == "failed" else 0,
+        "dropped_keys": dropped_keys,  # answer keys left out for want of a line-protocol form
     }
     if exported_until is not None:
         fields["lag_seconds"] = (now - exported_until).total_seconds()

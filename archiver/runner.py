@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from archiver import events, metrics, transform, windows
+from archiver import events, funnels, metrics, transform, windows
 from archiver.cardinality import SeriesGuard
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
 from archiver.influx import Precision, RetentionPolicy
@@ -64,6 +64,7 @@ class JobResult:
     error: str | None = None
     window: Window | None = None  # the window being exported when it failed
     backfilled: list[tuple[datetime, datetime]] = field(default_factory=list)
+    dropped_keys: set[str] = field(default_factory=set)  # answer keys with no field, warned
 
     @property
     def failed(self) -> bool:
@@ -393,6 +394,7 @@ class Runner:
         """TIMESERIES windows: one request each, sized by the rows the last answers had."""
         guard = SeriesGuard(job.query.facets, job.query.max_series)
         sizer = self.sizer(job)
+        steps = funnels.funnel_steps(job.query.nrql)
         for window in self.windows_of(job, sizer):
             if self._interrupted(result):
                 return
@@ -404,11 +406,13 @@ class Runner:
             guard.check(answer.results, answer.facets)
             sizer.learn(window, len(answer.results))
             query = job.query
-            yield (
-                window,
-                transform.to_lines(answer.results, answer.facets, query.measurement, query.tags),
-                "s",
-            )
+            dropped: set[str] = set()
+            lines = transform.to_lines(
+                answer.results, answer.facets, query.measurement, query.tags,
+                funnels=steps, dropped=dropped,
+            )  # fmt: skip
+            _warn_dropped(result, dropped)
+            yield window, lines, "s"
 
     def _event_batches(
         self, job: PlannedJob, result: JobResult, client: NerdGraphClient
@@ -432,7 +436,11 @@ class Runner:
                 fetch, window.since, window.until, label=label
             ):
                 guard.check_events(rows)
-                lines = events.to_lines(rows, query.measurement, query.tag_attributes, query.tags)
+                dropped: set[str] = set()
+                lines = events.to_lines(
+                    rows, query.measurement, query.tag_attributes, query.tags, dropped=dropped
+                )
+                _warn_dropped(result, dropped)
                 yield Window(since, until), lines, "ns"
 
     def _interrupted(self, result: JobResult) -> bool:
@@ -502,6 +510,7 @@ class Runner:
             seconds=result.seconds,
             exported_until=result.exported_until,
             now=now,
+            dropped_keys=len(result.dropped_keys),
         )
         self._metric_lines.setdefault(target.database, []).append(line)
 
@@ -557,4 +566,19 @@ class Runner:
             position,
             result.seconds,
             extra=fields | {"windows": result.windows, "retries": result.retries},
+        )
+
+
+def _warn_dropped(result: JobResult, dropped: set[str]) -> None:
+    """Warn once per job about each answer key that gave no field (no line-protocol form)."""
+    new = dropped - result.dropped_keys
+    if new:
+        result.dropped_keys |= new
+        log.warning(
+            "%s → %s: New Relic's answer has keys with no line-protocol form, left out of the "
+            "points: %s (lists such as uniques() cannot be stored; nr_archiver counts them in "
+            "dropped_keys)",
+            result.query,
+            result.target,
+            ", ".join(sorted(new)),
         )

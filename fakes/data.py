@@ -216,11 +216,19 @@ def _stats(bucket: _Bucket, attribute: str | None) -> _Stats:
 
 def _zero(aggregate: Aggregate) -> object:
     """What New Relic answers for a period it no longer holds."""
+    if aggregate.steps:
+        return {"steps": [0] * len(aggregate.steps)}
+    if aggregate.function == "uniques":
+        return []
     return dict.fromkeys(aggregate.percentiles, 0) if aggregate.percentiles else 0
 
 
 def _empty(aggregate: Aggregate) -> object:
     """The value when no event matched: 0 for counting functions, null for the others."""
+    if aggregate.steps:
+        return {"steps": [0] * len(aggregate.steps)}
+    if aggregate.function == "uniques":
+        return []
     if aggregate.inner is not None and aggregate.function != "percentage":
         return _empty(aggregate.inner)
     if aggregate.function in _COUNTING:
@@ -243,7 +251,29 @@ def _compile(aggregate: Aggregate) -> Evaluator:
         return lambda bucket: 1 + mix(bucket.seed ^ salt) % bucket.count
     if function == "percentile":
         return _compile_percentile(aggregate)
+    if function == "funnel":
+        return _compile_funnel(aggregate)
+    if function == "uniques":  # a list: it has no line-protocol form
+        salt = name_seed("uniques", attribute)
+        return lambda bucket: [
+            f"{attribute} {1 + (mix(bucket.seed ^ salt) + i) % 9}"
+            for i in range(min(bucket.count, 3))
+        ]
     return _compile_wrapping(aggregate)
+
+
+def _compile_funnel(aggregate: Aggregate) -> Evaluator:
+    """`{"steps": [n1, n2, ...]}` as New Relic answers funnel(): each step keeps a share of
+    the previous one's distinct attribute values, so the counts never grow."""
+    salt = name_seed("funnel", aggregate.attribute)
+
+    def funnel(bucket: _Bucket) -> dict[str, list[int]]:
+        steps = [1 + mix(bucket.seed ^ salt) % bucket.count]
+        for position in range(1, len(aggregate.steps)):
+            steps.append(steps[-1] * (1 + mix(bucket.seed ^ salt ^ position) % 4) // 4)
+        return {"steps": steps}
+
+    return funnel
 
 
 def _compile_percentile(aggregate: Aggregate) -> Evaluator:
@@ -294,14 +324,16 @@ def value(
     *,
     bucket_seconds: int,
     per_seconds: int = 60,
+    steps: int = 0,
 ) -> Number | None:
     """The stored value of one aggregate in one bucket (ignores retention and the future).
 
     For percentage/filter/rate, `attribute` is the inner aggregate's key ("count",
-    "average.duration") and `per_seconds` is rate()'s unit.
+    "average.duration") and `per_seconds` is rate()'s unit. For funnel, `steps` is the number
+    of steps and `percentile` the 0-based step whose count is wanted.
     """
-    percentiles = () if percentile is None else (percentile,)
-    aggregate = Aggregate(function, attribute, "", percentiles)
+    percentiles = () if percentile is None or steps else (percentile,)
+    aggregate = Aggregate(function, attribute, "", percentiles, steps=("",) * steps)
     if function in ("percentage", "filter", "rate"):
         inner_function, _, inner_attribute = (attribute or "count").partition(".")
         inner = Aggregate(inner_function, inner_attribute or None, attribute or "count")
@@ -309,6 +341,8 @@ def value(
     series_seed = name_seed(event_type, *facet_values)
     bucket = _bucket(series_seed, _bucket_salt(bucket_start, bucket_seconds), bucket_seconds)
     result = _compile(aggregate)(bucket) if bucket.count else _empty(aggregate)
+    if steps:
+        return result["steps"][int(percentile or 0)]  # type: ignore[index]
     return result[percentile] if isinstance(result, dict) else result  # type: ignore[return-value]
 
 

@@ -10,6 +10,9 @@ range can be answered, or checked against `events()`, in any order and always th
   give or take one (N defaults to 3: about 10,800 an hour, above the 5,000 rows of LIMIT MAX).
   Its events come in groups of 1 to 3 that share the millisecond, `appName` and `host`; a
   group's last event is sometimes an exact copy of the one before.
+- `Metric` events are dimensional metrics, as `SELECT * FROM Metric` answers them: each also
+  has `metricName` and a nested object named after it,
+  `"newrelic.internal.usage": {"count": n, "type": "count"}` (newrelic-client-go's fixture).
 - Every event type has the numeric attributes `duration` (mostly floats, about one in four
   integral and sent as an int, some null) and `databaseCallCount` (int or null), the boolean
   `error`, the string `message`, and `timestamp` (epoch ms).
@@ -101,7 +104,11 @@ def _ordinary_second(event_type: str, second: int, seed: int) -> list[Event]:
     for index in range(_ORDINARY_COUNTS[seed % len(_ORDINARY_COUNTS)]):
         bits = mix(seed ^ (index + 1))
         timestamp = second * 1000 + (bits >> 8) % 1000
-        result.append(_event(choices[(bits >> 24) % len(choices)], timestamp, bits))
+        event = _event(choices[(bits >> 24) % len(choices)], timestamp, bits)
+        if event_type == "Metric":
+            event["metricName"] = "newrelic.internal.usage"
+            event["newrelic.internal.usage"] = {"count": (bits >> 20) % 50000, "type": "count"}
+        result.append(event)
     return result
 
 

@@ -18,7 +18,9 @@ Protocol
     NerdGraph rows, rendered here into the legacy shapes: `results` (one unnamed entry per
     aggregate, `{"average": x}`, `{"count": n}`, `{"percentiles": {...}}`), `timeSeries` +
     `total` for TIMESERIES, `facets` + `totalResult` for FACET, and the aggregates' names only in
-    `metadata.contents`, nested the way real answers nest them (`metadata.timeSeries.contents`,
+    `metadata.contents` (functions in lower case, `uniquecount`, as real answers spell them;
+    funnels as `{"function": "funnel", "attribute": a, "steps": [names]}` with results
+    `{"steps": [n1, ...]}`), nested the way real answers nest them (`metadata.timeSeries.contents`,
     `metadata.contents.contents`, `metadata.contents.timeSeries.contents`), with `AS` aliases as
     `{"function": "alias", "alias": ..., "contents": {...}}`. `total`/`totalResult` hold nulls:
     they are not data. Raw-event queries answer `{"results": [{"events": [...]}]}`. Errors are
@@ -259,6 +261,10 @@ def _results(query: Query, row: Row) -> list[dict[str, Any]]:
 
 
 def _entry(aggregate: Aggregate, value: Any) -> dict[str, Any]:
+    if aggregate.steps:  # funnel(): {"steps": [n1, n2, ...]}, as in the rows
+        return value if isinstance(value, dict) else {"steps": value}
+    if aggregate.function == "uniques":
+        return {"members": value}
     if aggregate.percentiles:
         return {"percentiles": value}
     if aggregate.function in ("percentage", "rate"):
@@ -278,10 +284,11 @@ def _content(aggregate: Aggregate) -> dict[str, Any]:
 
 
 def _plain_content(aggregate: Aggregate) -> dict[str, Any]:
+    """The metadata content; real answers spell the function in lower case (`uniquecount`)."""
     if aggregate.inner is not None:
         # Real answers put the WHERE text here; the fake's parser does not keep it.
         return {
-            "function": aggregate.function,
+            "function": aggregate.function.lower(),
             "alias": "condition",
             "contents": _content(aggregate.inner),
         }
@@ -292,9 +299,13 @@ def _plain_content(aggregate: Aggregate) -> dict[str, Any]:
             "attribute": aggregate.attribute,
             "thresholds": thresholds,
         }
+    if aggregate.steps:
+        steps = [name or f"step {i}" for i, name in enumerate(aggregate.steps, start=1)]
+        return {"function": "funnel", "attribute": aggregate.attribute, "steps": steps}
     if aggregate.attribute is None:
-        return {"function": aggregate.function, "simple": True}
-    return {"function": aggregate.function, "attribute": aggregate.attribute, "simple": True}
+        return {"function": aggregate.function.lower(), "simple": True}
+    function = aggregate.function.lower()
+    return {"function": function, "attribute": aggregate.attribute, "simple": True}
 
 
 def _default_key(aggregate: Aggregate) -> str:

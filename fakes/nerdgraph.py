@@ -27,8 +27,13 @@ NRQL (keywords case-insensitive, clauses after FROM in any order)
     [SINCE <epoch ms>|<n unit> AGO] [UNTIL <epoch ms>|<n unit> AGO|NOW]
     [TIMESERIES <n> <second|minute|hour|day|week>[s]]
     Items: count(*), count(a), average(a), sum(a), min(a), max(a), latest(a), uniqueCount(a),
-    percentile(a, p...), percentage(<item>, WHERE ...), filter(<item>, WHERE ...),
-    rate(<item>, <n> <unit>), each with optional AS alias (bare, 'quoted' or `backticked`).
+    uniques(a) (a list of values), percentile(a, p...), percentage(<item>, WHERE ...),
+    filter(<item>, WHERE ...), rate(<item>, <n> <unit>),
+    funnel(a, WHERE ... [AS 'step'], WHERE ... [AS 'step'], ...) (each bucket
+    `{"steps": [n1, n2, ...]}`), each with optional AS alias (bare, 'quoted' or `backticked`).
+    FACET labels: rows carry `facet` and the attributes, except TransactionError rows (the
+    attribute alone, no `facet`) and ReplicationLag rows on several attributes (the `facet`
+    list alone), as real answers do (`real_facet_labels`).
     TIMESERIES buckets end at UNTIL; the first one starts ceil(range/step) steps before it.
 
 Data model (fakes.data; deterministic, nothing stored)
@@ -126,6 +131,27 @@ class Reply:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     reset: bool = False  # close the connection without answering
+
+
+# Real NerdGraph answers label FACET rows in three ways: `facet` plus the attributes (most),
+# the attribute alone (newrelic-client-go's FACET + TIMESERIES fixture), or the `facet` list
+# alone (answers to FACET on two attributes recorded through the New Relic CLI). The fake sends
+# the second for these event types, the third for these on several attributes:
+ATTRIBUTES_ONLY_EVENT_TYPES = frozenset({"TransactionError"})
+FACET_LIST_ONLY_EVENT_TYPES = frozenset({"ReplicationLag"})
+
+
+def real_facet_labels(rows: list[dict], metadata: dict) -> list[dict]:
+    """The rows with their FACET labels as New Relic sends them for this event type."""
+    facets = metadata.get("facets") or []
+    event_types = set(metadata.get("eventTypes") or [])
+    if not facets:
+        return rows
+    if event_types & ATTRIBUTES_ONLY_EVENT_TYPES:
+        return [{k: v for k, v in row.items() if k != "facet"} for row in rows]
+    if len(facets) > 1 and event_types & FACET_LIST_ONLY_EVENT_TYPES:
+        return [{k: v for k, v in row.items() if k not in facets} for row in rows]
+    return rows
 
 
 def json_reply(status: int, payload: object, outcome: str) -> Reply:
@@ -350,7 +376,8 @@ class FakeNerdGraph:
             )
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        nrql = {"results": result.results, "metadata": result.metadata}
+        results = real_facet_labels(result.results, result.metadata)
+        nrql = {"results": results, "metadata": result.metadata}
         return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
 
     def _bad_key(self) -> Reply:

@@ -16,7 +16,17 @@ MAX_FACET_ATTRIBUTES = 5
 UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 SIMPLE_FUNCTIONS = {
     name.lower(): name
-    for name in ("count", "average", "sum", "min", "max", "latest", "uniqueCount", "percentile")
+    for name in (
+        "count",
+        "average",
+        "sum",
+        "min",
+        "max",
+        "latest",
+        "uniqueCount",
+        "uniques",
+        "percentile",
+    )
 }
 WRAPPING_FUNCTIONS = {"percentage", "filter", "rate"}
 CLAUSES = {"where", "facet", "limit", "since", "until", "timeseries", "with", "extrapolate"}
@@ -50,6 +60,7 @@ class Aggregate:
     percentiles: tuple[str, ...] = ()
     inner: Aggregate | None = None  # the wrapped aggregate of percentage / filter / rate
     per_seconds: int = 0  # rate(..., 1 minute) -> 60
+    steps: tuple[str, ...] = ()  # funnel(a, WHERE ... [AS 'name'], ...): step names, "" if none
 
 
 @dataclass(frozen=True)
@@ -265,12 +276,14 @@ class _Parser:
         else:
             fields[f"{word}_ms"] = amount
 
-    def skip_condition(self) -> None:
-        """WHERE and the conditions inside percentage()/filter() are accepted and ignored."""
+    def skip_condition(self, *, in_funnel: bool = False) -> None:
+        """WHERE and the conditions inside percentage()/filter()/funnel() are accepted and
+        ignored; a funnel step's condition also ends at `,` or `AS`."""
         depth = 0
         start = self.index
         while (token := self.peek()) is not None:
             ends_condition = token.is_word(*CLAUSES, *UNSUPPORTED_CLAUSES) or token.text == ")"
+            ends_condition |= in_funnel and (token.text == "," or token.is_word("as"))
             if depth == 0 and ends_condition:
                 break
             depth += {"(": 1, ")": -1}.get(token.text, 0)
@@ -301,10 +314,13 @@ class _Parser:
     def function_call(self) -> Aggregate:
         name = self.take()
         function = name.text.lower()
-        if name.kind != "name" or (function not in SIMPLE_FUNCTIONS.keys() | WRAPPING_FUNCTIONS):
+        known = SIMPLE_FUNCTIONS.keys() | WRAPPING_FUNCTIONS | {"funnel"}
+        if name.kind != "name" or function not in known:
             raise NrqlError(f"{SYNTAX}: Unknown function {name.text}")
         self.expect("(")
-        if function in WRAPPING_FUNCTIONS:
+        if function == "funnel":
+            aggregate = self.funnel_call()
+        elif function in WRAPPING_FUNCTIONS:
             aggregate = self.wrapping_call(function)
         else:
             aggregate = self.simple_call(SIMPLE_FUNCTIONS[function])
@@ -324,6 +340,18 @@ class _Parser:
         if function == "percentile" and not percentiles:
             raise self.error(self.take())
         return Aggregate(function, attribute, f"{function}.{attribute}", tuple(percentiles))
+
+    def funnel_call(self) -> Aggregate:
+        """funnel(attribute, WHERE ... [AS 'step name'], WHERE ... [AS ...], ...)."""
+        attribute = self.identifier()
+        steps: list[str] = []
+        while self.accept(","):
+            self.expect("where")
+            self.skip_condition(in_funnel=True)
+            steps.append(self.alias() or "")
+        if len(steps) < 2:
+            raise NrqlError(f"{SYNTAX}: funnel() takes an attribute and at least two steps")
+        return Aggregate("funnel", attribute, f"funnel.{attribute}", steps=tuple(steps))
 
     def wrapping_call(self, function: str) -> Aggregate:
         inner = self.function_call()

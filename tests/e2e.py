@@ -31,6 +31,7 @@ class Item:
     attribute: str | None
     key: str
     percentiles: tuple[str, ...] = ()
+    steps: tuple[str, ...] = ()  # funnel(): the step names the fields are named after
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,14 @@ def expected_points(spec: Spec, since: datetime, until: datetime) -> dict:
         for bucket in range(start, end, step):
             fields = {}
             for item in spec.items:
+                for position, name in enumerate(item.steps):
+                    count = data.value(
+                        spec.event_type, facet, bucket, item.function, item.attribute,
+                        str(position), bucket_seconds=step, steps=len(item.steps),
+                    )  # fmt: skip
+                    fields[f"{item.key}.{name}"] = float(count)
+                if item.steps:
+                    continue
                 if item.percentiles:
                     for pct in item.percentiles:
                         value = data.value(

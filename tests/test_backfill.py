@@ -262,3 +262,23 @@ def test_events_query_archives_every_event_exactly_once(
     assert len(stored) == len(expected)
     assert "backfilled" in output
     assert len(fake_nr.requests) >= 3  # capped, then two halves
+
+
+def test_nested_metric_event_attributes_are_archived(cli, influxd, influx_db, queries_dir):
+    """`SELECT * FROM Metric` events carry `"newrelic.internal.usage": {"count", "type"}`."""
+    (queries_dir / "usage.yaml").write_text(
+        "nrql: SELECT * FROM Metric\nmode: events\ntag_attributes: [appName]\n"
+        f"measurement: nr_usage\ndatabase: {influx_db}\n"
+    )
+    since, until = floor(ago(hours=2), 60), floor(ago(hours=1), 60)
+    ok(cli("run", "--since", iso(since), "--until", iso(until)))
+    expected = events.events("Metric", int(since.timestamp() * 1000), int(until.timestamp() * 1000))
+    assert expected
+    rows = influxd.query(
+        'SELECT count("newrelic.internal.usage.count") AS n, sum("newrelic.internal.usage.count")'
+        ' AS total, count("newrelic.internal.usage.type") AS types FROM "nr_usage"',
+        db=influx_db,
+    )
+    usage = [e["newrelic.internal.usage"] for e in expected]
+    assert rows[0]["n"] == rows[0]["types"] == len(expected)
+    assert rows[0]["total"] == sum(u["count"] for u in usage)

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from archiver.windows import iso
 from fakes.insights import FakeInsights
+from fakes.nerdgraph import FakeNerdGraph, json_reply
 from tests.e2e import (
     ACCOUNT,
     Cli,
@@ -269,3 +270,116 @@ def test_legacy_insights_api_archives_the_same_points(tmp_path, influxd, influx_
     for spec in chosen:
         until = parse_iso(status[(spec.name, f"{influx_db}.autogen")]["exported_until"])
         assert actual_points(influxd, spec) == expected_points(spec, start, until)
+
+
+def real_shapes_spec(database: str) -> Spec:
+    """TransactionError rows carry `appName` without a `facet` key (as New Relic's Go client
+    fixture does); funnel buckets are `{"steps": [...]}`; Insights spells `uniquecount`."""
+    return Spec(
+        name="error_funnel",
+        nrql="SELECT funnel(host, WHERE duration > 1 AS 'Slow', WHERE error IS true),"
+        " uniqueCount(host) FROM TransactionError FACET appName",
+        event_type="TransactionError",
+        facets=("appName",),
+        items=(
+            Item("funnel", "host", "funnel.host", steps=("Slow", "step2")),
+            Item("uniqueCount", "host", "uniqueCount.host"),
+        ),
+        measurement="nr_error_funnel",
+        interval="5 minutes",
+        interval_seconds=300,
+        database=database,
+    )
+
+
+def test_real_answer_shapes_archive_every_point_through_both_apis(
+    tmp_path, cli, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=1), 300)
+    spec = replace(real_shapes_spec(influx_db), extra={"start": iso(start)})
+    spec.write(queries_dir)
+    result = cli("run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    until = parse_iso(cli.status()[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+    expected = expected_points(spec, start, until)
+    assert len({tags for tags, _ in expected}) > 1  # several apps, none overwriting another
+    assert actual_points(influxd, spec) == expected
+
+    insights_db = influx_db + "_insights"
+    legacy = replace(spec, database=insights_db)
+    legacy.write(queries_dir)
+    with FakeInsights(accounts={ACCOUNT}).start() as insights:
+        env = {**cli.env, "NEW_RELIC_QUERY_KEY": insights.api_key}
+        env |= {
+            "NEW_RELIC_INSIGHTS_URL": insights.url,
+            "ARCHIVER_DB_URL": f"sqlite:///{tmp_path / 'legacy.db'}",
+        }
+        env.pop("NEW_RELIC_API_KEY")
+        legacy_cli = Cli(env, tmp_path)
+        assert legacy_cli("run").returncode == 0
+    status = legacy_cli.status()[(spec.name, f"{insights_db}.autogen")]
+    try:
+        legacy_until = parse_iso(status["exported_until"])
+        assert actual_points(influxd, legacy) == expected_points(legacy, start, legacy_until)
+    finally:
+        influxd.query(f'DROP DATABASE "{insights_db}"')
+
+
+def test_a_list_value_is_left_out_with_a_warning_and_a_self_metric(
+    cli, influxd, influx_db, queries_dir
+):
+    start = floor(ago(hours=1), 300)
+    spec = Spec(
+        name="login_users",
+        nrql="SELECT count(*), uniques(host) FROM Login FACET provider",
+        event_type="Login",
+        facets=("provider",),
+        items=(Item("count", None, "count"),),
+        measurement="nr_login_users",
+        interval="5 minutes",
+        interval_seconds=300,
+        database=influx_db,
+        extra={"start": iso(start)},
+    )
+    spec.write(queries_dir)
+    result = cli("run")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "uniques.host" in line]
+    assert len(warnings) == 1, output  # once per job, not once per window
+    assert "login_users" in warnings[0] and "no line-protocol form" in warnings[0]
+    until = parse_iso(cli.status()[(spec.name, f"{influx_db}.autogen")]["exported_until"])
+    assert actual_points(influxd, spec) == expected_points(spec, start, until)
+    [metric] = influxd.points(influx_db, "nr_archiver")
+    assert metric["fields"]["dropped_keys"] == 1
+
+
+class DisagreeingNerdGraph(FakeNerdGraph):
+    """Answers rows whose `facet` and attribute disagree (never seen from New Relic)."""
+
+    def _answer(self, api_key, request):
+        reply = super()._answer(api_key, request)
+        document = json.loads(reply.body)
+        for row in document["data"]["actor"]["account"]["nrql"]["results"]:
+            row["provider"] = "not " + str(row["provider"])
+        return json_reply(reply.status, document, reply.outcome)
+
+
+def test_a_facet_that_disagrees_with_its_attribute_fails_the_query_by_name(
+    tmp_path, influxd, influx_db, queries_dir
+):
+    spec = replace(specs(influx_db)[1], extra={"start": iso(floor(ago(hours=1), 300))})
+    spec.write(queries_dir)
+    with DisagreeingNerdGraph(accounts={ACCOUNT}).start() as fake:
+        env = cli_env(
+            nerdgraph_url=fake.url,
+            api_key=fake.api_key,
+            influx_url=influxd.url,
+            db_url=f"sqlite:///{tmp_path / 'state.db'}",
+            queries=queries_dir,
+        )
+        result = Cli(env, tmp_path)("run")
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout + result.stderr)
+    assert "logins" in line and "disagrees with its attribute provider" in line
+    assert actual_points(influxd, spec) == {}

@@ -292,3 +292,24 @@ def test_every_event_sharing_a_millisecond_survives_in_influxdb(influxd, influx_
         for values in series["values"]
     )
     assert messages == Counter((row["timestamp"], row["message"]) for row in rows)
+
+
+def test_nested_event_attributes_are_flattened():
+    """newrelic-client-go pkg/nrdb/nrdb_query_unit_test.go: a `SELECT * FROM Metric` event."""
+    rows = [
+        {
+            "appId": 553448202,
+            "metricName": "newrelic.internal.usage",
+            "newrelic.internal.usage": {"count": 49500, "type": "count"},
+            "timestamp": 1709446121841,
+            "tags": ["a"],
+        }
+    ]
+    dropped: set[str] = set()
+    lines = to_lines(rows, "m", [], {}, dropped=dropped)
+    assert lines == [
+        'm appId=553448202.0,metricName="newrelic.internal.usage",'
+        'newrelic.internal.usage.count=49500.0,newrelic.internal.usage.type="count"'
+        " 1709446121841000000"
+    ]
+    assert dropped == {"tags"}

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from fakes.nerdgraph import FAULT_KINDS, FakeNerdGraph, facet_values, value
+from fakes.data import answer
+from fakes.events import events
+from fakes.nerdgraph import FAULT_KINDS, FakeNerdGraph, facet_values, real_facet_labels, value
+from fakes.nrql import NrqlError
 from tests.nerdgraph_http import ACCOUNT, HOUR_MS, NOW, QUERY, UNTIL_MS, nrql_result, post
 
 MINUTE_MS = 60_000
@@ -582,3 +585,47 @@ def test_json_numbers_keep_their_integer_form_on_the_wire(fake):
     ]
     integral = next(a for a in averages if isinstance(a, int))
     assert f'"average.duration":{integral},' in response.text
+
+
+# -- shapes of real answers ------------------------------------------------------------------
+
+
+def test_real_facet_labels_by_event_type():
+    def rows(nrql):
+        result = answer(
+            nrql + " SINCE 1 hour ago TIMESERIES 5 minutes", now=1.8e9, retention_seconds=1e9
+        )
+        return real_facet_labels(result.results, result.metadata)
+
+    errors = rows("SELECT count(*) FROM TransactionError FACET appName")
+    assert errors and all("facet" not in row and "appName" in row for row in errors)
+    lag = rows("SELECT max(lagSeconds) FROM ReplicationLag FACET cluster, replica")
+    assert lag and all(isinstance(r["facet"], list) and "cluster" not in r for r in lag)
+    logins = rows("SELECT count(*) FROM Login FACET provider")
+    assert logins and all("facet" in row and "provider" in row for row in logins)
+
+
+def test_funnel_buckets_hold_non_increasing_steps():
+    nrql = (
+        "SELECT funnel(session, WHERE a = 1 AS 'one', WHERE b IN (1, 2), WHERE c = 'x, y')"
+        " FROM PageView SINCE 1 hour ago TIMESERIES 5 minutes"
+    )
+    results = answer(nrql, now=1.8e9, retention_seconds=1e9).results
+    steps = [row["funnel.session"]["steps"] for row in results]
+    assert steps and all(len(s) == 3 and s[0] >= s[1] >= s[2] >= 0 for s in steps)
+    assert any(s[0] > 0 for s in steps)
+
+
+def test_a_funnel_needs_two_steps():
+    with pytest.raises(NrqlError, match="at least two steps"):
+        answer(
+            "SELECT funnel(session, WHERE a = 1) FROM T SINCE 1 hour ago",
+            now=1.8e9,
+            retention_seconds=1e9,
+        )
+
+
+def test_metric_events_carry_a_nested_object():
+    found = events("Metric", 1_800_000_000_000, 1_800_000_060_000)
+    assert found
+    assert all(e["newrelic.internal.usage"]["type"] == "count" for e in found)

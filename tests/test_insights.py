@@ -16,7 +16,13 @@ import requests
 import responses
 
 from archiver.errors import AuthError, NewRelicError, TransientError
-from archiver.insights import INSIGHTS_URLS, MAX_NRQL_BYTES, InsightsClient, to_nerdgraph_rows
+from archiver.insights import (
+    INSIGHTS_URLS,
+    MAX_NRQL_BYTES,
+    NRQL_AGGREGATOR_FUNCTIONS,
+    InsightsClient,
+    to_nerdgraph_rows,
+)
 from archiver.newrelic import NerdGraphClient
 from archiver.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
@@ -572,6 +578,12 @@ TIMESERIES_QUERIES = [
         f" {RETENTION_EDGE} TIMESERIES 5 minutes",
         id="retention_edge",
     ),
+    pytest.param(
+        "SELECT funnel(host, WHERE duration > 1 AS 'slow', WHERE error IS true), uniqueCount(host),"
+        " uniques(host)"
+        f" FROM Transaction FACET appName LIMIT MAX {TWO_HOURS} TIMESERIES 5 minutes",
+        id="funnel_and_lower_case_uniquecount",
+    ),
 ]
 
 
@@ -585,6 +597,31 @@ def test_both_apis_give_the_same_rows_and_byte_identical_lines(both_apis, nrql):
     expected_lines = to_lines(expected.results, expected.facets, "nr_test", {"source": "nr"})
     got_lines = to_lines(got.results, got.facets, "nr_test", {"source": "nr"})
     assert got_lines and "\n".join(got_lines) == "\n".join(expected_lines)
+
+
+@pytest.mark.parametrize(
+    "nrql",
+    [
+        pytest.param(
+            f"SELECT count(*) FROM TransactionError FACET appName {TWO_HOURS} TIMESERIES 5 minutes",
+            id="attribute_without_facet_key",
+        ),
+        pytest.param(
+            f"SELECT max(lagSeconds) FROM ReplicationLag FACET cluster, replica {TWO_HOURS}"
+            " TIMESERIES 5 minutes",
+            id="facet_list_without_attributes",
+        ),
+    ],
+)
+def test_both_apis_give_the_same_lines_whatever_the_facet_labels(both_apis, nrql):
+    nerdgraph_client, insights_client = both_apis
+    expected = nerdgraph_client.query(ACCOUNT, nrql)
+    got = insights_client.query(ACCOUNT, nrql)
+    assert got.results != expected.results  # the labels differ...
+    expected_lines = to_lines(expected.results, expected.facets, "nr_test", {})
+    got_lines = to_lines(got.results, got.facets, "nr_test", {})
+    assert got_lines and got_lines == expected_lines  # ...the points do not
+    assert len({line.partition(" ")[0] for line in got_lines}) > 1
 
 
 def test_the_comparison_sees_null_buckets(both_apis):
@@ -619,3 +656,60 @@ def test_both_apis_give_the_same_rows_without_timeseries(both_apis, nrql):
     got = insights_client.query(ACCOUNT, nrql)
     assert got.results and got.results == expected.results and got.facets == expected.facets
     assert [list(row) for row in got.results] == [list(row) for row in expected.results]
+
+
+# -- function names: the Insights API spells them in lower case --------------------------------
+
+
+@pytest.mark.parametrize("function", NRQL_AGGREGATOR_FUNCTIONS)
+def test_insights_and_nerdgraph_answers_give_the_same_field_names(function):
+    """`SELECT f(duration) FROM T TIMESERIES`: NerdGraph keys the value `f.duration` in
+    NerdGraph's spelling; the Insights API names the function in lower case."""
+    legacy = {
+        "timeSeries": [
+            {"results": [{function.lower(): 7}], "beginTimeSeconds": 60, "endTimeSeconds": 120}
+        ],
+        "metadata": {
+            "timeSeries": {"contents": [{"function": function.lower(), "attribute": "duration"}]}
+        },
+    }
+    nerdgraph = [{"beginTimeSeconds": 60, "endTimeSeconds": 120, f"{function}.duration": 7}]
+    rows, facets = to_nerdgraph_rows(legacy)
+    assert to_lines(rows, facets, "m", {}) == to_lines(nerdgraph, [], "m", {})
+    assert f" {function}.duration=7.0 " in to_lines(rows, facets, "m", {})[0]
+
+
+def test_the_real_uniquecount_answer_is_keyed_as_nerdgraph_keys_it():
+    """rupesh1/grafana-newrelic-datasource UniqueCountWithtable.spec.ts (one facet kept)."""
+    legacy = {
+        "facets": [{"name": "419", "results": [{"uniqueCount": 148}]}],
+        "metadata": {
+            "facet": "httpResponseCode",
+            "contents": {
+                "contents": [
+                    {"function": "uniquecount", "attribute": "customerIdentifier", "simple": True}
+                ]
+            },
+        },
+    }
+    rows, _facets = to_nerdgraph_rows(legacy)
+    assert rows == [
+        {"uniqueCount.customerIdentifier": 148, "facet": "419", "httpResponseCode": "419"}
+    ]
+
+
+def test_a_funnel_answer_keeps_its_steps_for_the_transform():
+    legacy = {
+        "timeSeries": [
+            {"results": [{"steps": [112, 94, 8]}], "beginTimeSeconds": 1, "endTimeSeconds": 61}
+        ],
+        "metadata": {
+            "timeSeries": {
+                "contents": [{"function": "funnel", "attribute": "session", "steps": ["A", "B"]}]
+            }
+        },
+    }
+    rows, _ = to_nerdgraph_rows(legacy)
+    assert rows == [
+        {"funnel.session": {"steps": [112, 94, 8]}, "beginTimeSeconds": 1, "endTimeSeconds": 61}
+    ]
