@@ -26,6 +26,8 @@ def job_line(
     seconds: float,
     exported_until: datetime | None,
     now: datetime,
+    nr_messages: int = 0,
+    facet_limit_hit: int = 0,
 ) -> str:
     tags = {"kind": kind, "query": query, "status": status, "target": target}
     fields = {
@@ -35,6 +37,8 @@ def job_line(
         "retries": retries,
         "seconds": seconds,
         "failed": 1 if status == "failed" else 0,
+        "nr_messages": nr_messages,  # distinct warnings New Relic sent about the query
+        "facet_limit_hit": facet_limit_hit,  # answers with as many facets as the LIMIT
     }
     if exported_until is not None:
         fields["lag_seconds"] = (now - exported_until).total_seconds()

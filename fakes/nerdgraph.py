@@ -51,6 +51,14 @@ Data model (fakes.data; deterministic, nothing stored)
         TIMESERIES the whole range is one bucket: bucket_start = SINCE // 1000 and
         bucket_seconds = (UNTIL - SINCE) // 1000.
 
+    otherResult / totalResult (FACET, only when the GraphQL query names them): per bucket
+        with TIMESERIES, else one object; the count of a bucket is the sum of the counts of
+        the facets beyond LIMIT (other) or of every facet (total).
+    Percentiles (and median) of a bucket without samples are answered 0, as New Relic does,
+        while `value()` says None (no sample): `count(attribute)` of that bucket is 0.
+    add_messages(substring, [texts]): metadata.messages (New Relic's warnings) of every NRQL
+        containing substring.
+
 Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
@@ -61,6 +69,7 @@ Log outcomes: "ok", a fault kind, "bad_api_key", "bad_request", "forbidden", "nr
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import struct
@@ -173,6 +182,7 @@ class GraphqlRequest:
     since_ms: int | None = None
     until_ms: int | None = None
     problem: str | None = None  # why the request is not a valid NRQL request
+    wants: frozenset[str] = frozenset()  # otherResult / totalResult, when the query asks
 
 
 def _read_request(body: bytes) -> GraphqlRequest:
@@ -199,7 +209,12 @@ def _read_request(body: bytes) -> GraphqlRequest:
         problem = "The query must pass the account and the NRQL as variables $accountId, $nrql"
     elif account_id is None or nrql is None:
         problem = "Variables must hold accountId (Int!) and nrql (Nrql!)"
-    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem)
+    wants = frozenset(
+        name
+        for name in ("otherResult", "totalResult")
+        if isinstance(query, str) and re.search(rf"\b{name}\b", query)
+    )
+    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem, wants)
 
 
 class FakeNerdGraph:
@@ -234,6 +249,7 @@ class FakeNerdGraph:
         self._every = 1
         self._retry_after: float | None = None
         self._rejections: dict[str, str] = {}
+        self._messages: dict[str, list[str]] = {}
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -306,6 +322,16 @@ class FakeNerdGraph:
         with self._lock:
             self._rejections[substring] = message
 
+    def add_messages(self, substring: str, messages: Sequence[str]) -> None:
+        """Answer every NRQL containing `substring` with these metadata.messages (warnings)."""
+        with self._lock:
+            self._messages[substring] = list(messages)
+
+    def messages_for(self, nrql: str) -> list[str]:
+        with self._lock:
+            configured = dict(self._messages)
+        return [m for substring, found in configured.items() if substring in nrql for m in found]
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -350,7 +376,12 @@ class FakeNerdGraph:
             )
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        nrql = {"results": result.results, "metadata": result.metadata}
+        metadata = {**result.metadata, "messages": self.messages_for(request.nrql)}
+        nrql = {"results": result.results, "metadata": metadata}
+        if "otherResult" in request.wants:
+            nrql["otherResult"] = result.other
+        if "totalResult" in request.wants:
+            nrql["totalResult"] = result.total
         return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
 
     def _bad_key(self) -> Reply:

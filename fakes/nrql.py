@@ -16,8 +16,10 @@ MAX_FACET_ATTRIBUTES = 5
 UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 SIMPLE_FUNCTIONS = {
     name.lower(): name
-    for name in ("count", "average", "sum", "min", "max", "latest", "uniqueCount", "percentile")
-}
+    for name in (
+        "count", "average", "sum", "min", "max", "latest", "uniqueCount", "percentile", "median"
+    )
+}  # fmt: skip
 WRAPPING_FUNCTIONS = {"percentage", "filter", "rate"}
 CLAUSES = {"where", "facet", "limit", "since", "until", "timeseries", "with", "extrapolate"}
 # Real clauses the fake does not answer: they end a WHERE condition and are then rejected.
@@ -323,6 +325,8 @@ class _Parser:
             percentiles.append(percentile_key(token.text))
         if function == "percentile" and not percentiles:
             raise self.error(self.take())
+        if function == "median":  # New Relic answers it as the 50th percentile
+            percentiles.append("50")
         return Aggregate(function, attribute, f"{function}.{attribute}", tuple(percentiles))
 
     def wrapping_call(self, function: str) -> Aggregate:
