@@ -335,3 +335,20 @@ def test_the_runner_says_each_message_once_per_query(caplog):
         "other query: New Relic says: m1",
     ]
     assert (len(first.messages), len(second.messages)) == (2, 1)
+
+
+def test_every_self_metric_field_is_documented_under_monitoring():
+    import re
+
+    from archiver import metrics
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    monitoring = readme.split("## Monitoring the archiver", 1)[1].split("\n## ", 1)[0]
+    line = metrics.job_line(
+        query="q", target="t", kind="incremental", status="ok", points=1, windows=1,
+        nr_requests=1, retries=0, seconds=1.0, exported_until=datetime.now(UTC),
+        now=datetime.now(UTC), nr_messages=2, facet_limit_hit=1,
+    )  # fmt: skip
+    fields = re.findall(r"([a-z_]+)=", line.split(" ")[1])
+    assert {"nr_messages", "facet_limit_hit"} <= set(fields)
+    assert [f for f in fields if f"`{f}`" not in monitoring] == []
