@@ -60,14 +60,20 @@ def other_rows(other: Any, facets: Sequence[str]) -> list[Row]:
     return [{**row, **labels} for row in other if isinstance(row, Mapping)]
 
 
-def facet_count(rows: Iterable[Mapping[str, Any]], facets: Sequence[str]) -> int:
-    """Distinct facet values in the rows (by the attributes, else by the `facet` key)."""
-    seen = set()
+def facet_count(rows: Sequence[Mapping[str, Any]], facets: Sequence[str]) -> int:
+    """Distinct facet values in the rows (by the `facet` key, else by the attributes).
+
+    Runs on every FACET answer: a text `facet` (nearly every row) is taken as it is.
+    """
+    seen: set[object] = set()
     for row in rows:
-        if all(name in row for name in facets):
-            seen.add(tuple(repr(row[name]) for name in facets))
-        else:
-            seen.add((repr(row.get("facet")),))
+        facet = row.get("facet")
+        if type(facet) is str:
+            seen.add(facet)
+        elif facet is not None or "facet" in row:
+            seen.add(("facet", repr(facet)))
+        else:  # real answers may carry only the attributes
+            seen.add(("attributes", *(repr(row.get(name)) for name in facets)))
     return len(seen)
 
 

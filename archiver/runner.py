@@ -405,7 +405,8 @@ class Runner:
         self._messages(query.name, result, answer.messages)
         rows = answer.results
         facets = answer.facets or query.facets
-        if facets and completeness.facet_count(rows, facets) >= query.facet_limit:
+        limit = query.facet_limit  # fewer rows than that cannot hold as many facets
+        if facets and len(rows) >= limit and completeness.facet_count(rows, facets) >= limit:
             result.facet_limit_hit += 1
             beyond = OTHER_KEPT if query.other else OTHER_LOST
             self._warn_once(

@@ -241,6 +241,8 @@ def test_facet_count_reads_the_attributes_or_the_facet_key():
         {"appName": None, "facet": None, "beginTimeSeconds": 0},
     ]
     assert completeness.facet_count(rows, ("appName",)) == 4
+    pairs = [{"facet": ["a", "x"]}, {"facet": ["a", "x"]}, {"facet": ["a", None]}]
+    assert completeness.facet_count(pairs, ("appName", "host")) == 2
 
 
 def test_messages_are_read_from_nerdgraph_and_insights_metadata():
