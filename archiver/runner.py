@@ -454,6 +454,7 @@ class Runner:
             answer = client.query(job.account_id, query.nrql_for(since, until, target.interval))
             result.nr_requests += answer.requests
             result.retries += answer.retries
+            self._messages(query.name, result, answer.messages)
             return answer.results
 
         for window in self.windows_of(job, WindowSizer(target.interval)):

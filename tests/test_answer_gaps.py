@@ -168,15 +168,29 @@ def test_new_relic_messages_are_logged_once_per_query_and_counted(
         ],
     }
     (queries_dir / "logins.yaml").write_text(yaml.safe_dump(content))
+    events = {
+        "nrql": "SELECT * FROM Login",
+        "mode": "events",
+        "tag_attributes": ["provider"],
+        "measurement": "nr_login_events",
+        "database": influx_db,
+        "start": iso(floor(ago(hours=2), 300)),
+    }
+    (queries_dir / "login_events.yaml").write_text(yaml.safe_dump(events))
 
     result = cli("run")
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
-    for warning in warnings:  # two targets, several windows: said once
+    for warning in warnings:  # two targets, several windows: said once per query
         assert output.count(f"logins: New Relic says: {warning}") == 1, output
+        assert output.count(f"login_events: New Relic says: {warning}") == 1, output
 
-    rows = influxd.query('SELECT * FROM "nr_archiver" GROUP BY "target"', influx_db)
-    assert sorted(row["target"] for row in rows) == [f"{influx_db}.autogen", f"{influx_db}.five"]
+    rows = influxd.query('SELECT * FROM "nr_archiver" GROUP BY "query", "target"', influx_db)
+    assert sorted((row["query"], row["target"]) for row in rows) == [
+        ("login_events", influx_db),
+        ("logins", f"{influx_db}.autogen"),
+        ("logins", f"{influx_db}.five"),
+    ]
     assert all(row["nr_messages"] == 2 for row in rows)
     assert all(row["facet_limit_hit"] == 0 for row in rows)  # 3 providers, LIMIT MAX
 
