@@ -20,7 +20,8 @@ Protocol
     HTTP 200 and `extensions.errorClass`; a bad key is HTTP 401 (or, with
     bad_key_style="graphql", HTTP 200 with extensions.error_code BAD_API_KEY).
     Control: `GET /_requests` (the log as JSON), `POST /_faults` {"kinds", "every",
-    "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_reset`.
+    "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_messages`
+    {"substring", "messages"}, `POST /_reset`.
 
 NRQL (keywords case-insensitive, clauses after FROM in any order)
     SELECT <item>[, ...] FROM <EventType> [WHERE <ignored>] [FACET a[, b...]] [LIMIT n|MAX]
@@ -414,10 +415,10 @@ class FakeNerdGraph:
             self._stopping.wait(seconds)
 
     def handle_control(self, method: str, path: str, body: bytes) -> Reply | None:
-        """The /_requests, /_faults, /_reject and /_reset endpoints; None for unknown ones."""
+        """The /_requests, /_faults, /_reject, /_messages and /_reset endpoints; None for others."""
         if (method, path) == ("GET", "/_requests"):
             return json_reply(200, self.requests, "control")
-        if method != "POST" or path not in ("/_faults", "/_reject", "/_reset"):
+        if method != "POST" or path not in ("/_faults", "/_reject", "/_messages", "/_reset"):
             return None
         try:
             settings = orjson.loads(body or b"{}")
@@ -425,6 +426,8 @@ class FakeNerdGraph:
                 self.set_faults(
                     settings["kinds"], settings.get("every", 1), settings.get("retry_after")
                 )
+            elif path == "/_messages":
+                self.add_messages(settings["substring"], list(settings["messages"]))
             elif path == "/_reject":
                 self.reject_nrql(settings["substring"], *filter(None, [settings.get("message")]))
             else:

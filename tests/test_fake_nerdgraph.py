@@ -565,6 +565,11 @@ def test_control_endpoints(fake):
     assert post(fake, NRQL).status_code == 502
     assert requests.post(f"{base}/_faults", json={"kinds": ["nope"]}, timeout=5).status_code == 400
     assert requests.post(f"{base}/_faults", json={"kinds": []}, timeout=5).ok
+    warning = {"substring": "Transaction", "messages": ["a warning"]}
+    assert requests.post(f"{base}/_messages", json=warning, timeout=5).ok
+    assert post(fake, NRQL).json()["data"]["actor"]["account"]["nrql"]["metadata"]["messages"] == [
+        "a warning"
+    ]
     assert requests.post(f"{base}/_reject", json={"substring": "Transaction"}, timeout=5).ok
     assert "NRQL Syntax Error" in graphql_error(post(fake, NRQL))["message"]
     assert requests.post(f"{base}/_reset", timeout=5).ok
