@@ -35,18 +35,19 @@ def drop_unsampled(
     unseen = {key for guard in guards for key in guard.guarded}
     for row in rows:
         for guard in guards:
-            if guard.helper not in row:
+            samples = row.pop(guard.helper, _MISSING)
+            if samples is _MISSING:
                 continue
-            samples = row.pop(guard.helper)
-            unseen.difference_update(key for key in guard.guarded if key in row)
-            if _is_zero(samples):
+            if unseen:
+                unseen.difference_update(key for key in guard.guarded if key in row)
+            if samples == 0 and type(samples) in _NUMBERS:  # not None, not False
                 for key in guard.guarded:
                     row.pop(key, None)
     return unseen
 
 
-def _is_zero(value: Any) -> bool:
-    return type(value) in (int, float) and value == 0
+_MISSING = object()
+_NUMBERS = (int, float)
 
 
 def other_rows(other: Any, facets: Sequence[str]) -> list[Row]:
