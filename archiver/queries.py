@@ -386,6 +386,8 @@ _PERCENTILE_FUNCTIONS = {"percentile": "percentile", "median": "median"}
 _CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(x*\)\s*", _KEYWORD_FLAGS)
 _PERCENTILE_CALL = re.compile(r"\b(percentile|median)\s*\(", _KEYWORD_FLAGS)
 _FILTER_CALL = re.compile(r"\bfilter\s*\(", _KEYWORD_FLAGS)
+# An attribute name, bare or in backticks: count() of it is the percentile's sample count.
+_ATTRIBUTE = re.compile(r"`[^`]+`|[A-Za-z_$][\w.:$-]*")
 _LIMIT_VALUE = re.compile(r"\bLIMIT\s+(MAX|\d+)\b", _KEYWORD_FLAGS)
 
 
@@ -498,7 +500,7 @@ def _arguments(code: str) -> list[str]:
 
 
 def _guarded_call(function: str, arguments: list[str]) -> _Guarded | None:
-    if function in _PERCENTILE_FUNCTIONS and arguments and arguments[0]:
+    if function in _PERCENTILE_FUNCTIONS and arguments and _ATTRIBUTE.fullmatch(arguments[0]):
         attribute = arguments[0]
         name = attribute.replace("`", "")
         return _Guarded(f"{_PERCENTILE_FUNCTIONS[function]}.{name}", f"count({attribute})")
@@ -525,7 +527,7 @@ def _guarded_expression(texts: _Texts, start: int, end: int, alias: str) -> _Gua
     for match in _PERCENTILE_CALL.finditer(texts.masked, start, end):
         closing = _closing_parenthesis(texts.masked, match.end() - 1)
         arguments = _arguments(texts.code[match.end() : closing])
-        if not arguments or not arguments[0]:
+        if not arguments or not _ATTRIBUTE.fullmatch(arguments[0]):
             return None
         attributes.add(arguments[0])
     if len(attributes) != 1:

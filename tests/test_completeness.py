@@ -92,6 +92,12 @@ REWRITES = [
         id="from_first",
     ),
     pytest.param(
+        "SELECT percentile(duration * 1000, 95) AS ms, percentile(numeric(x), 50) FROM T",
+        "SELECT percentile(duration * 1000, 95) AS ms, percentile(numeric(x), 50) FROM T",
+        [],
+        id="percentile_of_an_expression_untouched",
+    ),
+    pytest.param(
         "SELECT max(p) FROM (SELECT percentile(duration, 95) AS p FROM T TIMESERIES 1 minute)",
         "SELECT max(p) FROM (SELECT percentile(duration, 95) AS p FROM T TIMESERIES 1 minute)",
         [],
