@@ -226,7 +226,7 @@ def load_queries(
     problems = [p for p in loaded.problems if not names or p.query in names]
     if shard is not None:
         selected, problems = shard.queries(selected), shard.problems(problems)
-    return queries.LoadResult(selected, problems)
+    return passes.for_api(settings, queries.LoadResult(selected, problems))
 
 
 def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
@@ -294,6 +294,7 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
     loaded = (
         queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
     )
+    loaded = passes.for_api(settings, loaded)
     for problem in loaded.problems:
         print(problem)
     print(

@@ -27,6 +27,8 @@ def job_line(
     exported_until: datetime | None,
     now: datetime,
     dropped_keys: int = 0,
+    nr_messages: int = 0,
+    facet_limit_hit: int = 0,
 ) -> str:
     tags = {"kind": kind, "query": query, "status": status, "target": target}
     fields = {
@@ -37,6 +39,8 @@ def job_line(
         "seconds": seconds,
         "failed": 1 if status == "failed" else 0,
         "dropped_keys": dropped_keys,  # answer keys left out for want of a line-protocol form
+        "nr_messages": nr_messages,  # distinct warnings New Relic sent about the query
+        "facet_limit_hit": facet_limit_hit,  # answers with as many facets as the LIMIT
     }
     if exported_until is not None:
         fields["lag_seconds"] = (now - exported_until).total_seconds()

@@ -24,7 +24,7 @@ import urllib3.exceptions
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from archiver import logs
+from archiver import completeness, logs
 from archiver.errors import AuthError, NewRelicError, TransientError
 from archiver.limiter import Limiter
 from archiver.retry import retry_after_seconds
@@ -45,6 +45,8 @@ query($accountId: Int!, $nrql: Nrql!, $timeout: Seconds) {
   }
 }
 """
+# With `other: true`: otherResult holds the facets beyond LIMIT (per bucket with TIMESERIES).
+GRAPHQL_WITH_OTHER = GRAPHQL.replace("        results\n", "        results\n        otherResult\n")
 
 TRANSIENT_ERROR_CLASSES = frozenset(
     {"TIMEOUT", "TOO_MANY_REQUESTS", "INTERNAL_SERVER_ERROR", "SERVER_ERROR"}
@@ -65,6 +67,8 @@ class NrqlResult:
     requests: int
     """HTTP requests it took, retries included."""
     retries: int
+    other: list[dict[str, Any]] | dict[str, Any] | None = None  # otherResult, when asked for
+    messages: tuple[str, ...] = ()  # metadata.messages: New Relic's warnings about the query
 
 
 class NerdGraphClient:
@@ -122,11 +126,14 @@ class NerdGraphClient:
         if self._owns_session:
             self._session.close()
 
-    def query(self, account_id: int, nrql: str) -> NrqlResult:
-        """Run one NRQL query, retrying transient failures; raise the last one if they persist."""
+    def query(self, account_id: int, nrql: str, *, other: bool = False) -> NrqlResult:
+        """Run one NRQL query, retrying transient failures; raise the last one if they persist.
+
+        `other` asks for otherResult too (the facets beyond LIMIT).
+        """
         body = orjson.dumps(
             {
-                "query": GRAPHQL,
+                "query": GRAPHQL_WITH_OTHER if other else GRAPHQL,
                 "variables": {
                     "accountId": account_id,
                     "nrql": nrql,
@@ -143,6 +150,8 @@ class NerdGraphClient:
             facets=_facets(answer.get("metadata")),
             requests=attempts,
             retries=attempts - 1,
+            other=answer.get("otherResult"),
+            messages=completeness.messages(answer.get("metadata")),
         )
 
     def _with_retries(self, account_id: int, send: Callable[[], T]) -> tuple[T, int]:

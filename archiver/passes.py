@@ -15,7 +15,7 @@ from datetime import timedelta
 from archiver import queries
 from archiver.config import Settings
 from archiver.errors import ArchiverError, ConfigError, InfluxError, TransientError
-from archiver.insights import InsightsClient
+from archiver.insights import OTHER_REFUSED, InsightsClient
 from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
@@ -76,6 +76,22 @@ def plan_pass(
         default_account=settings.new_relic_account_id,
     )
     return runner.dry_run(loaded.queries, backfill)
+
+
+def for_api(settings: Settings, loaded: queries.LoadResult) -> queries.LoadResult:
+    """The queries the chosen New Relic API can answer; the others become file problems.
+
+    Only a query key (the Insights API): `other: true` is refused, that API has no otherResult.
+    """
+    if settings.new_relic_api_key or not settings.new_relic_query_key:
+        return loaded
+    refused = [query for query in loaded.queries if query.other]
+    problems = [
+        queries.QueryFileProblem(query.path, "other", OTHER_REFUSED, query.name)
+        for query in refused
+    ]
+    kept = [query for query in loaded.queries if not query.other]
+    return queries.LoadResult(kept, [*loaded.problems, *problems])
 
 
 def connect_sink(settings: Settings, output: str | None) -> Sink:

@@ -27,6 +27,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     computed_field,
@@ -97,6 +98,7 @@ class QueryDef(BaseModel, frozen=True):
     description: str | None = None
     mode: Mode = "aggregate"
     tag_attributes: tuple[str, ...] = ()  # events mode: attributes that become tags
+    other: bool = False  # archive otherResult (facets beyond LIMIT) under OTHER_TAG_VALUE
 
     def __hash__(self) -> int:  # tags is a dict: hash by identity of the file instead
         return hash((self.name, self.path))
@@ -116,6 +118,20 @@ class QueryDef(BaseModel, frozen=True):
     def has_limit(self) -> bool:
         """The nrql has its own LIMIT clause."""
         return self._shape.has_limit
+
+    @cached_property
+    def _counted(self) -> SampleCounts:
+        return sample_counts(self._shape.sendable)
+
+    @property
+    def sample_guards(self) -> tuple[SampleGuard, ...]:
+        """The helper counts sent with the percentiles, and the fields each one vouches for."""
+        return () if self.mode == "events" else self._counted.guards
+
+    @property
+    def facet_limit(self) -> int:
+        """How many facets New Relic answers at most: the nrql's LIMIT, else LIMIT MAX."""
+        return facet_limit(self._shape.sendable)
 
     def nrql_for(self, since: datetime, until: datetime, interval: timedelta) -> str:
         """The exact NRQL sent for the half-open window [since, until) at this interval.
@@ -137,7 +153,7 @@ class QueryDef(BaseModel, frozen=True):
             raise ValueError(f"a window must hold 1 to {MAX_BUCKETS} buckets, not {buckets}")
         limit = " LIMIT MAX" if self.facets and not self.has_limit else ""
         return (
-            f"{self._shape.sendable}{limit} SINCE {since_ms} UNTIL {until_ms}"
+            f"{self._counted.nrql}{limit} SINCE {since_ms} UNTIL {until_ms}"
             f" TIMESERIES {nrql_timeseries(interval)}"
         )
 
@@ -353,6 +369,182 @@ def _shape_problems(texts: _Texts, facets: tuple[str, ...]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Sample counts: telling a percentile of an empty bucket from a real 0
+#
+# New Relic answers percentile() (and median()) of a bucket without samples with 0, not null.
+# To know which zeros are real, the NRQL sent also asks for the matching sample count, in the
+# same query, under the same WHERE/filter(): `percentile(duration, 95)` brings
+# `count(duration) AS '__nr_archiver_n_0'`, `filter(percentile(duration, 75), WHERE x)` brings
+# `filter(count(duration), WHERE x) AS '__nr_archiver_n_1'`. Where that count is 0 the
+# percentile fields are dropped (archiver/samples.py); the helper fields are never written.
+# ---------------------------------------------------------------------------------------------
+
+SAMPLE_COUNT_PREFIX = "__nr_archiver_n_"
+OTHER_TAG_VALUE = "__other__"  # the facet tags of otherResult's points (`other: true`)
+MAX_FACET_LIMIT = 5000  # LIMIT MAX
+_PERCENTILE_FUNCTIONS = {"percentile": "percentile", "median": "median"}
+_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(x*\)\s*", _KEYWORD_FLAGS)
+_PERCENTILE_CALL = re.compile(r"\b(percentile|median)\s*\(", _KEYWORD_FLAGS)
+_FILTER_CALL = re.compile(r"\bfilter\s*\(", _KEYWORD_FLAGS)
+# An attribute name, bare or in backticks: count() of it is the percentile's sample count.
+_ATTRIBUTE = re.compile(r"`[^`]+`|[A-Za-z_$][\w.:$-]*")
+_LIMIT_VALUE = re.compile(r"\bLIMIT\s+(MAX|\d+)\b", _KEYWORD_FLAGS)
+
+
+@dataclass(frozen=True)
+class SampleGuard:
+    """`helper` is the result key of a sample count; where it is 0, `guarded` keys are dropped."""
+
+    helper: str
+    guarded: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SampleCounts:
+    nrql: str  # the NRQL with the helper counts added to its SELECT list
+    guards: tuple[SampleGuard, ...]
+
+
+@dataclass(frozen=True)
+class _Guarded:
+    key: str  # the result key of the SELECT item
+    count: str  # the NRQL of its sample count
+
+
+@lru_cache(maxsize=1024)
+def sample_counts(sendable: str) -> SampleCounts:
+    """`sendable` with one sample count per distinct (attribute, filter) of its percentiles.
+
+    A SELECT item is guarded when it is `percentile(a, ...)` or `median(a)`, a `filter()` of
+    one of them, or any aliased expression whose percentiles all read one attribute outside
+    any filter() (`percentile(duration, 95) * 1000 AS 'p95'`). Its result key is its alias,
+    else `percentile.a` / `median.a` / `filter.<key of the inner item>` as New Relic names them.
+    """
+    try:
+        texts, _ = _scan(sendable)
+    except ValueError:
+        return SampleCounts(sendable, ())
+    span = _select_span(texts)
+    if span is None:
+        return SampleCounts(sendable, ())
+    start, stop = span
+    helpers: dict[str, list[str]] = {}  # count NRQL -> guarded keys
+    for item_start, item_end in _comma_separated(texts.flat, start, stop):
+        if (guarded := _guarded_item(texts, item_start, item_end)) is not None:
+            keys = helpers.setdefault(guarded.count, [])
+            if guarded.key not in keys:
+                keys.append(guarded.key)
+    if not helpers:
+        return SampleCounts(sendable, ())
+    guards = tuple(
+        SampleGuard(f"{SAMPLE_COUNT_PREFIX}{index}", tuple(keys))
+        for index, keys in enumerate(helpers.values())
+    )
+    added = ", ".join(
+        f"{count} AS '{guard.helper}'" for count, guard in zip(helpers, guards, strict=True)
+    )
+    head, tail = sendable[:stop].rstrip(), sendable[stop:].lstrip()
+    return SampleCounts(f"{head}, {added}" + (f" {tail}" if tail else ""), guards)
+
+
+def facet_limit(sendable: str) -> int:
+    """The most facets New Relic answers for this query as sent (LIMIT n, else LIMIT MAX)."""
+    try:
+        texts, _ = _scan(sendable)
+    except ValueError:
+        return MAX_FACET_LIMIT
+    match = _LIMIT_VALUE.search(texts.flat)
+    if match is None or match.group(1).upper() == "MAX":
+        return MAX_FACET_LIMIT
+    return min(int(match.group(1)), MAX_FACET_LIMIT)
+
+
+def _select_span(texts: _Texts) -> tuple[int, int] | None:
+    """Where the SELECT list is (depth 0: a nested query's SELECT is not looked at)."""
+    match = _SELECT.search(texts.flat)
+    if match is None:
+        return None
+    end = _CLAUSE_START.search(texts.flat, match.end())
+    return match.end(), end.start() if end else len(texts.flat)
+
+
+def _guarded_item(texts: _Texts, start: int, end: int) -> _Guarded | None:
+    aliases = list(_ALIAS.finditer(texts.flat, start, end))
+    alias = None
+    if aliases:
+        alias = " ".join(texts.code[aliases[-1].end() : end].split()).strip(_QUOTES)
+        end = aliases[-1].start()
+    call = _single_call(texts, start, end)
+    if call is not None:
+        guarded = _guarded_call(*call)
+        if guarded is not None:
+            return _Guarded(alias or guarded.key, guarded.count)
+    if alias is None:
+        return None  # an unnamed expression: its result key cannot be told in advance
+    return _guarded_expression(texts, start, end, alias)
+
+
+def _single_call(texts: _Texts, start: int, end: int) -> tuple[str, list[str]] | None:
+    """(function, argument texts) when the text is exactly one call `f(...)`."""
+    if not _CALL.fullmatch(texts.flat, start, end):
+        return None
+    opening = texts.flat.index("(", start, end)
+    closing = texts.flat.rindex(")", start, end)
+    name = texts.code[start:opening].strip().lower()
+    return name, _arguments(texts.code[opening + 1 : closing])
+
+
+def _arguments(code: str) -> list[str]:
+    inner, _ = _scan(code)
+    return [code[a:b].strip() for a, b in _comma_separated(inner.flat, 0, len(code))]
+
+
+def _guarded_call(function: str, arguments: list[str]) -> _Guarded | None:
+    if function in _PERCENTILE_FUNCTIONS and arguments and _ATTRIBUTE.fullmatch(arguments[0]):
+        attribute = arguments[0]
+        name = attribute.replace("`", "")
+        return _Guarded(f"{_PERCENTILE_FUNCTIONS[function]}.{name}", f"count({attribute})")
+    if function == "filter" and len(arguments) >= 2:
+        condition = ", ".join(arguments[1:])
+        inner_texts, _ = _scan(arguments[0])
+        inner_span = len(arguments[0])
+        inner_aliases = list(_ALIAS.finditer(inner_texts.flat, 0, inner_span))
+        if inner_aliases:
+            return None
+        call = _single_call(inner_texts, 0, inner_span)
+        inner = _guarded_call(*call) if call else None
+        if inner is None:
+            return None
+        return _Guarded(f"filter.{inner.key}", f"filter({inner.count}, {condition})")
+    return None
+
+
+def _guarded_expression(texts: _Texts, start: int, end: int, alias: str) -> _Guarded | None:
+    """An aliased expression over percentiles of a single attribute, outside any filter()."""
+    if _FILTER_CALL.search(texts.masked, start, end):
+        return None
+    attributes = set()
+    for match in _PERCENTILE_CALL.finditer(texts.masked, start, end):
+        closing = _closing_parenthesis(texts.masked, match.end() - 1)
+        arguments = _arguments(texts.code[match.end() : closing])
+        if not arguments or not _ATTRIBUTE.fullmatch(arguments[0]):
+            return None
+        attributes.add(arguments[0])
+    if len(attributes) != 1:
+        return None
+    return _Guarded(alias, f"count({attributes.pop()})")
+
+
+def _closing_parenthesis(masked: str, opening: int) -> int:
+    depth = 0
+    for index in range(opening, len(masked)):
+        depth += {"(": 1, ")": -1}.get(masked[index], 0)
+        if depth == 0:
+            return index
+    return len(masked)
+
+
+# ---------------------------------------------------------------------------------------------
 # Per-key validation (each raises ValueError with the message the user sees)
 # ---------------------------------------------------------------------------------------------
 
@@ -483,6 +675,7 @@ class _QueryFile(BaseModel):
     max_series: Annotated[int, Field(strict=True, ge=1)] = DEFAULT_MAX_SERIES
     mode: Mode = "aggregate"
     tag_attributes: list[TagKey] | None = None
+    other: StrictBool = False
 
     @field_validator("start", mode="before")
     @classmethod
@@ -513,6 +706,7 @@ def _resolve(raw: _QueryFile, path: Path) -> tuple[QueryDef | None, list[_Proble
     problems += target_problems
     problems += _tag_facet_collisions(raw)
     problems += _mode_problems(raw)
+    problems += _answer_gap_problems(raw)
     if problems:
         return None, problems
     settings = raw.model_dump(include=_QUERY_SETTINGS)
@@ -538,10 +732,20 @@ def _mode_problems(raw: _QueryFile) -> list[_Problem]:
     return problems
 
 
+def _answer_gap_problems(raw: _QueryFile) -> list[_Problem]:
+    """`other: true` needs facets to fold; the helper-count names are the archiver's own."""
+    problems: list[_Problem] = []
+    if raw.other and (raw.mode == "events" or not analyse_nrql(raw.nrql).facets):
+        problems.append(("other", "`other: true` needs an aggregate query with FACET"))
+    if SAMPLE_COUNT_PREFIX in raw.nrql:
+        problems.append(("nrql", f"names starting with {SAMPLE_COUNT_PREFIX} are reserved"))
+    return problems
+
+
 # keys of a query file that pass to QueryDef unchanged (the others make up the targets)
 _QUERY_SETTINGS = {
     "description", "nrql", "measurement", "lag", "lookback", "start",
-    "account_id", "tags", "nr_retention", "max_series", "mode",
+    "account_id", "tags", "nr_retention", "max_series", "mode", "other",
 }  # fmt: skip
 
 

@@ -20,12 +20,12 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from archiver import events, funnels, metrics, transform, windows
+from archiver import completeness, events, funnels, metrics, transform, windows
 from archiver.cardinality import SeriesGuard
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
 from archiver.influx import Precision, RetentionPolicy
 from archiver.logs import redact
-from archiver.newrelic import NerdGraphClient
+from archiver.newrelic import NerdGraphClient, NrqlResult
 from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.readahead import read_ahead
@@ -36,6 +36,8 @@ from archiver.wording import plural
 
 log = logging.getLogger(__name__)
 
+OTHER_KEPT = "the facets beyond it are archived together as __other__"
+OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
 READ_AHEAD_WINDOWS = 1  # windows fetched ahead of the one being written
 LEASE_TTL = timedelta(minutes=10)
 
@@ -65,6 +67,9 @@ class JobResult:
     window: Window | None = None  # the window being exported when it failed
     backfilled: list[tuple[datetime, datetime]] = field(default_factory=list)
     dropped_keys: set[str] = field(default_factory=set)  # answer keys with no field, warned
+    messages: set[str] = field(default_factory=set)  # New Relic's warnings about the query
+    facet_limit_hit: int = 0  # answers with as many facets as the LIMIT
+    warned: set[str] = field(default_factory=set)  # warnings already logged by this job
 
     @property
     def failed(self) -> bool:
@@ -187,6 +192,8 @@ class Runner:
         self._local = threading.local()
         self._auth_failure: AuthError | None = None
         self._metric_lines: dict[str, list[str]] = {}
+        self._said: set[tuple[str, str]] = set()  # (query, New Relic message) logged this run
+        self._said_lock = threading.Lock()
 
     # -- planning -------------------------------------------------------------------------
 
@@ -399,20 +406,68 @@ class Runner:
             if self._interrupted(result):
                 return
             result.window = window
-            nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
-            answer = client.query(job.account_id, nrql)
+            query = job.query
+            nrql = query.nrql_for(window.since, window.until, job.target.interval)
+            if query.other:
+                answer = client.query(job.account_id, nrql, other=True)
+            else:
+                answer = client.query(job.account_id, nrql)
             result.nr_requests += answer.requests
             result.retries += answer.retries
             guard.check(answer.results, answer.facets)
             sizer.learn(window, len(answer.results))
-            query = job.query
+            rows = self._complete_rows(job, result, answer)
             dropped: set[str] = set()
             lines = transform.to_lines(
-                answer.results, answer.facets, query.measurement, query.tags,
+                rows, answer.facets, query.measurement, query.tags,
                 funnels=steps, dropped=dropped,
             )  # fmt: skip
             _warn_dropped(result, dropped)
             yield window, lines, "s"
+
+    def _complete_rows(self, job: PlannedJob, result: JobResult, answer: NrqlResult) -> list:
+        """The answer's rows with otherResult's, without the zeros of empty buckets; logs and
+        counts New Relic's messages and a facet count that reached the LIMIT."""
+        query, head = job.query, f"{job.query.name} → {job.target.key}"
+        self._messages(query.name, result, answer.messages)
+        rows = answer.results
+        facets = answer.facets or query.facets
+        limit = query.facet_limit  # fewer rows than that cannot hold as many facets
+        if facets and len(rows) >= limit and completeness.facet_count(rows, facets) >= limit:
+            result.facet_limit_hit += 1
+            beyond = OTHER_KEPT if query.other else OTHER_LOST
+            self._warn_once(
+                result, "facet_limit",
+                "%s: New Relic answered %d facets, as many as the query's LIMIT: %s",
+                head, query.facet_limit, beyond,
+            )  # fmt: skip
+        if query.other:
+            rows = rows + completeness.other_rows(answer.other, facets)
+        unseen = completeness.drop_unsampled(rows, query.sample_guards)
+        if unseen and rows:
+            self._warn_once(
+                result, "unsampled",
+                "%s: cannot tell empty buckets for %s: New Relic named them otherwise; a 0 there "
+                "may be a bucket without samples",
+                head, ", ".join(sorted(unseen)),
+            )  # fmt: skip
+        return rows
+
+    def _messages(self, query: str, result: JobResult, messages: tuple[str, ...]) -> None:
+        """Counted per job; logged once per query and run."""
+        result.messages.update(messages)
+        for message in messages:
+            with self._said_lock:
+                if (query, message) in self._said:
+                    continue
+                self._said.add((query, message))
+            log.warning("%s: New Relic says: %s", query, redact(message))
+
+    @staticmethod
+    def _warn_once(result: JobResult, kind: str, message: str, *args: object) -> None:
+        if kind not in result.warned:
+            result.warned.add(kind)
+            log.warning(message, *args)
 
     def _event_batches(
         self, job: PlannedJob, result: JobResult, client: NerdGraphClient
@@ -426,6 +481,7 @@ class Runner:
             answer = client.query(job.account_id, query.nrql_for(since, until, target.interval))
             result.nr_requests += answer.requests
             result.retries += answer.retries
+            self._messages(query.name, result, answer.messages)
             return answer.results
 
         for window in self.windows_of(job, WindowSizer(target.interval)):
@@ -511,6 +567,8 @@ class Runner:
             exported_until=result.exported_until,
             now=now,
             dropped_keys=len(result.dropped_keys),
+            nr_messages=len(result.messages),
+            facet_limit_hit=result.facet_limit_hit,
         )
         self._metric_lines.setdefault(target.database, []).append(line)
 

@@ -81,6 +81,12 @@ _UNIT = 1.0 / (1 << 53)
 class Answer:
     results: list[dict[str, object]]
     metadata: dict[str, object]
+    # FACET only: the facets beyond LIMIT together, and every facet together; per bucket
+    # with TIMESERIES (a list), else one object. Their count (and every counting aggregate
+    # of a bucket) is the sum over those facets; the other aggregates are those of a series
+    # of their own.
+    other: list[dict[str, object]] | dict[str, object] | None = None
+    total: list[dict[str, object]] | dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,17 @@ def _empty(aggregate: Aggregate) -> object:
     return dict.fromkeys(aggregate.percentiles) if aggregate.percentiles else None
 
 
+def _innermost(aggregate: Aggregate) -> Aggregate:
+    return aggregate if aggregate.inner is None else _innermost(aggregate.inner)
+
+
+def _as_sent(value: object) -> object:
+    """New Relic answers a percentile without samples with 0, not null (a filter()'s too)."""
+    if isinstance(value, dict):
+        return {p: 0 if v is None else v for p, v in value.items()}
+    return value
+
+
 def _compile(aggregate: Aggregate) -> Evaluator:
     """The aggregate as a function of a bucket in which at least one event matched."""
     function, attribute = aggregate.function, aggregate.attribute
@@ -249,7 +266,7 @@ def _compile(aggregate: Aggregate) -> Evaluator:
     if function == "uniqueCount":
         salt = name_seed("uniqueCount", attribute)
         return lambda bucket: 1 + mix(bucket.seed ^ salt) % bucket.count
-    if function == "percentile":
+    if function in ("percentile", "median"):
         return _compile_percentile(aggregate)
     if function == "funnel":
         return _compile_funnel(aggregate)
@@ -377,7 +394,7 @@ def answer(nrql: str, *, now: float, retention_seconds: float) -> Answer:
 
         return answer_events(query, span, now=now, retention_seconds=retention_seconds)
     buckets = [_TimeBucket(begin, end, now, retention_seconds) for begin, end in span.buckets()]
-    series = _ranked_series(query, buckets)
+    series, rest = _ranked_series(query, buckets)
     results = [row for facet, filled in series for row in _rows(query, facet, buckets, filled)]
     metadata = {
         "facets": list(query.facets) or None,
@@ -385,7 +402,24 @@ def answer(nrql: str, *, now: float, retention_seconds: float) -> Answer:
         "messages": [],
         "timeWindow": {"begin": buckets[0].begin_ms, "end": span.until_ms},
     }
-    return Answer(results, metadata)
+    if not query.facets:
+        return Answer(results, metadata)
+    other = _merged_rows(query, "other", buckets, [filled for _, filled in rest])
+    total = _merged_rows(query, "total", buckets, [filled for _, filled in series + rest])
+    return Answer(results, metadata, other, total)
+
+
+def _merged_rows(
+    query: Query, name: str, buckets: list[_TimeBucket], series: list[list[_Bucket]]
+) -> list[dict[str, object]] | dict[str, object]:
+    """otherResult / totalResult: one series whose bucket counts add up those of `series`."""
+    seed = name_seed(query.event_type, f"\x00{name}")
+    merged = []
+    for index, time_bucket in enumerate(buckets):
+        count = sum(filled[index].count for filled in series)
+        merged.append(_Bucket(mix(seed ^ time_bucket.salt), time_bucket.seconds, count))
+    rows = _rows(query, (), buckets, merged)
+    return rows if query.step_seconds is not None else rows[0]
 
 
 class _TimeBucket:
@@ -401,19 +435,20 @@ class _TimeBucket:
         self.has_data = not self.expired and end_ms <= now * 1000  # the future is empty
 
 
-def _ranked_series(
-    query: Query, buckets: list[_TimeBucket]
-) -> list[tuple[FacetValues, list[_Bucket]]]:
-    """Facets by total count (descending) then value, cut to the query's LIMIT."""
+_Series = list[tuple[FacetValues, list[_Bucket]]]
+
+
+def _ranked_series(query: Query, buckets: list[_TimeBucket]) -> tuple[_Series, _Series]:
+    """Facets by total count (descending) then value, cut to the query's LIMIT; and the rest."""
     series = []
     for facet in _facet_values(query.event_type, query.facets):
         seed = name_seed(query.event_type, *facet)
         series.append((facet, [_bucket(seed, b.salt, b.seconds, b.has_data) for b in buckets]))
     if not query.facets:
-        return series
+        return series, []
     series.sort(key=lambda item: (-sum(b.count for b in item[1]), _sort_key(item[0])))
     limit = DEFAULT_FACET_LIMIT if query.limit is None else min(query.limit, MAX_FACET_LIMIT)
-    return series[:limit]
+    return series[:limit], series[limit:]
 
 
 def _sort_key(facet: FacetValues) -> tuple[tuple[bool, str], ...]:
@@ -426,8 +461,9 @@ def _rows(
     evaluators = [(aggregate.key, _compile(aggregate)) for aggregate in query.aggregates]
     zero_row = {aggregate.key: _zero(aggregate) for aggregate in query.aggregates}
     empty_row = {aggregate.key: _empty(aggregate) for aggregate in query.aggregates}
+    percentile_keys = [a.key for a in query.aggregates if _innermost(a).percentiles]
     labels: dict[str, object] = {}
-    if query.facets:
+    if facet:  # otherResult and totalResult rows have none
         labels["facet"] = facet[0] if len(facet) == 1 else list(facet)
         labels.update(zip(query.facets, facet, strict=True))
     timeseries = query.step_seconds is not None
@@ -439,6 +475,8 @@ def _rows(
             row = dict(empty_row)
         else:
             row = {key: evaluate(bucket) for key, evaluate in evaluators}
+        for key in percentile_keys:
+            row[key] = _as_sent(row[key])
         if timeseries:
             row["beginTimeSeconds"] = _epoch_seconds(time_bucket.begin_ms)
             row["endTimeSeconds"] = _epoch_seconds(time_bucket.end_ms)

@@ -156,7 +156,9 @@ class FakeInsights(FakeNerdGraph):
             )
         except NrqlError as error:
             return _error(400, str(error), "nrql_error")
-        return json_reply(200, legacy_answer(query, result.results), "ok")
+        body = legacy_answer(query, result.results)
+        body["metadata"]["messages"] = self.messages_for(request.nrql)
+        return json_reply(200, body, "ok")
 
 
 def _error(status: int, message: str, outcome: str) -> Reply:
@@ -292,6 +294,8 @@ def _plain_content(aggregate: Aggregate) -> dict[str, Any]:
             "alias": "condition",
             "contents": _content(aggregate.inner),
         }
+    if aggregate.function == "median":
+        return {"function": "median", "attribute": aggregate.attribute}
     if aggregate.percentiles:
         thresholds = [_number(p) for p in aggregate.percentiles]
         return {

@@ -20,7 +20,8 @@ Protocol
     HTTP 200 and `extensions.errorClass`; a bad key is HTTP 401 (or, with
     bad_key_style="graphql", HTTP 200 with extensions.error_code BAD_API_KEY).
     Control: `GET /_requests` (the log as JSON), `POST /_faults` {"kinds", "every",
-    "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_reset`.
+    "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_messages`
+    {"substring", "messages"}, `POST /_reset`.
 
 NRQL (keywords case-insensitive, clauses after FROM in any order)
     SELECT <item>[, ...] FROM <EventType> [WHERE <ignored>] [FACET a[, b...]] [LIMIT n|MAX]
@@ -56,6 +57,14 @@ Data model (fakes.data; deterministic, nothing stored)
         TIMESERIES the whole range is one bucket: bucket_start = SINCE // 1000 and
         bucket_seconds = (UNTIL - SINCE) // 1000.
 
+    otherResult / totalResult (FACET, only when the GraphQL query names them): per bucket
+        with TIMESERIES, else one object; the count of a bucket is the sum of the counts of
+        the facets beyond LIMIT (other) or of every facet (total).
+    Percentiles (and median) of a bucket without samples are answered 0, as New Relic does,
+        while `value()` says None (no sample): `count(attribute)` of that bucket is 0.
+    add_messages(substring, [texts]): metadata.messages (New Relic's warnings) of every NRQL
+        containing substring.
+
 Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
@@ -66,6 +75,7 @@ Log outcomes: "ok", a fault kind, "bad_api_key", "bad_request", "forbidden", "nr
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import struct
@@ -199,6 +209,7 @@ class GraphqlRequest:
     since_ms: int | None = None
     until_ms: int | None = None
     problem: str | None = None  # why the request is not a valid NRQL request
+    wants: frozenset[str] = frozenset()  # otherResult / totalResult, when the query asks
 
 
 def _read_request(body: bytes) -> GraphqlRequest:
@@ -225,7 +236,12 @@ def _read_request(body: bytes) -> GraphqlRequest:
         problem = "The query must pass the account and the NRQL as variables $accountId, $nrql"
     elif account_id is None or nrql is None:
         problem = "Variables must hold accountId (Int!) and nrql (Nrql!)"
-    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem)
+    wants = frozenset(
+        name
+        for name in ("otherResult", "totalResult")
+        if isinstance(query, str) and re.search(rf"\b{name}\b", query)
+    )
+    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem, wants)
 
 
 class FakeNerdGraph:
@@ -260,6 +276,7 @@ class FakeNerdGraph:
         self._every = 1
         self._retry_after: float | None = None
         self._rejections: dict[str, str] = {}
+        self._messages: dict[str, list[str]] = {}
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -332,6 +349,16 @@ class FakeNerdGraph:
         with self._lock:
             self._rejections[substring] = message
 
+    def add_messages(self, substring: str, messages: Sequence[str]) -> None:
+        """Answer every NRQL containing `substring` with these metadata.messages (warnings)."""
+        with self._lock:
+            self._messages[substring] = list(messages)
+
+    def messages_for(self, nrql: str) -> list[str]:
+        with self._lock:
+            configured = dict(self._messages)
+        return [m for substring, found in configured.items() if substring in nrql for m in found]
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -377,7 +404,12 @@ class FakeNerdGraph:
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
         results = real_facet_labels(result.results, result.metadata)
-        nrql = {"results": results, "metadata": result.metadata}
+        metadata = {**result.metadata, "messages": self.messages_for(request.nrql)}
+        nrql = {"results": results, "metadata": metadata}
+        if "otherResult" in request.wants:
+            nrql["otherResult"] = result.other
+        if "totalResult" in request.wants:
+            nrql["totalResult"] = result.total
         return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
 
     def _bad_key(self) -> Reply:
@@ -410,10 +442,10 @@ class FakeNerdGraph:
             self._stopping.wait(seconds)
 
     def handle_control(self, method: str, path: str, body: bytes) -> Reply | None:
-        """The /_requests, /_faults, /_reject and /_reset endpoints; None for unknown ones."""
+        """The /_requests, /_faults, /_reject, /_messages and /_reset endpoints; None for others."""
         if (method, path) == ("GET", "/_requests"):
             return json_reply(200, self.requests, "control")
-        if method != "POST" or path not in ("/_faults", "/_reject", "/_reset"):
+        if method != "POST" or path not in ("/_faults", "/_reject", "/_messages", "/_reset"):
             return None
         try:
             settings = orjson.loads(body or b"{}")
@@ -421,6 +453,8 @@ class FakeNerdGraph:
                 self.set_faults(
                     settings["kinds"], settings.get("every", 1), settings.get("retry_after")
                 )
+            elif path == "/_messages":
+                self.add_messages(settings["substring"], list(settings["messages"]))
             elif path == "/_reject":
                 self.reject_nrql(settings["substring"], *filter(None, [settings.get("message")]))
             else:

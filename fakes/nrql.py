@@ -26,6 +26,7 @@ SIMPLE_FUNCTIONS = {
         "uniqueCount",
         "uniques",
         "percentile",
+        "median",
     )
 }
 WRAPPING_FUNCTIONS = {"percentage", "filter", "rate"}
@@ -339,6 +340,8 @@ class _Parser:
             percentiles.append(percentile_key(token.text))
         if function == "percentile" and not percentiles:
             raise self.error(self.take())
+        if function == "median":  # New Relic answers it as the 50th percentile
+            percentiles.append("50")
         return Aggregate(function, attribute, f"{function}.{attribute}", tuple(percentiles))
 
     def funnel_call(self) -> Aggregate:

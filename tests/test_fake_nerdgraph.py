@@ -89,14 +89,63 @@ def test_two_facets_give_a_list_in_facet_order(fake):
 def test_percentiles_are_nested_by_percentile_string_and_grow_with_p(fake):
     rows, _ = nrql_result(
         fake,
-        f"SELECT percentile(duration, 50, 95, 99.9) FROM Transaction FACET appName LIMIT MAX"
-        f" {hours(24)} TIMESERIES 1 hour",
+        f"SELECT percentile(duration, 50, 95, 99.9), count(duration) FROM Transaction"
+        f" FACET appName LIMIT MAX {hours(24)} TIMESERIES 1 hour",
     )
     nested = [row["percentile.duration"] for row in rows]
     assert all(set(p) == {"50", "95", "99.9"} for p in nested)
-    filled = [p for p in nested if p["50"] is not None]
+    filled = [row["percentile.duration"] for row in rows if row["count.duration"]]
     assert filled and all(p["50"] < p["95"] < p["99.9"] for p in filled)
-    assert {"50": None, "95": None, "99.9": None} in nested  # an empty bucket
+    # As New Relic does: a bucket without samples answers 0 percentiles (not null), and
+    # only the count tells it apart.
+    empty = [row["percentile.duration"] for row in rows if row["count.duration"] == 0]
+    assert empty and all(p == {"50": 0, "95": 0, "99.9": 0} for p in empty)
+
+
+def test_median_is_the_50th_percentile_keyed_median(fake):
+    rows, _ = nrql_result(
+        fake,
+        f"SELECT median(duration), percentile(duration, 50) FROM Transaction {hours(6)}"
+        " TIMESERIES 1 hour",
+    )
+    assert all(row["median.duration"] == row["percentile.duration"] for row in rows)
+    assert all(set(row["median.duration"]) == {"50"} for row in rows)
+
+
+def test_filtered_percentile_of_no_match_is_zero_next_to_a_zero_filtered_count(fake):
+    rows, _ = nrql_result(
+        fake,
+        "SELECT filter(percentile(duration, 75), WHERE error IS true) AS 'p75', "
+        f"filter(count(duration), WHERE error IS true) AS n FROM Transaction {hours(24)}"
+        " TIMESERIES 1 hour",
+    )
+    assert {"75": 0} in [row["p75"] for row in rows if row["n"] == 0]
+    assert all(row["p75"]["75"] > 0 for row in rows if row["n"])
+
+
+def test_other_and_total_results_add_up_when_asked_for(fake):
+    nrql = f"SELECT count(*) FROM Transaction FACET appName LIMIT 2 {hours(3)} TIMESERIES 1 hour"
+    query = QUERY.replace("{ results", "{ results otherResult totalResult")
+    answer = post(fake, nrql, query=query).json()["data"]["actor"]["account"]["nrql"]
+    rows, other, total = answer["results"], answer["otherResult"], answer["totalResult"]
+    assert len({row["facet"] for row in rows}) == 2
+    assert len(other) == len(total) == 3  # one per bucket
+    for bucket in total:
+        begin = bucket["beginTimeSeconds"]
+        shown = sum(row["count"] for row in rows if row["beginTimeSeconds"] == begin)
+        rest = next(o["count"] for o in other if o["beginTimeSeconds"] == begin)
+        assert shown + rest == bucket["count"]
+    assert sum(bucket["count"] for bucket in other) > 0  # Transaction has more than 2 apps
+    plain = post(fake, nrql).json()["data"]["actor"]["account"]["nrql"]
+    assert "otherResult" not in plain and "totalResult" not in plain
+
+
+def test_messages_are_answered_for_the_configured_nrql(fake):
+    fake.add_messages("FROM Login", ["Your query's results were limited"])
+    _, metadata = nrql_result(fake, f"SELECT count(*) FROM Login {hours(1)}")
+    assert metadata["messages"] == ["Your query's results were limited"]
+    _, metadata = nrql_result(fake, f"SELECT count(*) FROM Transaction {hours(1)}")
+    assert metadata["messages"] == []
 
 
 def test_alias_replaces_the_key_in_every_quoting(fake):
@@ -170,7 +219,7 @@ def test_empty_buckets_count_zero_and_null_averages(fake):
     for row in empty:
         assert (row["sum.duration"], row["uniqueCount.user"]) == (0, 0)
         assert row["average.duration"] is row["min.duration"] is row["latest.duration"] is None
-        assert row["percentile.duration"] == {"95": None}
+        assert row["percentile.duration"] == {"95": 0}  # New Relic answers 0, not null
 
 
 def test_special_character_null_and_empty_facet_values_are_served(fake):
@@ -248,7 +297,8 @@ def test_served_values_match_the_data_model(fake):
         p99 = value(
             "Transaction", facet, start, "percentile", "duration", "99", bucket_seconds=1800
         )
-        assert row["percentile.duration"] == {"99": p99}
+        # The model says None (no sample); the server answers 0, as New Relic does.
+        assert row["percentile.duration"] == {"99": 0 if p99 is None else p99}
         filtered = value(
             "Transaction", facet, start, "filter", "average.duration", bucket_seconds=1800
         )
@@ -518,6 +568,11 @@ def test_control_endpoints(fake):
     assert post(fake, NRQL).status_code == 502
     assert requests.post(f"{base}/_faults", json={"kinds": ["nope"]}, timeout=5).status_code == 400
     assert requests.post(f"{base}/_faults", json={"kinds": []}, timeout=5).ok
+    warning = {"substring": "Transaction", "messages": ["a warning"]}
+    assert requests.post(f"{base}/_messages", json=warning, timeout=5).ok
+    assert post(fake, NRQL).json()["data"]["actor"]["account"]["nrql"]["metadata"]["messages"] == [
+        "a warning"
+    ]
     assert requests.post(f"{base}/_reject", json={"substring": "Transaction"}, timeout=5).ok
     assert "NRQL Syntax Error" in graphql_error(post(fake, NRQL))["message"]
     assert requests.post(f"{base}/_reset", timeout=5).ok
