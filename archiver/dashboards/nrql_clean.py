@@ -1,0 +1,102 @@
+"""A dashboard widget's NRQL → the NRQL of a query file, or the reason it cannot be archived.
+
+A widget's query carries the time range of the chart (SINCE, UNTIL, TIMESERIES, COMPARE WITH,
+WITH TIMEZONE) and display options (EXTRAPOLATE); the archiver owns time, so those top-level
+clauses are cut out. The TIMESERIES step, if it divides a day, becomes the file's interval.
+Reading the NRQL is left to `archiver.queries` (one scanner for the whole project).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from archiver.queries import MAX_FACETS, analyse_nrql, select_items, top_level_clauses
+from archiver.queries import without_clauses as _without
+from archiver.timeparse import parse_duration
+
+DEFAULT_INTERVAL = timedelta(minutes=1)
+DAY = timedelta(days=1)
+REMOVED_CLAUSES = ("SINCE", "UNTIL", "TIMESERIES", "COMPARE WITH", "WITH TIMEZONE", "EXTRAPOLATE")
+_TIME_WORDS = re.compile(r"\b(?:SINCE|UNTIL|TIMESERIES|COMPARE\s+WITH)\b", re.IGNORECASE)
+_SUBQUERY = re.compile(r"\(\s*(?:SELECT|FROM)\b", re.IGNORECASE)
+_STEP = re.compile(r"TIMESERIES\s+(.+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CleanQuery:
+    nrql: str
+    interval: timedelta
+    timeseries: bool  # the widget drew a time series (it had TIMESERIES)
+    compare_with: bool  # the widget compared with an earlier period
+
+
+class NotArchivable(ValueError):
+    """The widget query cannot become a query file; the message says why."""
+
+
+def clean(nrql: str) -> CleanQuery:
+    """The query without the clauses the archiver owns, and the interval to archive it at."""
+    try:
+        clauses = top_level_clauses(nrql)
+    except ValueError as exc:
+        raise NotArchivable(str(exc)) from None
+    keywords = {clause.keyword for clause in clauses}
+    _check_subqueries(nrql, clauses)
+    _check_select(nrql)
+    cleaned = _without(nrql, REMOVED_CLAUSES)
+    facets = analyse_nrql(cleaned).facets
+    if len(facets) > MAX_FACETS:
+        raise NotArchivable(
+            f"{len(facets)} FACET attributes: New Relic's TIMESERIES allows at most {MAX_FACETS}"
+        )
+    steps = [c.text for c in clauses if c.keyword == "TIMESERIES"]
+    return CleanQuery(
+        nrql=cleaned,
+        interval=_interval(steps[0]) if steps else DEFAULT_INTERVAL,
+        timeseries=bool(steps),
+        compare_with="COMPARE WITH" in keywords,
+    )
+
+
+def _check_subqueries(nrql: str, clauses: tuple) -> None:
+    for clause in clauses:
+        for match in _SUBQUERY.finditer(clause.text):
+            inner = clause.text[match.start() :]
+            if _TIME_WORDS.search(inner):
+                raise NotArchivable(
+                    "a subquery has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: "
+                    "New Relic cannot run it as a TIMESERIES that follows the archiver's windows"
+                )
+
+
+def _check_select(nrql: str) -> None:
+    items = select_items(nrql)
+    if not items:
+        raise NotArchivable("no SELECT list: not a query the archiver can run")
+    if any(item.text == "*" for item in items):
+        raise NotArchivable(
+            "SELECT * lists raw events of every attribute: archive them with a `mode: events` "
+            "query file that names its attributes"
+        )
+    if not any("(" in item.text for item in items):
+        raise NotArchivable(
+            "raw attributes, no aggregate function: archive them with a `mode: events` query "
+            "file (tag_attributes, no LIMIT)"
+        )
+
+
+def _interval(timeseries_clause: str) -> timedelta:
+    """The TIMESERIES step when it is a fixed duration that divides a day, else 1 minute."""
+    match = _STEP.match(timeseries_clause)
+    if not match:  # bare TIMESERIES: New Relic picks the step for the chart
+        return DEFAULT_INTERVAL
+    step_text = re.split(r"\bSLIDE\s+BY\b", match.group(1), flags=re.IGNORECASE)[0].strip()
+    try:
+        step = parse_duration(step_text)
+    except ValueError:  # AUTO, MAX, months...
+        return DEFAULT_INTERVAL
+    if step > DAY or DAY % step:
+        return DEFAULT_INTERVAL
+    return step
