@@ -57,7 +57,6 @@ def dashboard(queries: Iterable[QueryDef], datasource_uid: str = DEFAULT_DATASOU
     for number, panel in enumerate(panels, start=1):
         panel["id"] = number
     return {
-        "id": None,
         "uid": DASHBOARD_UID,
         "title": "nr-archiver: archived New Relic series",
         "description": "Written by `nr-archiver grafana` from the query files.",
@@ -305,7 +304,6 @@ class _Variables:
                     "label": tag,
                     "datasource": self._source,
                     "query": query,
-                    "definition": query,
                     "refresh": 1,  # on dashboard load
                     "multi": True,
                     "includeAll": True,

@@ -12,7 +12,13 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from archiver.queries import MAX_FACETS, analyse_nrql, select_items, top_level_clauses
+from archiver.queries import (
+    MAX_FACETS,
+    Clause,
+    analyse_nrql,
+    select_items,
+    top_level_clauses,
+)
 from archiver.queries import without_clauses as _without
 from archiver.timeparse import parse_duration
 
@@ -43,7 +49,7 @@ def clean(nrql: str) -> CleanQuery:
     except ValueError as exc:
         raise NotArchivable(str(exc)) from None
     keywords = {clause.keyword for clause in clauses}
-    _check_subqueries(nrql, clauses)
+    _check_subqueries(clauses)
     _check_select(nrql)
     cleaned = _without(nrql, REMOVED_CLAUSES)
     facets = analyse_nrql(cleaned).facets
@@ -60,15 +66,22 @@ def clean(nrql: str) -> CleanQuery:
     )
 
 
-def _check_subqueries(nrql: str, clauses: tuple) -> None:
+def _check_subqueries(clauses: tuple[Clause, ...]) -> None:
     for clause in clauses:
         for match in _SUBQUERY.finditer(clause.text):
-            inner = clause.text[match.start() :]
-            if _TIME_WORDS.search(inner):
+            if not _TIME_WORDS.search(clause.text[match.start() :]):
+                continue
+            if clause.keyword == "FROM":  # nested aggregation
                 raise NotArchivable(
-                    "a subquery has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: "
-                    "New Relic cannot run it as a TIMESERIES that follows the archiver's windows"
+                    "the nested query in FROM has its own SINCE, UNTIL, TIMESERIES or COMPARE "
+                    "WITH: the archiver sends one TIMESERIES per window and owns every time "
+                    "clause; write the nested query without it"
                 )
+            raise NotArchivable(
+                "a subquery has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: New Relic "
+                "does not run subqueries as a TIMESERIES, and a fixed range would not follow "
+                "the archiver's windows"
+            )
 
 
 def _check_select(nrql: str) -> None:
