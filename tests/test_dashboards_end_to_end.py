@@ -153,6 +153,19 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
             rows += influxd.query(query, db=influx_db)
         assert as_points(rows, spec.facets) == expected_points(spec, since, until), name
 
+    panel = panels[LIMITED]  # FACET name LIMIT 5: whatever New Relic answered, as archived
+    rows = [
+        row
+        for target in panel["targets"]
+        for row in influxd.query(
+            grafana_fills(target["query"], start_ms, end_ms, panel["interval"], {}), db=influx_db
+        )
+    ]
+    archived = {
+        (tuple(sorted(point["tags"].items())), point["time"]): point["fields"] for point in limited
+    }
+    assert as_points(rows, ("name",)) == archived
+
     # one value chosen in a variable: only that series, even with commas and quotes in it
     panel = panels["overview_duration_s"]
     chosen = {"appName": ["billing,eu", 'say "hi"'], "host": [".*"]}

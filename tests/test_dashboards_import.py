@@ -133,6 +133,11 @@ def test_clean_removes_the_time_clauses(nrql, cleaned, interval):
             "SELECT count(*) FROM T FACET a, b, c, d, e, f", "6 FACET attributes", id="6-facets"
         ),
         pytest.param("SELECT count(*) FROM T WHERE a = 'x", "unterminated", id="broken-quote"),
+        pytest.param(
+            "SELECT count(*) FROM T WHERE appName IN ({{apps}}) TIMESERIES",
+            "uses the dashboard variable {{apps}}",
+            id="dashboard-variable",
+        ),
     ],
 )
 def test_clean_refuses_what_cannot_be_archived(nrql, reason):

@@ -98,13 +98,13 @@ def _series_panel(
             f"GROUP BY time($__interval){group_by} fill(none)"
         )
 
-    groups: dict[tuple[str | None], list[Field]] = {}
+    groups: dict[str | None, list[Field]] = {}  # one Grafana query per unit
     for item in fields or []:
-        groups.setdefault((item.unit,), []).append(item)
+        groups.setdefault(item.unit, []).append(item)
     targets, overrides = [], []
     if fields is None:
         targets.append(_target("A", source, influxql("mean(*)")))
-    for number, ((unit,), members) in enumerate(groups.items()):
+    for number, (unit, members) in enumerate(groups.items()):
         ref = chr(ord("A") + number)
         selection = ", ".join(
             f"{item.aggregate}({_ident(item.key)}) AS {_ident(item.key)}" for item in members
@@ -117,7 +117,7 @@ def _series_panel(
                     "properties": [{"id": "unit", "value": unit}],
                 }
             )
-    first_unit = next(iter(groups))[0] if groups else None
+    first_unit = next(iter(groups), None)
     defaults: dict[str, Any] = {"custom": {"drawStyle": "line", "spanNulls": False}}
     if first_unit:
         defaults["unit"] = first_unit

@@ -27,6 +27,7 @@ DAY = timedelta(days=1)
 REMOVED_CLAUSES = ("SINCE", "UNTIL", "TIMESERIES", "COMPARE WITH", "WITH TIMEZONE", "EXTRAPOLATE")
 _TIME_WORDS = re.compile(r"\b(?:SINCE|UNTIL|TIMESERIES|COMPARE\s+WITH)\b", re.IGNORECASE)
 _SUBQUERY = re.compile(r"\(\s*(?:SELECT|FROM)\b", re.IGNORECASE)
+_DASHBOARD_VARIABLE = re.compile(r"\{\{\s*[\w.-]+\s*\}\}")
 _STEP = re.compile(r"TIMESERIES\s+(.+)", re.IGNORECASE)
 
 
@@ -44,6 +45,11 @@ class NotArchivable(ValueError):
 
 def clean(nrql: str) -> CleanQuery:
     """The query without the clauses the archiver owns, and the interval to archive it at."""
+    if variable := _DASHBOARD_VARIABLE.search(nrql):
+        raise NotArchivable(
+            f"uses the dashboard variable {variable.group(0)}, which only the dashboard can fill "
+            "in: write the query file by hand with the value you want archived"
+        )
     try:
         clauses = top_level_clauses(nrql)
     except ValueError as exc:
