@@ -161,6 +161,11 @@ def test_one_panel_per_query_and_target_and_one_variable_per_tag():
         pytest.param(
             "SELECT average(a) * 100 AS cpu FROM T", [Field("cpu", "mean", None)], id="alias"
         ),
+        pytest.param(
+            "SELECT latest(name), earliest(x) FROM T",
+            [Field("latest.name", "last", None), Field("earliest.x", "first", None)],
+            id="latest-may-be-text",
+        ),
     ],
 )
 def test_fields_and_units_follow_new_relics_keys(nrql, fields):
@@ -184,7 +189,7 @@ def test_the_fallback_panel_reads_every_field_from_influxd(influxd, influx_db):
     start = int(time.time()) // 300 * 300 - 3600
     lines = "\n".join(
         [
-            f"cpu,host=a percentage.x=1.5,other=2 {start}",
+            f'cpu,host=a percentage.x=1.5,other=2,label="text" {start}',
             f"cpu,host=a percentage.x=2.5,other=4 {start + 300}",
             f"cpu,host=b\\ c other=8 {start}",
         ]
@@ -210,6 +215,19 @@ def test_the_fallback_panel_reads_every_field_from_influxd(influxd, influx_db):
         (r["host"], r["time"] - start, r["mean_percentage.x"], r["mean_other"]) for r in rows
     )
     assert got == [("a", 0, 1.5, 2.0), ("a", 300, 2.5, 4.0), ("b c", 0, None, 8.0)]
+
+
+def test_an_events_query_reads_its_numbers_grouped_by_its_tag_attributes():
+    events = query("slow", "SELECT duration, name, host FROM Transaction", database="d", rp=None)
+    events = events.model_copy(update={"mode": "events", "tag_attributes": ("host",)})
+    board = grafana.dashboard([events])
+    panel = next(p for p in board["panels"] if p["title"].startswith("slow "))
+    [target] = panel["targets"]
+    assert target["query"] == (
+        'SELECT mean(*) FROM "d".."slow" WHERE "host" =~ /^$host$/ AND $timeFilter '
+        'GROUP BY time($__interval), "host" fill(none)'
+    )
+    assert [v["name"] for v in board["templating"]["list"]] == ["host"]
 
 
 def test_the_provisioned_dashboard_is_the_one_the_examples_generate():

@@ -5,8 +5,8 @@ time-series panel per (query, target) reading the archived measurement with Infl
 template variable per FACET tag, and a row about the archiver itself from `nr_archiver`.
 Field names are predicted from the NRQL the way New Relic keys its results (`count`,
 `average.duration`, `percentile.duration.95`, an alias as written); a SELECT item whose key
-cannot be predicted (an expression without alias, `apdex`...) makes its panel read every field
-(`mean(*)`) instead of guessing.
+cannot be predicted (an expression without alias, `apdex`...), and a `mode: events` query, make
+the panel read every numeric field (`mean(*)`, which skips text fields) instead of guessing.
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def to_json(board: dict) -> str:
 def _series_panel(
     query: QueryDef, target: Target, source: dict, variables: _Variables, position: dict
 ) -> dict:
-    fields = predicted_fields(query.nrql)
-    names = [variables.name(target.database, tag) for tag in query.facets]
-    where = [f"{_ident(tag)} =~ /^${name}$/" for tag, name in zip(query.facets, names, strict=True)]
-    group_by = "".join(f", {_ident(tag)}" for tag in query.facets)
+    # events: which attributes are numbers is unknown; mean(*) reads those, skips the texts
+    fields = None if query.mode == "events" else predicted_fields(query.nrql)
+    tags = tag_keys(query)
+    names = [variables.name(target.database, tag) for tag in tags]
+    where = [f"{_ident(tag)} =~ /^${name}$/" for tag, name in zip(tags, names, strict=True)]
+    group_by = "".join(f", {_ident(tag)}" for tag in tags)
     from_ = _source(target.database, target.retention_policy, query.measurement)
     conditions = "".join(f"{condition} AND " for condition in where)
 
@@ -134,6 +136,11 @@ def _series_panel(
     }
 
 
+def tag_keys(query: QueryDef) -> tuple[str, ...]:
+    """The tags a query's points carry besides its static ones: facets, or event attributes."""
+    return query.tag_attributes if query.mode == "events" else query.facets
+
+
 def predicted_fields(nrql: str) -> list[Field] | None:
     """The fields an aggregate query's points carry, or None when one cannot be predicted."""
     fields: list[Field] = []
@@ -152,7 +159,10 @@ def _item_fields(item: SelectItem) -> list[Field] | None:
         return None
     attribute = item.arguments[0] if item.arguments else ""
     aggregate = "sum" if function in _SUMMED or function == "rate" else "mean"
-    aggregate = {"max": "max", "min": "min"}.get(function, aggregate)
+    # latest()/earliest() may be texts: last/first work on any field type
+    aggregate = {"max": "max", "min": "min", "latest": "last", "earliest": "first"}.get(
+        function, aggregate
+    )
     unit = _unit(function, attribute)
     if function == "percentile" and len(item.arguments) > 1:
         return [Field(f"{key}.{_percentile_key(p)}", aggregate, unit) for p in item.arguments[1:]]
@@ -274,7 +284,7 @@ class _Variables:
         self._measurements: dict[tuple[str, str], list[str]] = {}
         for query in queries:
             for target in query.targets:
-                for tag in query.facets:
+                for tag in tag_keys(query):
                     found = self._measurements.setdefault((target.database, tag), [])
                     if query.measurement not in found:
                         found.append(query.measurement)

@@ -114,8 +114,11 @@ def write(plan: Plan, *, force: bool) -> list[Path]:
         )
     written = []
     for planned in plan.files:
-        planned.path.parent.mkdir(parents=True, exist_ok=True)
-        planned.path.write_text(planned.text, encoding="utf-8")
+        try:
+            planned.path.parent.mkdir(parents=True, exist_ok=True)
+            planned.path.write_text(planned.text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {planned.path}: {exc.strerror}") from None
         written.append(planned.path)
     return written
 
