@@ -186,6 +186,7 @@ _SELECT = re.compile(r"\bSELECT\b", _KEYWORD_FLAGS)
 _FROM = re.compile(r"\bFROM\b", _KEYWORD_FLAGS)
 _ALIAS = re.compile(r"\bAS\s+", _KEYWORD_FLAGS)
 _QUOTES = "'\"`"
+TIME_CLAUSE_PROBLEM = "the archiver owns time"
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ def _time_clause_problems(texts: _Texts) -> list[str]:
     if not clauses:
         return []
     listed = " and ".join(f"'{clause}'" for clause in clauses)
-    return [f"the archiver owns time: remove {listed}"]
+    return [f"{TIME_CLAUSE_PROBLEM}: remove {listed}"]
 
 
 def _facets(texts: _Texts) -> tuple[str, ...]:

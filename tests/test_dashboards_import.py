@@ -104,6 +104,13 @@ def fetched(entity: dict[str, Any], fake_time: FakeTime) -> dict[str, Any]:
             timedelta(minutes=1),
             id="quotes-comments-timezone",
         ),
+        pytest.param(
+            "SELECT count(*) FROM T WHERE x IN (SELECT y FROM U WHERE n = 'until now') "
+            "TIMESERIES 30 minutes",
+            "SELECT count(*) FROM T WHERE x IN (SELECT y FROM U WHERE n = 'until now')",
+            timedelta(minutes=30),
+            id="subquery-without-time-clause",
+        ),
     ],
 )
 def test_clean_removes_the_time_clauses(nrql, cleaned, interval):

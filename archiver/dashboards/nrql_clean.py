@@ -14,18 +14,18 @@ from datetime import timedelta
 
 from archiver.queries import (
     MAX_FACETS,
+    TIME_CLAUSE_PROBLEM,
     Clause,
     analyse_nrql,
     select_items,
     top_level_clauses,
+    without_clauses,
 )
-from archiver.queries import without_clauses as _without
 from archiver.timeparse import parse_duration
 
 DEFAULT_INTERVAL = timedelta(minutes=1)
 DAY = timedelta(days=1)
 REMOVED_CLAUSES = ("SINCE", "UNTIL", "TIMESERIES", "COMPARE WITH", "WITH TIMEZONE", "EXTRAPOLATE")
-_TIME_WORDS = re.compile(r"\b(?:SINCE|UNTIL|TIMESERIES|COMPARE\s+WITH)\b", re.IGNORECASE)
 _SUBQUERY = re.compile(r"\(\s*(?:SELECT|FROM)\b", re.IGNORECASE)
 _DASHBOARD_VARIABLE = re.compile(r"\{\{\s*[\w.-]+\s*\}\}")
 _STEP = re.compile(r"TIMESERIES\s+(.+)", re.IGNORECASE)
@@ -55,13 +55,15 @@ def clean(nrql: str) -> CleanQuery:
     except ValueError as exc:
         raise NotArchivable(str(exc)) from None
     keywords = {clause.keyword for clause in clauses}
-    _check_subqueries(clauses)
     _check_select(nrql)
-    cleaned = _without(nrql, REMOVED_CLAUSES)
-    facets = analyse_nrql(cleaned).facets
-    if len(facets) > MAX_FACETS:
+    cleaned = without_clauses(nrql, REMOVED_CLAUSES)
+    shape = analyse_nrql(cleaned)  # time clauses still there are inside parentheses
+    if any(problem.startswith(TIME_CLAUSE_PROBLEM) for problem in shape.problems):
+        _nested_time_clause(top_level_clauses(cleaned))
+    if len(shape.facets) > MAX_FACETS:
         raise NotArchivable(
-            f"{len(facets)} FACET attributes: New Relic's TIMESERIES allows at most {MAX_FACETS}"
+            f"{len(shape.facets)} FACET attributes: New Relic's TIMESERIES allows at most "
+            f"{MAX_FACETS}"
         )
     steps = [c.text for c in clauses if c.keyword == "TIMESERIES"]
     return CleanQuery(
@@ -72,22 +74,19 @@ def clean(nrql: str) -> CleanQuery:
     )
 
 
-def _check_subqueries(clauses: tuple[Clause, ...]) -> None:
-    for clause in clauses:
-        for match in _SUBQUERY.finditer(clause.text):
-            if not _TIME_WORDS.search(clause.text[match.start() :]):
-                continue
-            if clause.keyword == "FROM":  # nested aggregation
-                raise NotArchivable(
-                    "the nested query in FROM has its own SINCE, UNTIL, TIMESERIES or COMPARE "
-                    "WITH: the archiver sends one TIMESERIES per window and owns every time "
-                    "clause; write the nested query without it"
-                )
-            raise NotArchivable(
-                "a subquery has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: New Relic "
-                "does not run subqueries as a TIMESERIES, and a fixed range would not follow "
-                "the archiver's windows"
-            )
+def _nested_time_clause(clauses: tuple[Clause, ...]) -> None:
+    nested_from = any(c.keyword == "FROM" and _SUBQUERY.search(c.text) for c in clauses)
+    if nested_from:  # nested aggregation: New Relic allows TIMESERIES inside, not the archiver
+        raise NotArchivable(
+            "the nested query in FROM has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: "
+            "the archiver sends one TIMESERIES per window and owns every time clause; write "
+            "the nested query without it"
+        )
+    raise NotArchivable(
+        "a subquery has its own SINCE, UNTIL, TIMESERIES or COMPARE WITH: New Relic does not "
+        "run subqueries as a TIMESERIES, and a fixed range would not follow the archiver's "
+        "windows"
+    )
 
 
 def _check_select(nrql: str) -> None:
