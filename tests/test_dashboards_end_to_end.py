@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import yaml
 
+from archiver.cli import main
 from fakes.dashboards import CHECKOUT_GUID, OTHER_ACCOUNT
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import ACCOUNT, Cli, Item, Spec, ago, cli_env, expected_points, floor
@@ -196,36 +197,54 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
     assert steps[-1] == {"color": "red", "value": 7200}
 
 
-def test_import_refuses_to_overwrite_without_force(cli2, influx_db, queries_dir):
-    first = cli2("import", "dashboard", CHECKOUT_GUID, "--page", "Overview")
-    assert first.returncode == 0, first.stderr
+@pytest.fixture
+def in_process(monkeypatch, fake_two_accounts, queries_dir, capsys):
+    """`nr-archiver ARGS...` run in this process against the fake: (exit code, stdout, stderr)."""
+    monkeypatch.setenv("NEW_RELIC_API_KEY", fake_two_accounts.api_key)
+    monkeypatch.setenv("NEW_RELIC_NERDGRAPH_URL", fake_two_accounts.url)
+    monkeypatch.setenv("ARCHIVER_QUERIES_DIR", str(queries_dir))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_import_refuses_to_overwrite_without_force(in_process, queries_dir):
+    code, _, err = in_process("import", "dashboard", CHECKOUT_GUID, "--page", "Overview")
+    assert code == 0, err
     before = {path.name: path.read_text() for path in queries_dir.glob("*.yaml")}
-    again = cli2("import", "dashboard", CHECKOUT_GUID, "--page", "Overview")
-    assert again.returncode == 2
-    assert again.stderr.startswith("nr-archiver: error: 3 file(s) already exist: ")
-    assert "use --force" in again.stderr
+    assert len(before) == 3
+    code, _, err = in_process("import", "dashboard", CHECKOUT_GUID, "--page", "Overview")
+    assert code == 2
+    assert err.startswith("nr-archiver: error: 3 file(s) already exist: ")
+    assert "use --force" in err
     assert {p.name: p.read_text() for p in queries_dir.glob("*.yaml")} == before
-    forced = cli2(
+    code, _, err = in_process(
         "import", "dashboard", CHECKOUT_GUID, "--page", "Overview", "--force", "--database", "x"
     )
-    assert forced.returncode == 0, forced.stderr
+    assert code == 0, err
     assert sorted(p.name for p in queries_dir.glob("*.yaml")) == sorted(before)  # same names
     assert all("database: x" in p.read_text() for p in queries_dir.glob("*.yaml"))
 
 
-def test_dry_run_prints_files_and_writes_nothing(cli2, queries_dir):
-    result = cli2("import", "dashboard", CHECKOUT_GUID, "--page", "Overview", "--dry-run")
-    assert result.returncode == 0, result.stderr
-    assert f"--- {queries_dir / 'overview_throughput.yaml'}" in result.stdout
-    assert "nrql: SELECT count(*) FROM Transaction FACET appName" in result.stdout
-    assert "would write 3 query file(s)" in result.stdout
+def test_dry_run_prints_files_and_writes_nothing(in_process, queries_dir):
+    code, out, err = in_process(
+        "import", "dashboard", CHECKOUT_GUID, "--page", "Overview", "--dry-run"
+    )
+    assert code == 0, err
+    assert f"--- {queries_dir / 'overview_throughput.yaml'}" in out
+    assert "nrql: SELECT count(*) FROM Transaction FACET appName" in out
+    assert "would write 3 query file(s)" in out
     assert list(queries_dir.iterdir()) == []
 
 
-def test_unknown_dashboard_is_one_line_and_exit_1(cli2):
-    result = cli2("import", "dashboard", "NOPE")
-    assert result.returncode == 1
-    assert result.stderr == (
+def test_unknown_dashboard_is_one_line_and_exit_1(in_process):
+    code, _, err = in_process("import", "dashboard", "NOPE")
+    assert code == 1
+    assert err == (
         "nr-archiver: error: New Relic has no entity with GUID 'NOPE' that this API key can see: "
         "copy the GUID from the dashboard's metadata (the 'See metadata' menu)\n"
     )
