@@ -19,6 +19,8 @@ Protocol
     /work/shared/reference/newrelic.md: results + metadata on success; GraphQL errors with
     HTTP 200 and `extensions.errorClass`; a bad key is HTTP 401 (or, with
     bad_key_style="graphql", HTTP 200 with extensions.error_code BAD_API_KEY).
+    A query with `entity(guid: $guid)` and {"guid": ...} is answered with that dashboard from
+    `dashboards` (default: fakes.dashboards), or `{"entity": null}` for an unknown GUID.
     Control: `GET /_requests` (the log as JSON), `POST /_faults` {"kinds", "every",
     "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_reset`.
 
