@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
+from archiver.dashboards import grafana, importer
 from archiver.errors import (
     ArchiverError,
     AuthError,
@@ -148,7 +149,66 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit 0 while the heartbeat file of `schedule` (ARCHIVER_HEARTBEAT_FILE) "
         "shows its next pass is not overdue; exit 1 otherwise. The Docker HEALTHCHECK.",
     )
+    add_dashboard_commands(commands, common)
     return parser
+
+
+def add_dashboard_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser):
+    import_cmd = commands.add_parser(
+        "import",
+        parents=[common],
+        help="write query files from a New Relic dashboard's widgets",
+        description="Write query files from what New Relic already holds (today: dashboards).",
+    )
+    what = import_cmd.add_subparsers(dest="import_what", required=True, metavar="WHAT")
+    dashboard = what.add_parser(
+        "dashboard",
+        parents=[common],
+        help="one query file per widget query of the dashboard GUID (read through NerdGraph)",
+        description="Read the dashboard GUID through NerdGraph and write one query file per "
+        "widget query: time clauses removed, interval from the widget's TIMESERIES, names from "
+        "the page and widget titles. Widgets that cannot be archived are listed with the reason. "
+        "Never overwrites a file without --force; every file written passes `validate`.",
+    )
+    dashboard.add_argument("guid", metavar="GUID", help="the dashboard's entity GUID")
+    dashboard.add_argument("--page", metavar="NAME", help="only this page of the dashboard")
+    dashboard.add_argument(
+        "--out", type=Path, metavar="DIR", help="folder to write to (default: the queries folder)"
+    )
+    dashboard.add_argument(
+        "--database",
+        default=importer.DEFAULT_DATABASE,
+        metavar="DB",
+        help=f"InfluxDB database of the files ({importer.DEFAULT_DATABASE})",
+    )
+    dashboard.add_argument(
+        "--retention-policy", metavar="RP", help="retention policy (default: the database's)"
+    )
+    dashboard.add_argument("--force", action="store_true", help="overwrite existing files")
+    dashboard.add_argument(
+        "--dry-run", action="store_true", help="print the files instead of writing them"
+    )
+
+    grafana_cmd = commands.add_parser(
+        "grafana",
+        parents=[common],
+        help="write a Grafana dashboard (JSON) of the archived series and of the archiver",
+        description="Write a Grafana dashboard: one panel per (query, target) reading the "
+        "archived measurement with InfluxQL, a variable per facet tag, and a row for the "
+        "archiver itself from nr_archiver (lag, failures, points, New Relic requests).",
+    )
+    grafana_cmd.add_argument(
+        "--out", metavar="FILE", default="-", help="where to write the JSON (default: stdout)"
+    )
+    grafana_cmd.add_argument(
+        "--datasource",
+        metavar="UID",
+        default=grafana.DEFAULT_DATASOURCE_UID,
+        help=f"UID of the InfluxDB (InfluxQL) data source ({grafana.DEFAULT_DATASOURCE_UID})",
+    )
+    grafana_cmd.add_argument(
+        "--query", action="append", default=[], metavar="NAME", help="only this query (repeatable)"
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -> None:
@@ -364,6 +424,48 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
     )
 
 
+def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
+    options = importer.Options(
+        out=args.out or settings.queries_dir,
+        database=args.database,
+        retention_policy=args.retention_policy,
+        page=args.page,
+    )
+    plan = importer.fetch_and_plan(settings, args.guid, options)
+    if args.dry_run:
+        for planned in plan.files:
+            print(f"--- {planned.path}{' (replaces the file)' if planned.replaces else ''}")
+            print(planned.text)
+    else:
+        for path in importer.write(plan, force=args.force):
+            print(f"wrote {path}")
+    for skipped in plan.skipped:
+        print(f"not archived: {skipped}")
+    verb = "would write" if args.dry_run else "wrote"
+    print(
+        f"dashboard {plan.dashboard!r}: {verb} {len(plan.files)} query file(s), "
+        f"{len(plan.skipped)} widget query(ies) not archivable"
+    )
+    return ExitCode.OK
+
+
+def cmd_grafana(args: argparse.Namespace, settings: config.Settings) -> int:
+    loaded = queries.load_dir(settings.queries_dir)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    selected = queries.select(loaded.queries, args.query)
+    text = grafana.to_json(grafana.dashboard(selected, args.datasource))
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.out}: {exc.strerror}") from None
+        print(f"wrote {args.out}: {len(selected)} queries", file=sys.stderr)
+    return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
+
+
 def program(args: argparse.Namespace) -> int:
     """The main program without error handling."""
     settings = settings_from(args)
@@ -385,6 +487,8 @@ def program(args: argparse.Namespace) -> int:
         "db": cmd_db,
         "schedule": cmd_schedule,
         "health": cmd_health,
+        "import": cmd_import,
+        "grafana": cmd_grafana,
     }
     return handlers[args.command](args, settings)
 

@@ -48,6 +48,22 @@ query($accountId: Int!, $nrql: Nrql!, $timeout: Seconds) {
 # With `other: true`: otherResult holds the facets beyond LIMIT (per bucket with TIMESERIES).
 GRAPHQL_WITH_OTHER = GRAPHQL.replace("        results\n", "        results\n        otherResult\n")
 
+# A dashboard: its pages and every widget's raw configuration (nrqlQueries, markdown text...).
+DASHBOARD_GRAPHQL = """\
+query($guid: EntityGuid!) {
+  actor {
+    entity(guid: $guid) {
+      guid
+      name
+      entityType
+      ... on DashboardEntity {
+        pages { name widgets { title visualization { id } rawConfiguration } }
+      }
+    }
+  }
+}
+"""
+
 TRANSIENT_ERROR_CLASSES = frozenset(
     {"TIMEOUT", "TOO_MANY_REQUESTS", "INTERNAL_SERVER_ERROR", "SERVER_ERROR"}
 )
@@ -154,7 +170,18 @@ class NerdGraphClient:
             messages=completeness.messages(answer.get("metadata")),
         )
 
-    def _with_retries(self, account_id: int, send: Callable[[], T]) -> tuple[T, int]:
+    def dashboard(self, guid: str) -> dict[str, Any]:
+        """The dashboard entity `guid`: name, pages, widgets; errors classified like query()."""
+        body = orjson.dumps({"query": DASHBOARD_GRAPHQL, "variables": {"guid": guid}})
+        answer, _ = self._with_retries(
+            f"dashboard {guid}",
+            lambda: _dashboard_object(
+                _checked_json(self._request("POST", self._post_url, data=body), self.url), guid
+            ),
+        )
+        return answer
+
+    def _with_retries(self, account_id: int | str, send: Callable[[], T]) -> tuple[T, int]:
         """`send()` under the retry policy; returns its value and the attempts it took."""
         attempts = 0
 
@@ -174,7 +201,7 @@ class NerdGraphClient:
                 retry_after=exc.retry_after,
             ) from exc
 
-    def _retrying(self, account_id: int, started: float) -> Retrying:
+    def _retrying(self, account_id: int | str, started: float) -> Retrying:
         backoff = wait_exponential_jitter(
             initial=self._backoff_base, max=BACKOFF_MAX_SECONDS, jitter=self._backoff_base
         )
@@ -192,8 +219,8 @@ class NerdGraphClient:
 
         def log_retry(state: RetryCallState) -> None:
             log.warning(
-                "New Relic query for account %s failed (attempt %d of %d), retrying in %.1f s: %s",
-                account_id,
+                "New Relic query for %s failed (attempt %d of %d), retrying in %.1f s: %s",
+                f"account {account_id}" if isinstance(account_id, int) else account_id,
                 state.attempt_number,
                 self._max_attempts,
                 state.upcoming_sleep,
@@ -237,6 +264,11 @@ class NerdGraphClient:
 
 
 def _classify(response: requests.Response, url: str) -> dict[str, Any]:
+    return _nrql_object(_checked_json(response, url))
+
+
+def _checked_json(response: requests.Response, url: str) -> Any:
+    """The JSON body of a successful answer; HTTP failures raised as their class."""
     status = response.status_code
     if status == 401:
         raise AuthError(f"New Relic rejected the API key (HTTP 401): {BAD_KEY_HINT}")
@@ -246,7 +278,7 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             "check that NEW_RELIC_API_KEY is a user key (NRAK-...) allowed to query this account"
         )
     raise_for_status(response, _describe, "NEW_RELIC_NERDGRAPH_URL", url)
-    return _nrql_object(json_body(response))
+    return json_body(response)
 
 
 def raise_for_status(
@@ -300,6 +332,28 @@ def _nrql_object(body: Any) -> dict[str, Any]:
             f"{excerpt(orjson.dumps(body).decode())!r}"
         )
     return nrql
+
+
+def _dashboard_object(body: Any, guid: str) -> dict[str, Any]:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if errors:
+        raise _graphql_error(errors if isinstance(errors, list) else [errors])
+    actor = _dig(body, "data", "actor")
+    if not isinstance(actor, dict):
+        raise TransientError(
+            "New Relic's answer has no data for the dashboard and no error: "
+            f"{excerpt(orjson.dumps(body).decode())!r}"
+        )
+    entity = actor.get("entity")
+    if entity is None:
+        raise NewRelicError(
+            f"New Relic has no entity with GUID {guid!r} that this API key can see: "
+            "copy the GUID from the dashboard's metadata (the 'See metadata' menu)"
+        )
+    if not isinstance(entity, dict) or not isinstance(entity.get("pages"), list):
+        kind = entity.get("entityType") if isinstance(entity, dict) else None
+        raise NewRelicError(f"entity {guid!r} is not a dashboard (it is {kind or 'unknown'})")
+    return entity
 
 
 def _graphql_error(errors: list[Any]) -> Exception:

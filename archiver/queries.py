@@ -202,6 +202,7 @@ _SELECT = re.compile(r"\bSELECT\b", _KEYWORD_FLAGS)
 _FROM = re.compile(r"\bFROM\b", _KEYWORD_FLAGS)
 _ALIAS = re.compile(r"\bAS\s+", _KEYWORD_FLAGS)
 _QUOTES = "'\"`"
+TIME_CLAUSE_PROBLEM = "the archiver owns time"
 
 
 @dataclass(frozen=True)
@@ -318,7 +319,7 @@ def _time_clause_problems(texts: _Texts) -> list[str]:
     if not clauses:
         return []
     listed = " and ".join(f"'{clause}'" for clause in clauses)
-    return [f"the archiver owns time: remove {listed}"]
+    return [f"{TIME_CLAUSE_PROBLEM}: remove {listed}"]
 
 
 def _facets(texts: _Texts) -> tuple[str, ...]:
@@ -368,6 +369,103 @@ def _shape_problems(texts: _Texts, facets: tuple[str, ...]) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Clause:
+    """One top-level clause of an NRQL query, as positions in the text that was analysed."""
+
+    keyword: str  # upper case, one space between words: 'SINCE', 'COMPARE WITH', 'WITH TIMEZONE'
+    start: int
+    end: int  # where the next top-level clause starts (or the end of the text)
+    text: str  # the clause as written, whitespace collapsed
+
+
+@dataclass(frozen=True)
+class SelectItem:
+    """One item of the SELECT list: `count(*)`, `percentile(duration, 95) AS 'p'`, `name`."""
+
+    text: str  # whitespace collapsed, alias included
+    function: str | None  # 'average' when the item is exactly one call, else None
+    arguments: tuple[str, ...]  # of that call, split at top-level commas
+    alias: str | None  # quotes and backticks removed
+
+
+_WITH_WHAT = re.compile(r"WITH\s+(\w+)", _KEYWORD_FLAGS)
+_CALL = re.compile(r"\s*([A-Za-z_]\w*)\s*\(")
+
+
+def top_level_clauses(nrql: str) -> tuple[Clause, ...]:
+    """The clauses outside parentheses and quotes, in order; ValueError for broken quoting.
+
+    Each clause runs from its keyword to the next one: `SINCE 1 day ago`, `TIMESERIES 5
+    minutes`, `LIMIT 10`. Subqueries and function arguments stay inside their clause.
+    """
+    texts, _ = _scan(nrql)
+    starts = list(_CLAUSE_START.finditer(texts.flat))
+    clauses = []
+    for index, match in enumerate(starts):
+        keyword = " ".join(match.group(0).upper().split())
+        if keyword == "WITH" and (what := _WITH_WHAT.match(texts.flat, match.start())):
+            keyword = f"WITH {what.group(1).upper()}"
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(texts.flat)
+        text = " ".join(texts.code[match.start() : end].split())
+        clauses.append(Clause(keyword, match.start(), end, text))
+    return tuple(clauses)
+
+
+def without_clauses(nrql: str, keywords: Iterable[str]) -> str:
+    """The query with its top-level clauses of these keywords cut out, comments removed."""
+    texts, _ = _scan(nrql)
+    wanted = {keyword.upper() for keyword in keywords}
+    kept, position = [], 0
+    for clause in top_level_clauses(nrql):
+        if clause.keyword in wanted:
+            kept.append(texts.code[position : clause.start])
+            position = clause.end
+    kept.append(texts.code[position:])
+    return _scan("".join(kept))[1]
+
+
+def select_items(nrql: str) -> tuple[SelectItem, ...]:
+    """The SELECT list, item by item; empty when there is no SELECT clause."""
+    texts, _ = _scan(nrql)
+    select = next((c for c in top_level_clauses(nrql) if c.keyword == "SELECT"), None)
+    if select is None:
+        return ()
+    start = select.start + len("SELECT")
+    return tuple(
+        _select_item(texts, item_start, item_end)
+        for item_start, item_end in _comma_separated(texts.flat, start, select.end)
+    )
+
+
+def _select_item(texts: _Texts, start: int, end: int) -> SelectItem:
+    text = " ".join(texts.code[start:end].split())
+    alias = None
+    if aliases := list(_ALIAS.finditer(texts.flat, start, end)):
+        alias = " ".join(texts.code[aliases[-1].end() : end].split()).strip(_QUOTES)
+        end = aliases[-1].start()
+    function, arguments = None, ()
+    call = _CALL.match(texts.flat, start, end)
+    close = _matching_parenthesis(texts.masked, call.end() - 1) if call else end
+    if call and close < end and not texts.flat[close + 1 : end].strip():
+        inside = _flatten(texts.masked[call.end() : close])  # depth 0 = the call's own commas
+        arguments = tuple(
+            " ".join(texts.code[call.end() + a : call.end() + b].split())
+            for a, b in _comma_separated(inside, 0, len(inside))
+        )
+        function = call.group(1)
+    return SelectItem(text, function, arguments, alias)
+
+
+def _matching_parenthesis(masked: str, opening: int) -> int:
+    depth = 0
+    for position in range(opening, len(masked)):
+        depth += {"(": 1, ")": -1}.get(masked[position], 0)
+        if depth == 0:
+            return position
+    return len(masked)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sample counts: telling a percentile of an empty bucket from a real 0
 #
@@ -383,7 +481,7 @@ SAMPLE_COUNT_PREFIX = "__nr_archiver_n_"
 OTHER_TAG_VALUE = "__other__"  # the facet tags of otherResult's points (`other: true`)
 MAX_FACET_LIMIT = 5000  # LIMIT MAX
 _PERCENTILE_FUNCTIONS = {"percentile": "percentile", "median": "median"}
-_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(x*\)\s*", _KEYWORD_FLAGS)
+_SINGLE_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(x*\)\s*", _KEYWORD_FLAGS)
 _PERCENTILE_CALL = re.compile(r"\b(percentile|median)\s*\(", _KEYWORD_FLAGS)
 _FILTER_CALL = re.compile(r"\bfilter\s*\(", _KEYWORD_FLAGS)
 # An attribute name, bare or in backticks: count() of it is the percentile's sample count.
@@ -486,7 +584,7 @@ def _guarded_item(texts: _Texts, start: int, end: int) -> _Guarded | None:
 
 def _single_call(texts: _Texts, start: int, end: int) -> tuple[str, list[str]] | None:
     """(function, argument texts) when the text is exactly one call `f(...)`."""
-    if not _CALL.fullmatch(texts.flat, start, end):
+    if not _SINGLE_CALL.fullmatch(texts.flat, start, end):
         return None
     opening = texts.flat.index("(", start, end)
     closing = texts.flat.rindex(")", start, end)

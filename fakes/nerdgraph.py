@@ -19,6 +19,8 @@ Protocol
     /work/shared/reference/newrelic.md: results + metadata on success; GraphQL errors with
     HTTP 200 and `extensions.errorClass`; a bad key is HTTP 401 (or, with
     bad_key_style="graphql", HTTP 200 with extensions.error_code BAD_API_KEY).
+    A query with `entity(guid: $guid)` and {"guid": ...} is answered with that dashboard from
+    `dashboards` (default: fakes.dashboards), or `{"entity": null}` for an unknown GUID.
     Control: `GET /_requests` (the log as JSON), `POST /_faults` {"kinds", "every",
     "retry_after"}, `POST /_reject` {"substring", "message"}, `POST /_messages`
     {"substring", "messages"}, `POST /_reset`.
@@ -90,6 +92,7 @@ from typing import Literal, Self
 
 import orjson
 
+from fakes.dashboards import default_dashboards
 from fakes.data import Answer, answer, facet_values, value
 from fakes.nrql import NrqlError, parse
 
@@ -131,6 +134,7 @@ class RequestRecord:
     until_ms: int | None
     outcome: str
     status: int
+    guid: str | None = None  # a dashboard entity request
 
 
 @dataclass
@@ -210,6 +214,7 @@ class GraphqlRequest:
     until_ms: int | None = None
     problem: str | None = None  # why the request is not a valid NRQL request
     wants: frozenset[str] = frozenset()  # otherResult / totalResult, when the query asks
+    guid: str | None = None  # `actor { entity(guid: $guid) }`: a dashboard request
 
 
 def _read_request(body: bytes) -> GraphqlRequest:
@@ -220,6 +225,11 @@ def _read_request(body: bytes) -> GraphqlRequest:
     if not isinstance(document, dict):
         return GraphqlRequest(None, None, problem="The request body must be a JSON object")
     query, variables = document.get("query"), document.get("variables") or {}
+    if isinstance(query, str) and "entity(guid:" in query.replace(" ", ""):
+        guid = variables.get("guid") if isinstance(variables, dict) else None
+        if isinstance(guid, str) and "$guid" in query:
+            return GraphqlRequest(None, None, guid=guid)
+        return GraphqlRequest(None, None, problem="Variable $guid (EntityGuid!) is required")
     account_id = variables.get("accountId") if isinstance(variables, dict) else None
     nrql = variables.get("nrql") if isinstance(variables, dict) else None
     account_id = account_id if type(account_id) is int else None
@@ -262,9 +272,12 @@ class FakeNerdGraph:
         now: Callable[[], float] = time.time,
         bad_key_style: Literal["http401", "graphql"] = "http401",
         latency: float = 0.0,
+        dashboards: dict[str, dict] | None = None,
     ) -> None:
         self.api_key = api_key
         self.accounts = set(accounts)
+        # GUID -> the DashboardEntity answered for `actor { entity(guid:) }`
+        self.dashboards = default_dashboards() if dashboards is None else dict(dashboards)
         self.retention = retention
         self.now = now
         self.bad_key_style = bad_key_style
@@ -388,6 +401,10 @@ class FakeNerdGraph:
             return self._bad_key()
         if request.problem is not None:
             return _request_error(request.problem)
+        if request.guid is not None:
+            entity = self.dashboards.get(request.guid)
+            outcome = "ok" if entity is not None else "no_entity"
+            return json_reply(200, {"data": {"actor": {"entity": entity}}}, outcome)
         assert request.account_id is not None and request.nrql is not None
         if request.account_id not in self.accounts:
             message = f"You are not authorized to query account {request.account_id}"
@@ -433,6 +450,7 @@ class FakeNerdGraph:
             request.until_ms,
             reply.outcome,
             reply.status,
+            request.guid,
         )
         with self._lock:
             self._log.append(record)
