@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import urllib3
 from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
@@ -53,6 +53,10 @@ from archiver.influx import (
     without_userinfo,
 )
 from archiver.retry import RetryPolicy, retry_after_seconds
+
+if TYPE_CHECKING:
+    from archiver.readback import Deleted, Series
+    from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,6 +181,36 @@ class InfluxClientSink:
             requests_sent += attempts
             retries += attempts - 1
         return WriteResult(len(lines), dropped, requests_sent, retries)
+
+    # --- reading back and deleting (verify) ---------------------------------------------------
+
+    def read_points(
+        self,
+        database: str,
+        retention_policy: str | None,
+        series: Series,
+        since_ns: int,
+        until_ns: int,
+    ) -> list[Point]:
+        """The points of one query's series in [since_ns, until_ns) (1.8: InfluxQL)."""
+        return self._readable().read_points(database, retention_policy, series, since_ns, until_ns)
+
+    def delete_points(
+        self, database: str, retention_policy: str | None, series: Series, points: list[Point]
+    ) -> Deleted:
+        return self._readable().delete_points(database, retention_policy, series, points)
+
+    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
+        return self._readable().existing_policy(database, name)
+
+    def _readable(self) -> InfluxV1Sink:
+        if self._influxql is None:
+            raise InfluxError(
+                f"verify reads InfluxDB back with InfluxQL, which nr-archiver supports on "
+                f"InfluxDB 1.x (1.8 included) only, not on InfluxDB {self.flavour} at "
+                f"{self.display_url}"
+            )
+        return self._influxql
 
     # --- targets -----------------------------------------------------------------------------
 

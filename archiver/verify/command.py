@@ -1,0 +1,542 @@
+"""`nr-archiver verify`: ask New Relic again, compare with InfluxDB, repair what differs.
+
+Everything `run` does to produce points is reused, not copied: the runner's window planning and
+sizing (`Runner.windows_of`, `Runner.sizer`), the New Relic clients under the same limiter and
+retries, the runner's fetch + transform (`Runner.batches`), the same sink for repairs, and the
+same (query, target) leases, so a verify never races a `run`. Checkpoints never move.
+
+Per (query, target), the range is what was exported and New Relic still holds: from the query's
+`start` (or the oldest window the state logged, or `--since`) to the checkpoint, narrowed to
+what New Relic and the retention policy keep, and by `--until`; never past the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from archiver import queries, windows
+from archiver.config import Settings
+from archiver.errors import ArchiverError, AuthError, ExitCode
+from archiver.influx import Precision, RetentionPolicy, duration_seconds
+from archiver.limiter import Limiter
+from archiver.logs import redact
+from archiver.newrelic import NerdGraphClient
+from archiver.passes import connect_sink, new_relic_client_factory
+from archiver.readback import Deleted, Series
+from archiver.runner import JobResult, PlannedJob, Runner, account_for, holder_is_dead, utcnow
+from archiver.sinks import Sink
+from archiver.state import State
+from archiver.transform import escape_key, format_field
+from archiver.verify.compare import Comparison, Difference, Point, compare, parse_line, unescape_key
+from archiver.windows import EPOCH, Window, iso
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 5  # differences shown per (query, target)
+METRICS_MEASUREMENT = "nr_archiver"
+
+
+class ReadableSink(Sink, Protocol):
+    """A sink `verify` can read back from and delete in (InfluxDB 1.x, 1.8)."""
+
+    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None: ...
+
+    def read_points(
+        self, database: str, retention_policy: str | None, series: Series, since: int, until: int
+    ) -> list[Point]: ...
+
+    def delete_points(
+        self, database: str, retention_policy: str | None, series: Series, points: list[Point]
+    ) -> Deleted: ...
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    since: datetime | None = None
+    until: datetime | None = None
+    sample: int | None = None  # windows per target, chosen at random
+    seed: int | None = None  # of the random choice (reproducible samples)
+    repair: bool = False
+    prune: bool = False
+    workers: int = 4
+    max_concurrent: int = 5
+    requests_per_minute: int = 1000
+    self_metrics: bool = True
+
+
+@dataclass
+class TargetReport:
+    """One (query, target): the `--json` object."""
+
+    query: str
+    target: str
+    account_id: int | None
+    since: str | None = None
+    until: str | None = None
+    windows: int = 0
+    checked: int = 0
+    missing: int = 0
+    different: int = 0
+    extra: int = 0
+    repaired: int = 0
+    pruned: int = 0
+    remaining: int = 0  # differences left after the repair (all of them without --repair)
+    status: str = "ok"  # ok | differs | failed | busy | not exported
+    error: str | None = None
+    nr_requests: int = 0
+    sampled: list[str] | None = None  # the windows --sample chose
+    not_pruned: list[str] = field(default_factory=list)  # extra points kept, and why
+    examples: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "not exported")
+
+
+@dataclass
+class VerifyReport:
+    targets: list[TargetReport] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if all(t.ok for t in self.targets) else ExitCode.QUERY_FAILED
+
+
+def series_of(query: queries.QueryDef) -> Series:
+    """Static tags and tag keys of the query's points, as InfluxDB stores them."""
+
+    def stored(text: str) -> str:
+        return unescape_key(escape_key(text))
+
+    static = {stored(k): stored(str(v)) for k, v in query.tags.items() if stored(str(v))}
+    dynamic = {stored(name) for name in (query.tag_attributes or query.facets)}
+    fixed = {k: v for k, v in static.items() if k not in dynamic}  # an attribute wins (events)
+    return Series(stored(query.measurement), fixed, frozenset(static.keys() | dynamic))
+
+
+def epoch_ns(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+class Verifier:
+    def __init__(
+        self,
+        *,
+        state: State,
+        sink: ReadableSink,
+        client_factory: Callable[[], NerdGraphClient],
+        default_account: int | None,
+        options: VerifyOptions,
+        now: Callable[[], datetime] = utcnow,
+        lease_ttl: timedelta = timedelta(minutes=10),
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.state = state
+        self.sink = sink
+        self.client_factory = client_factory
+        self.default_account = default_account
+        self.options = options
+        self.now = now
+        self.lease_ttl = lease_ttl
+        self.stop = stop or threading.Event()
+        # The runner plans, sizes, fetches and transforms exactly as `run`; it writes nothing.
+        self.runner = Runner(
+            state=state,
+            sink=sink,
+            client_factory=client_factory,
+            default_account=default_account,
+            now=now,
+            stop=self.stop,
+            self_metrics=False,
+            lease_ttl=lease_ttl,
+        )
+        self._random = random.Random(options.seed)
+        self._random_lock = threading.Lock()
+        self._auth_failure: AuthError | None = None
+        self._metric_lines: dict[str, list[str]] = {}
+        self._metrics_lock = threading.Lock()
+
+    def verify(self, selected: list[queries.QueryDef]) -> VerifyReport:
+        for query in selected:
+            account_for(query, self.default_account)  # every config error before any work
+        pairs = [(query, target) for query in selected for target in query.targets]
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="verify") as pool:
+            report = VerifyReport(list(pool.map(lambda pair: self._job(*pair), pairs)))
+        if self._auth_failure is not None:
+            raise self._auth_failure
+        self._write_metrics()
+        return report
+
+    # -- one (query, target) -------------------------------------------------------------------
+
+    def _job(self, query: queries.QueryDef, target: queries.Target) -> TargetReport:
+        report = TargetReport(query.name, target.key, account_for(query, self.default_account))
+        if self.stop.is_set():
+            report.status, report.error = "failed", "interrupted before it began"
+            return report
+        holder = self.runner.holder
+        lease = (query.name, target.key)
+        if not self.state.acquire_lease(
+            *lease, holder, self.lease_ttl, self.now(), holder_is_dead=holder_is_dead
+        ):
+            report.status = "busy"
+            report.error = "a run is exporting it (its lease is held); verify it later"
+            return report
+        try:
+            self._verify(query, target, report)
+        except AuthError as exc:
+            report.status, report.error = "failed", redact(str(exc))
+            self._auth_failure = self._auth_failure or exc
+            self.stop.set()
+        except ArchiverError as exc:
+            report.status, report.error = "failed", redact(str(exc))
+        except Exception as exc:  # a bug fails this target only, with its type in the message
+            log.debug("unexpected error verifying %s → %s", *lease, exc_info=True)
+            report.status, report.error = "failed", redact(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.state.release_lease(*lease, holder)
+        if report.status == "ok" and report.remaining:
+            report.status = "differs"
+        self._log(report)
+        self._collect_metrics(report, target)
+        return report
+
+    def _verify(
+        self, query: queries.QueryDef, target: queries.Target, report: TargetReport
+    ) -> None:
+        policy = self.sink.existing_policy(target.database, target.retention_policy)
+        rng = self._range(query, target, policy)
+        if rng is None:
+            report.status = "not exported"
+            return
+        report.since, report.until = iso(rng.since), iso(rng.until)
+        for note in rng.skipped:
+            log.info("%s → %s: %s", query.name, target.key, note)
+        if rng.empty:
+            return
+        job = PlannedJob(query, target, report.account_id, [(rng.since, rng.until)], rng.skipped)
+        if self.options.sample is not None:
+            chosen = self._sample(job)
+            report.sampled = [str(window) for window in chosen]
+            segments = [(window.since, window.until) for window in chosen]
+            job = PlannedJob(query, target, job.account_id, segments, [])
+        series = series_of(query)
+        progress = JobResult(query.name, target.key)
+        try:
+            for window, lines, precision in self.runner.batches(
+                job, progress, self.client_factory()
+            ):
+                self._window(target, series, window, lines, precision, policy, report)
+                policy = policy or self._policy_after_repair(target)
+        finally:
+            report.nr_requests = progress.nr_requests
+            if progress.status == "interrupted":
+                report.status, report.error = "failed", "interrupted"
+
+    def _range(
+        self,
+        query: queries.QueryDef,
+        target: queries.Target,
+        policy: RetentionPolicy | None,
+    ) -> windows.Range | None:
+        """What was exported and New Relic still holds; None when nothing was exported yet."""
+        checkpoint = self.state.checkpoint(query.name, target.key)
+        if checkpoint is None:
+            return None
+        now = self.now()
+        interval = timedelta(seconds=1) if query.mode == "events" else target.interval
+        if self.options.since is not None:
+            since = windows.floor(self.options.since, interval)
+        elif query.start is not None:
+            since = windows.floor(query.start, interval)
+        else:
+            written = self.state.windows_written(query.name, target.key)
+            since = min((s for s, _ in written), default=now - query.nr_retention)
+        until = checkpoint
+        if self.options.until is not None:
+            until = min(until, windows.ceil(self.options.until, interval))
+        if policy is not None:
+            seconds = policy.duration_seconds
+        else:
+            seconds = duration_seconds(target.retention_duration or "INF")
+        rng = windows.clamp(
+            since,
+            until,
+            now=now,
+            interval=interval,
+            nr_retention=query.nr_retention,
+            rp_duration=timedelta(seconds=seconds) if seconds else None,
+        )
+        return windows.Range(rng.since, max(rng.since, rng.until), rng.skipped)
+
+    def _sample(self, job: PlannedJob) -> list[Window]:
+        """N of the windows `run` would cut (at the size it uses now), chosen at random."""
+        (since, until), query = job.segments[0], job.query
+        if query.mode == "events":
+            buckets = 1
+        else:
+            buckets = self.runner.sizer(job).buckets(bool(query.facets))
+        planned = list(windows.plan(since, until, job.target.interval, buckets))
+        with self._random_lock:
+            chosen = self._random.sample(planned, min(self.options.sample or 0, len(planned)))
+        return sorted(chosen, key=lambda window: window.since)
+
+    def _window(
+        self,
+        target: queries.Target,
+        series: Series,
+        window: Window,
+        lines: list[str],
+        precision: Precision,
+        policy: RetentionPolicy | None,
+        report: TargetReport,
+    ) -> None:
+        expected = [parse_line(line, precision) for line in lines]
+        comparison = compare(expected, self._read(target, series, window, policy))
+        report.windows += 1
+        report.checked += comparison.checked
+        for kind in ("missing", "different", "extra"):
+            setattr(report, kind, getattr(report, kind) + len(comparison.of(kind)))
+        for difference in comparison.differences[: EXAMPLES - len(report.examples)]:
+            report.examples.append(example(difference))
+        if comparison.clean:
+            return
+        if not self.options.repair:
+            report.remaining += len(comparison.differences)
+            return
+        self._repair(target, series, comparison, precision, report)
+        after = compare(expected, self._read(target, series, window, policy=True))
+        report.remaining += len(after.differences)
+
+    def _read(
+        self,
+        target: queries.Target,
+        series: Series,
+        window: Window,
+        policy: RetentionPolicy | bool | None,
+    ) -> list[Point]:
+        if not policy:  # no database or retention policy: nothing was kept
+            return []
+        return self.sink.read_points(
+            target.database,
+            target.retention_policy,
+            series,
+            epoch_ns(window.since),
+            epoch_ns(window.until),
+        )
+
+    def _repair(
+        self,
+        target: queries.Target,
+        series: Series,
+        comparison: Comparison,
+        precision: Precision,
+        report: TargetReport,
+    ) -> None:
+        """Delete (with --prune) the extra points, rewrite the missing and different ones."""
+        database, rp = target.database, target.retention_policy
+        self.sink.ensure_target(database, rp, target.retention_duration)
+        rewrite = comparison.of("missing") + comparison.of("different")
+        if self.options.prune:
+            extra = [d.actual for d in comparison.of("extra")]
+            # Fields only InfluxDB has survive a rewrite (it merges fields): delete, then write.
+            stale = [d.actual for d in rewrite if d.fields_only_in_influxdb]
+            deleted = self.sink.delete_points(database, rp, series, [*extra, *stale])  # type: ignore[list-item]
+            extra_keys = {point.key for point in extra if point}
+            report.pruned += sum(point.key in extra_keys for point in deleted.deleted)
+            report.not_pruned += [f"{describe(point)}: {reason}" for point, reason in deleted.kept][
+                : EXAMPLES - len(report.not_pruned)
+            ]
+        lines = [d.expected.line for d in rewrite if d.expected and d.expected.line]
+        if lines:
+            self.sink.write(database, rp, lines, precision)
+            report.repaired += len(lines)
+
+    def _policy_after_repair(self, target: queries.Target) -> RetentionPolicy | None:
+        if not self.options.repair:
+            return None
+        return self.sink.existing_policy(target.database, target.retention_policy)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _log(self, report: TargetReport) -> None:
+        head = f"{report.query} → {report.target}"
+        if report.status in ("failed", "busy"):
+            log.error("%s: %s: %s", head, report.status.upper(), report.error)
+            return
+        log.info(
+            "%s: %d windows, %d points checked, %d missing, %d different, %d extra, "
+            "%d repaired, %d pruned, %d New Relic requests",
+            head,
+            report.windows,
+            report.checked,
+            report.missing,
+            report.different,
+            report.extra,
+            report.repaired,
+            report.pruned,
+            report.nr_requests,
+        )
+
+    def _collect_metrics(self, report: TargetReport, target: queries.Target) -> None:
+        if not self.options.self_metrics or report.status == "busy":
+            return
+        line = metrics_line(report, self.now())
+        with self._metrics_lock:
+            self._metric_lines.setdefault(target.database, []).append(line)
+
+    def _write_metrics(self) -> None:
+        """One `nr_archiver` point (kind=verify) per target; never fails the verify."""
+        for database, lines in self._metric_lines.items():
+            try:
+                self.sink.write(database, None, lines)
+            except ArchiverError as exc:
+                log.warning("self-metrics not written to %s: %s", database, exc)
+
+
+def metrics_line(report: TargetReport, now: datetime) -> str:
+    tags = {
+        "kind": "verify",
+        "query": report.query,
+        "status": report.status,
+        "target": report.target,
+    }
+    fields = {
+        "windows": report.windows,
+        "checked": report.checked,
+        "missing": report.missing,
+        "different": report.different,
+        "extra": report.extra,
+        "repaired": report.repaired,
+        "pruned": report.pruned,
+        "remaining": report.remaining,
+        "nr_requests": report.nr_requests,
+        "failed": 0 if report.ok else 1,
+    }
+    tag_part = "".join(f",{k}={escape_key(v)}" for k, v in sorted(tags.items()) if v)
+    field_part = ",".join(f"{k}={format_field(v)}" for k, v in fields.items())
+    return f"{METRICS_MEASUREMENT}{tag_part} {field_part} {int(now.timestamp())}"
+
+
+def describe(point: Point) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in point.tags)
+    when = datetime.fromtimestamp(point.time_ns // 10**9, UTC) + timedelta(
+        microseconds=point.time_ns % 10**9 // 1000
+    )
+    return f"{point.measurement}{',' if tags else ''}{tags} {iso(when)}"
+
+
+def example(difference: Difference) -> dict:
+    point = difference.point
+    return {
+        "kind": difference.kind,
+        "measurement": point.measurement,
+        "tags": dict(point.tags),
+        "time": describe(point).rpartition(" ")[2],
+        "time_ns": point.time_ns,
+        "new_relic": dict(difference.expected.fields) if difference.expected else None,
+        "influxdb": dict(difference.actual.fields) if difference.actual else None,
+    }
+
+
+# -- the pass, from settings, and its output ---------------------------------------------------
+
+
+def verify_pass(
+    settings: Settings,
+    selected: list[queries.QueryDef],
+    options: VerifyOptions,
+    stop: threading.Event | None = None,
+) -> VerifyReport:
+    limiter = Limiter(max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute)
+    client_factory = new_relic_client_factory(settings, limiter)
+    sink = connect_sink(settings, None)
+    try:
+        verifier = Verifier(
+            state=State.open(settings.db_url),
+            sink=sink,  # type: ignore[arg-type]
+            client_factory=client_factory,
+            default_account=settings.new_relic_account_id,
+            options=options,
+            lease_ttl=timedelta(seconds=settings.lease_seconds),
+            stop=stop,
+        )
+        return verifier.verify(selected)
+    finally:
+        sink.close()
+
+
+def to_json(report: VerifyReport) -> str:
+    return json.dumps([asdict(t) for t in report.targets], indent=2, ensure_ascii=False)
+
+
+def _fields(fields: dict | None) -> str:
+    if fields is None:
+        return "-"
+    return ",".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+def to_table(report: VerifyReport) -> str:
+    if not report.targets:
+        return "nothing to verify"
+    header = (
+        "QUERY",
+        "TARGET",
+        "WINDOWS",
+        "CHECKED",
+        "MISSING",
+        "DIFFERENT",
+        "EXTRA",
+        "REPAIRED",
+        "PRUNED",
+        "RESULT",
+    )
+    rows = [header] + [
+        (
+            t.query,
+            t.target,
+            str(t.windows),
+            str(t.checked),
+            str(t.missing),
+            str(t.different),
+            str(t.extra),
+            str(t.repaired),
+            str(t.pruned),
+            t.status,
+        )
+        for t in report.targets
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    out = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    for t in report.targets:
+        head = f"{t.query} → {t.target}"
+        notes = []
+        if t.since and t.until:
+            notes.append(f"  range [{t.since}, {t.until}), account {t.account_id}")
+        if t.sampled is not None:
+            notes.append(f"  sampled {len(t.sampled)} windows: {', '.join(t.sampled)}")
+        if t.error:
+            notes.append(f"  error: {t.error}")
+        for e in t.examples:
+            tags = ",".join(f"{k}={v}" for k, v in e["tags"].items()) or "(no tags)"
+            notes.append(
+                f"  {e['kind']:<9} {tags} {e['time']}  new relic: {_fields(e['new_relic'])}"
+                f"  influxdb: {_fields(e['influxdb'])}"
+            )
+        notes += [f"  not pruned: {note}" for note in t.not_pruned]
+        if t.repaired or t.pruned:
+            notes.append(f"  after the repair: {t.remaining} differences remain")
+        if notes:
+            out += ["", head, *notes]
+    return "\n".join(out)

@@ -1,0 +1,160 @@
+"""`nr-archiver verify` end to end: the real CLI, the fake NerdGraph server, a real influxd.
+
+The archive is exported with `run`, damaged with InfluxQL and `/write`, and what `verify`
+reports and repairs is checked against the fake's data model (tests/e2e.py) and with InfluxQL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import requests
+
+from archiver.windows import iso
+from tests.e2e import Item, Spec, actual_points, ago, expected_points, floor, parse_iso
+
+EVIL = "x' OR \"appName\" =~ /.*/ OR 'y"  # a facet value that tries to widen a statement
+EVIL_LP = EVIL.replace(" ", "\\ ").replace(",", "\\,").replace("=", "\\=")
+
+
+def tx_spec(database: str, **changes) -> Spec:
+    spec = Spec(
+        name="tx_by_app",
+        nrql="SELECT count(*), average(duration) FROM Transaction FACET appName",
+        event_type="Transaction",
+        facets=("appName",),
+        items=(Item("count", None, "count"), Item("average", "duration", "average.duration")),
+        measurement="nr_tx",
+        interval="5 minutes",
+        interval_seconds=300,
+        database=database,
+        tags={"source": "newrelic"},
+        extra={"start": iso(floor(ago(hours=2), 300))},
+    )
+    return replace(spec, **changes)
+
+
+def write_lp(influxd, database: str, lines: list[str], rp: str = "autogen") -> None:
+    response = requests.post(
+        f"{influxd.url}/write",
+        params={"db": database, "rp": rp, "precision": "s"},
+        data="\n".join(lines).encode(),
+        timeout=10,
+    )
+    assert response.status_code == 204, response.text
+
+
+def verify(cli, *args: str) -> tuple[int, list[dict]]:
+    result = cli("verify", "--json", *args)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def query_points(influxd, spec: Spec) -> dict:
+    """The points of the query's own series (static tag, no tag key the query does not write)."""
+    return {
+        key: fields
+        for key, fields in actual_points(influxd, spec).items()
+        if dict(key[0]).get("source") == "newrelic" and set(dict(key[0])) <= {"appName", "source"}
+    }
+
+
+def counts(row: dict) -> dict:
+    keys = ("missing", "different", "extra", "repaired", "pruned")
+    return {key: row[key] for key in keys}
+
+
+def exported(cli, spec: Spec, database: str):
+    status = cli.status()[(spec.name, f"{database}.autogen")]
+    return parse_iso(status["exported_until"])
+
+
+def test_verify_finds_repairs_and_prunes_exactly_the_damage(cli, influxd, influx_db, queries_dir):
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    start, until = parse_iso(spec.extra["start"]), exported(cli, spec, influx_db)
+    expected = expected_points(spec, start, until)
+    assert actual_points(influxd, spec) == expected
+
+    clean, rows = verify(cli)
+    assert clean == 0
+    (row,) = rows
+    assert counts(row) == dict.fromkeys(("missing", "different", "extra", "repaired", "pruned"), 0)
+    assert row["checked"] == len(expected)
+    assert (row["since"], row["until"]) == (iso(start), iso(until))
+    assert row["windows"] >= 1
+
+    # Damage: the points of two buckets deleted, one value overwritten, a point of a facet
+    # New Relic never had, and points of other series (another static tag value, an extra
+    # tag key) that are not this query's and must never be touched.
+    t0 = int(start.timestamp())
+    hole = (t0 + 600, t0 + 1200)
+    influxd.query(f'DELETE FROM "nr_tx" WHERE time >= {hole[0]}s AND time < {hole[1]}s', influx_db)
+    missing = [key for key in expected if hole[0] <= key[1] < hole[1]]
+    overwritten_at = t0 + 3000
+    write_lp(
+        influxd,
+        influx_db,
+        [f"nr_tx,appName=checkout,source=newrelic count=99999.0 {overwritten_at}"],
+    )
+    write_lp(
+        influxd,
+        influx_db,
+        [
+            f"nr_tx,appName={EVIL_LP},source=newrelic count=1.0 {t0 + 300}",
+            f"nr_tx,appName=checkout,source=grafana count=7.0 {t0 + 300}",
+            f"nr_tx,appName=checkout,source=newrelic,user=bob count=7.0 {t0 + 300}",
+        ],
+    )
+
+    damaged, (row,) = verify(cli)
+    assert damaged == 1
+    assert counts(row) == {"missing": len(missing), "different": 1, "extra": 1, "repaired": 0,
+                           "pruned": 0}  # fmt: skip
+    assert row["status"] == "differs"
+    kinds = {example["kind"] for example in row["examples"]}
+    assert kinds <= {"missing", "different", "extra"} and row["examples"]
+
+    repaired, (row,) = verify(cli, "--repair")
+    assert repaired == 1  # the extra point is still there
+    assert row["repaired"] == len(missing) + 1 and row["pruned"] == 0 and row["remaining"] == 1
+    evil_key = ((("appName", EVIL), ("source", "newrelic")), t0 + 300)
+    assert query_points(influxd, spec) == {**expected, evil_key: {"count": 1.0}}
+
+    pruned, (row,) = verify(cli, "--repair", "--prune")
+    assert pruned == 0, row
+    assert row["extra"] == 1 and row["pruned"] == 1 and row["remaining"] == 0
+    assert query_points(influxd, spec) == expected
+    others = influxd.query(
+        'SELECT * FROM "nr_tx" WHERE "source" = \'grafana\' OR "user" = \'bob\' GROUP BY *',
+        influx_db,
+    )
+    assert len(others) == 2  # the other series are untouched
+
+    again, (row,) = verify(cli)
+    assert again == 0
+    assert row["missing"] == row["different"] == row["extra"] == 0
+
+
+def test_prune_never_deletes_a_point_another_retention_policy_holds(
+    cli, influxd, influx_db, queries_dir
+):
+    """1.x DELETE has no retention-policy qualifier: the same point in another RP is kept."""
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    t0 = int(parse_iso(spec.extra["start"]).timestamp())
+    influxd.query(f'CREATE RETENTION POLICY "other" ON "{influx_db}" DURATION 30d REPLICATION 1')
+    extra = f"nr_tx,appName={EVIL_LP},source=newrelic count=1.0 {t0 + 300}"
+    write_lp(influxd, influx_db, [extra])
+    write_lp(influxd, influx_db, [extra], rp="other")
+
+    code, (row,) = verify(cli, "--repair", "--prune")
+    assert code == 1
+    assert row["extra"] == 1 and row["pruned"] == 0 and row["remaining"] == 1
+    assert "other" in row["not_pruned"][0] and "retention policy" in row["not_pruned"][0]
+    for rp in ("autogen", "other"):
+        held = influxd.points(influx_db, "nr_tx", rp)
+        assert any(p["tags"].get("appName") == EVIL for p in held), rp
