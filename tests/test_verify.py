@@ -158,3 +158,153 @@ def test_prune_never_deletes_a_point_another_retention_policy_holds(
     for rp in ("autogen", "other"):
         held = influxd.points(influx_db, "nr_tx", rp)
         assert any(p["tags"].get("appName") == EVIL for p in held), rp
+
+
+def test_sample_asks_new_relic_only_for_the_sampled_windows(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    # Without FACET a window holds 366 one-minute buckets: two days are 8 windows.
+    spec = Spec(
+        name="throughput",
+        nrql="SELECT count(*) AS requests FROM Transaction",
+        event_type="Transaction",
+        facets=(),
+        items=(Item("count", None, "requests"),),
+        measurement="nr_throughput",
+        interval="1 minute",
+        interval_seconds=60,
+        database=influx_db,
+        extra={"start": iso(floor(ago(days=2), 3600))},
+    )
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    fake_nr.reset_log()
+
+    code, (row,) = verify(cli, "--sample", "3", "--seed", "7")
+    assert code == 0
+    assert row["windows"] == len(row["sampled"]) == 3
+    asked = sorted((r.since_ms // 1000, r.until_ms // 1000) for r in fake_nr.requests)
+    sampled = []
+    for text in row["sampled"]:
+        since, until = text.strip("[)").split(", ")
+        sampled.append((int(parse_iso(since).timestamp()), int(parse_iso(until).timestamp())))
+    assert asked == sorted(sampled)
+    assert row["nr_requests"] == 3
+
+    # The same seed picks the same windows; the table names them too.
+    fake_nr.reset_log()
+    table = cli("verify", "--sample", "3", "--seed", "7")
+    assert table.returncode == 0, table.stderr
+    assert f"sampled 3 windows: {', '.join(row['sampled'])}" in table.stdout
+    assert len(fake_nr.requests) == 3
+
+
+def test_a_query_new_relic_rejects_is_reported_and_the_others_go_on(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    good = tx_spec(influx_db)
+    bad = tx_spec(influx_db, name="logins", nrql="SELECT count(*) FROM Login FACET provider",
+                  measurement="nr_logins")  # fmt: skip
+    good.write(queries_dir)
+    bad.write(queries_dir)
+    assert cli("run").returncode == 0
+    message = "NRQL Syntax Error: Error at line 1 position 8, unexpected 'Login'"
+    fake_nr.reject_nrql("FROM Login", message)
+
+    code, rows = verify(cli)
+    assert code == 1
+    by_query = {row["query"]: row for row in rows}
+    assert by_query["logins"]["status"] == "failed"
+    assert message in by_query["logins"]["error"]
+    assert by_query["tx_by_app"]["status"] == "ok"
+    assert by_query["tx_by_app"]["checked"] > 0
+
+
+def test_a_dropped_retention_policy_is_all_missing_and_repair_recreates_it(
+    cli, influxd, influx_db, queries_dir
+):
+    spec = tx_spec(influx_db, retention_policy="raw", extra={
+        "start": iso(floor(ago(hours=1), 300)), "retention_duration": "30d"})  # fmt: skip
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    start = parse_iso(spec.extra["start"])
+    until = parse_iso(cli.status()[(spec.name, f"{influx_db}.raw")]["exported_until"])
+    expected = expected_points(spec, start, until)
+    influxd.query(f'DROP RETENTION POLICY "raw" ON "{influx_db}"')
+
+    code, (row,) = verify(cli)
+    assert code == 1
+    assert (row["missing"], row["different"], row["extra"]) == (len(expected), 0, 0)
+
+    code, (row,) = verify(cli, "--repair")
+    assert code == 0
+    assert row["repaired"] == len(expected) and row["remaining"] == 0
+    assert actual_points(influxd, spec, "raw") == expected
+
+    # Every verify left a point in nr_archiver (kind=verify) with its counts.
+    rows = influxd.query(
+        'SELECT "missing", "repaired", "remaining" FROM "nr_archiver" '
+        'WHERE "kind" = \'verify\' GROUP BY "query", "target"',
+        influx_db,
+    )
+    assert [(r["query"], r["target"]) for r in rows][-1] == (spec.name, f"{influx_db}.raw")
+    assert {(r["missing"], r["repaired"], r["remaining"]) for r in rows} == {
+        (len(expected), 0, len(expected)),
+        (len(expected), len(expected), 0),
+    }
+
+
+def test_events_are_compared_at_nanosecond_precision(cli, influxd, influx_db, queries_dir):
+    spec = Spec(
+        name="slow_tx",
+        nrql="SELECT duration, name, appName, host FROM Transaction",
+        event_type="Transaction",
+        facets=(),
+        items=(),
+        measurement="nr_events",
+        interval="1 hour",
+        interval_seconds=3600,
+        database=influx_db,
+        extra={"mode": "events", "tag_attributes": ["appName", "host"],
+               "start": iso(floor(ago(hours=2), 3600))},
+    )  # fmt: skip
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    code, (row,) = verify(cli)
+    assert code == 0 and row["checked"] > 0, row
+
+    response = requests.get(
+        f"{influxd.url}/query",
+        params={"db": influx_db, "epoch": "ns", "q": 'SELECT * FROM "nr_events" LIMIT 1'},
+        timeout=10,
+    )
+    first = response.json()["results"][0]["series"][0]["values"][0][0]
+    influxd.query(f'DELETE FROM "nr_events" WHERE time = {first}', influx_db)
+    code, (row,) = verify(cli)
+    assert code == 1
+    assert (row["missing"], row["different"], row["extra"]) == (1, 0, 0)
+    assert row["examples"][0]["time_ns"] == first
+
+
+def test_a_target_a_run_holds_is_not_verified(cli, influxd, influx_db, queries_dir, state_path):
+    from datetime import timedelta
+
+    from archiver.state import State
+
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    state = State.open(f"sqlite:///{state_path}")
+    held = state.acquire_lease(spec.name, f"{influx_db}.autogen", "elsewhere:1:x",
+                               timedelta(minutes=5), ago())  # fmt: skip
+    assert held
+    code, (row,) = verify(cli)
+    assert code == 1
+    assert row["status"] == "busy" and row["windows"] == 0
+
+
+def test_prune_without_repair_is_a_usage_error(cli, queries_dir, influx_db):
+    tx_spec(influx_db).write(queries_dir)
+    result = cli("verify", "--prune")
+    assert result.returncode == 2
+    assert "--prune deletes points only as part of a repair: add --repair" in result.stderr
