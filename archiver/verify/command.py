@@ -40,7 +40,7 @@ from archiver.windows import EPOCH, Window, iso
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = 5  # differences shown per (query, target)
+EXAMPLES = 5  # differences of each kind shown per (query, target)
 METRICS_MEASUREMENT = "nr_archiver"
 
 
@@ -305,8 +305,9 @@ class Verifier:
         report.checked += comparison.checked
         for kind in ("missing", "different", "extra"):
             setattr(report, kind, getattr(report, kind) + len(comparison.of(kind)))
-        for difference in comparison.differences[: EXAMPLES - len(report.examples)]:
-            report.examples.append(example(difference))
+        for kind in ("missing", "different", "extra"):  # the first few of each kind
+            shown = sum(e["kind"] == kind for e in report.examples)
+            report.examples += [example(d) for d in comparison.of(kind)[: EXAMPLES - shown]]
         if comparison.clean:
             return
         if not self.options.repair:
