@@ -234,6 +234,7 @@ class FakeNerdGraph:
         self._every = 1
         self._retry_after: float | None = None
         self._rejections: dict[str, str] = {}
+        self._late: tuple[int, float] | None = None
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -306,6 +307,12 @@ class FakeNerdGraph:
         with self._lock:
             self._rejections[substring] = message
 
+    def arrive_late(self, since_seconds: int, increment: float = 1.0) -> None:
+        """Late data: from now on, every number of a bucket beginning at or after
+        `since_seconds` (epoch) is `increment` larger than before (times stay as they are)."""
+        with self._lock:
+            self._late = (since_seconds, increment)
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -350,8 +357,27 @@ class FakeNerdGraph:
             )
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        nrql = {"results": result.results, "metadata": result.metadata}
+        nrql = {"results": self._with_late_data(result.results), "metadata": result.metadata}
         return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+
+    def _with_late_data(self, results: list[dict]) -> list[dict]:
+        with self._lock:
+            late = self._late
+        if late is None:
+            return results
+        since, increment = late
+        times = ("beginTimeSeconds", "endTimeSeconds", "timestamp")
+        return [
+            {
+                key: value + increment
+                if key not in times
+                and type(value) in (int, float)
+                and row.get("beginTimeSeconds", 0) >= since
+                else value
+                for key, value in row.items()
+            }
+            for row in results
+        ]
 
     def _bad_key(self) -> Reply:
         error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}

@@ -308,3 +308,29 @@ def test_prune_without_repair_is_a_usage_error(cli, queries_dir, influx_db):
     result = cli("verify", "--prune")
     assert result.returncode == 2
     assert "--prune deletes points only as part of a repair: add --repair" in result.stderr
+
+
+def test_late_data_shows_as_different_and_is_repaired(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    start, until = parse_iso(spec.extra["start"]), exported(cli, spec, influx_db)
+    expected = expected_points(spec, start, until)
+    late_since = int(until.timestamp()) - 900  # the newest three buckets got late events
+    fake_nr.arrive_late(late_since)
+    changed = {key for key in expected if key[1] >= late_since}
+    assert changed
+
+    code, (row,) = verify(cli)
+    assert code == 1
+    assert (row["missing"], row["different"], row["extra"]) == (0, len(changed), 0)
+
+    code, (row,) = verify(cli, "--repair")
+    assert code == 0 and row["repaired"] == len(changed) and row["remaining"] == 0
+    late = {
+        key: {name: value + 1 for name, value in fields.items()} if key in changed else fields
+        for key, fields in expected.items()
+    }
+    assert actual_points(influxd, spec) == late
