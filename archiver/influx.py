@@ -119,6 +119,7 @@ class InfluxV1Sink:
         max_attempts: int = 6,
         max_total_seconds: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        token: str | None = None,
     ) -> None:
         if password:
             logs.register_secret(password)
@@ -131,6 +132,9 @@ class InfluxV1Sink:
         self._senders = concurrent.futures.ThreadPoolExecutor(in_flight, "influx-write")
         if username is not None:
             self._session.auth = (username, password or "")
+        if token:  # InfluxDB 2.x and 3.x answer InfluxQL on /query for a token
+            logs.register_secret(token)
+            self._session.headers["Authorization"] = f"Token {token}"
         self._retry = RetryPolicy(
             max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )

@@ -113,6 +113,8 @@ class InfluxClientSink:
         for secret in (token, password):
             logs.register_secret(secret or "")
         self.org = org or "-"
+        self._token, self._sleep = token, sleep
+        self._query_sink: InfluxV1Sink | None = None  # InfluxQL reads for verify (2.x, 3.x)
         self.credentials = (
             "INFLUX_USERNAME / INFLUX_PASSWORD" if flavour == "1.8" else "INFLUX_TOKEN"
         )
@@ -130,8 +132,9 @@ class InfluxClientSink:
     def close(self) -> None:
         self._write_api.close()  # before the client: closing the client leaves write APIs open
         self._client.close()
-        if self._influxql is not None:
-            self._influxql.close()
+        for influxql in (self._influxql, self._query_sink):
+            if influxql is not None:
+                influxql.close()
 
     def __enter__(self) -> InfluxClientSink:
         return self
@@ -183,6 +186,8 @@ class InfluxClientSink:
         return WriteResult(len(lines), dropped, requests_sent, retries)
 
     # --- reading back and deleting (verify) ---------------------------------------------------
+    # InfluxQL on /query reads back from every flavour: 1.8 natively, 2.x through the DBRP
+    # mapping `ensure_target` made, 3.x with the database named like the bucket.
 
     def read_points(
         self,
@@ -192,25 +197,72 @@ class InfluxClientSink:
         since_ns: int,
         until_ns: int,
     ) -> list[Point]:
-        """The points of one query's series in [since_ns, until_ns) (1.8: InfluxQL)."""
-        return self._readable().read_points(database, retention_policy, series, since_ns, until_ns)
+        """The points of one query's series in [since_ns, until_ns), read with InfluxQL."""
+        database, retention_policy = self._influxql_names(database, retention_policy)
+        return self._reader().read_points(database, retention_policy, series, since_ns, until_ns)
+
+    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
+        if self.flavour == "1.8":
+            return self._reader().existing_policy(database, name)
+        if self.flavour == "3.x":  # made by the first write; its retention is the server's
+            return RetentionPolicy(name or DEFAULT_RP, None, name is None)
+        bucket = self._find_bucket(bucket_name(database, name))
+        if bucket is None:
+            return None
+        return RetentionPolicy(name or DEFAULT_RP, _bucket_seconds(bucket), name is None)
 
     def delete_points(
         self, database: str, retention_policy: str | None, series: Series, points: list[Point]
     ) -> Deleted:
-        return self._readable().delete_points(database, retention_policy, series, points)
-
-    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
-        return self._readable().existing_policy(database, name)
-
-    def _readable(self) -> InfluxV1Sink:
-        if self._influxql is None:
+        """1.8: InfluxQL DELETE (`archiver.readback`); 2.x: the delete API, point by point."""
+        if self.flavour == "1.8":
+            return self._reader().delete_points(database, retention_policy, series, points)
+        if self.flavour == "3.x":
             raise InfluxError(
-                f"verify reads InfluxDB back with InfluxQL, which nr-archiver supports on "
-                f"InfluxDB 1.x (1.8 included) only, not on InfluxDB {self.flavour} at "
-                f"{self.display_url}"
+                "InfluxDB 3 has no delete of single points: --prune cannot remove extra "
+                "points there (drop them with a new database, or leave out --prune)"
             )
-        return self._influxql
+        from archiver import readback
+
+        bucket = bucket_name(database, retention_policy)
+        deleted, kept = [], []
+        for point in points:
+            # The delete API matches every series that has these tags: refuse when another
+            # series (a superset of the tags) has a point at that time too.
+            others = readback.series_at(
+                self._reader(), database, retention_policy, series.measurement, point
+            )
+            if others:
+                kept.append((point, f"series {others[0]} has a point at the same time"))
+                continue
+            stamp = readback.rfc3339_ns(point.time_ns)
+            predicate = readback.delete_predicate(series.measurement, point)
+            self._with_retries(
+                lambda stamp=stamp, predicate=predicate: self._client.delete_api().delete(
+                    stamp, stamp, predicate, bucket=bucket, org=self.org
+                ),
+                f'deleting a point from "{bucket}"',
+            )
+            deleted.append(point)
+        return readback.Deleted(deleted, kept)
+
+    def _influxql_names(
+        self, database: str, retention_policy: str | None
+    ) -> tuple[str, str | None]:
+        if self.flavour == "3.x":
+            return bucket_name(database, retention_policy), None
+        return database, retention_policy
+
+    def _reader(self) -> InfluxV1Sink:
+        """1.8: the InfluxQL sink it already has; 2.x, 3.x: one on /query with the token."""
+        if self._influxql is not None:
+            return self._influxql
+        with self._org_lock:
+            if self._query_sink is None:
+                self._query_sink = InfluxV1Sink(
+                    self.url, timeout=self.timeout, token=self._token, sleep=self._sleep
+                )
+            return self._query_sink
 
     # --- targets -----------------------------------------------------------------------------
 

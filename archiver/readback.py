@@ -11,12 +11,16 @@ series without that tag. So one point is deleted with one statement naming every
 measurement has (the point's value, or `''`) and its exact time, and before it runs the other
 retention policies are read: a point that another policy holds at the same series and time is
 never deleted (it is reported as kept), since the statement would delete that one too.
+
+InfluxDB 2.x and 3.x answer the same InfluxQL on `/query` (2.x through the DBRP mapping);
+2.x deletes through its delete API instead (`archiver.influx_v2`), with `delete_predicate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from archiver.influx import InfluxV1Sink, quote_identifier
 from archiver.verify.compare import Point, Value, tag_set
@@ -77,6 +81,36 @@ def delete_statement(measurement: str, tag_keys: Iterable[str], point: Point) ->
     ]
     conditions.append(f"time = {point.time_ns}")
     return f"DELETE FROM {quote_identifier(measurement)} WHERE {' AND '.join(conditions)}"
+
+
+def series_at(
+    sink: InfluxV1Sink, database: str, retention_policy: str | None, measurement: str, point: Point
+) -> list[str]:
+    """Other series with (at least) the point's tags that have a point at its time."""
+    conditions = [f"{quote_identifier(k)} = {quote_string(v)}" for k, v in point.tags]
+    conditions.append(f"time = {point.time_ns}")
+    statement = (
+        f"SELECT * FROM {source(database, retention_policy, measurement)} "
+        f"WHERE {' AND '.join(conditions)} GROUP BY *"
+    )
+    found = []
+    for one in sink.series_rows(statement, database):
+        tags = tag_set(one.get("tags") or {})
+        if tags != point.tags:
+            found.append(",".join(f"{k}={v}" for k, v in tags))
+    return found
+
+
+def delete_predicate(measurement: str, point: Point) -> str:
+    """InfluxDB 2.x's delete predicate for the point's series (names and values quoted)."""
+    parts = [f"_measurement={quote_identifier(measurement)}"]
+    parts += [f"{quote_identifier(k)}={quote_identifier(v)}" for k, v in point.tags]
+    return " AND ".join(parts)
+
+
+def rfc3339_ns(time_ns: int) -> str:
+    seconds, ns = divmod(time_ns, 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{ns:09d}Z"
 
 
 def typed(value: object, field_type: str | None) -> Value:
