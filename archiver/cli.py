@@ -347,7 +347,9 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
     rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
-    print(status.to_json(rows) if args.json else status.to_table(rows))
+    print(
+        status.to_json(rows) if args.json else status.to_table(rows) + status.verify_section(rows)
+    )
     return ExitCode.OK
 
 

@@ -137,6 +137,14 @@ def test_verify_finds_repairs_and_prunes_exactly_the_damage(cli, influxd, influx
     assert again == 0
     assert row["missing"] == row["different"] == row["extra"] == 0
 
+    # `status` shows the last verify of the target.
+    last = cli.status()[(spec.name, f"{influx_db}.autogen")]["last_verify"]
+    assert last["status"] == "ok" and last["checked"] == len(expected)
+    assert (last["missing"], last["remaining"]) == (0, 0)
+    table = cli("status").stdout
+    assert f"LAST VERIFY\n{spec.name} → {influx_db}.autogen: verified " in table
+    assert f"ok, {len(expected)} points checked, 0 missing" in table
+
 
 def test_prune_never_deletes_a_point_another_retention_policy_holds(
     cli, influxd, influx_db, queries_dir
@@ -218,6 +226,8 @@ def test_a_query_new_relic_rejects_is_reported_and_the_others_go_on(
     assert message in by_query["logins"]["error"]
     assert by_query["tx_by_app"]["status"] == "ok"
     assert by_query["tx_by_app"]["checked"] > 0
+    last = cli.status()[("logins", f"{influx_db}.autogen")]["last_verify"]
+    assert last["status"] == "failed" and message in last["error"]
 
 
 def test_a_dropped_retention_policy_is_all_missing_and_repair_recreates_it(

@@ -33,7 +33,7 @@ from archiver.passes import connect_sink, new_relic_client_factory
 from archiver.readback import Deleted, Series
 from archiver.runner import JobResult, PlannedJob, Runner, account_for, holder_is_dead, utcnow
 from archiver.sinks import Sink
-from archiver.state import State
+from archiver.state import State, VerifyRecord
 from archiver.transform import escape_key, format_field
 from archiver.verify.compare import Comparison, Difference, Point, compare, parse_line, unescape_key
 from archiver.windows import EPOCH, Window, iso
@@ -122,6 +122,10 @@ def series_of(query: queries.QueryDef) -> Series:
     return Series(stored(query.measurement), fixed, frozenset(static.keys() | dynamic))
 
 
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def epoch_ns(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
@@ -207,6 +211,7 @@ class Verifier:
             report.status = "differs"
         self._log(report)
         self._collect_metrics(report, target)
+        self._record(report)
         return report
 
     def _verify(
@@ -385,6 +390,30 @@ class Verifier:
             report.repaired,
             report.pruned,
             report.nr_requests,
+        )
+
+    def _record(self, report: TargetReport) -> None:
+        """The last verify of the target, for `status` (a busy target was not verified)."""
+        if report.status == "busy":
+            return
+        self.state.record_verify(
+            VerifyRecord(
+                query=report.query,
+                target=report.target,
+                verified_at=self.now(),
+                status=report.status,
+                since=parse_iso(report.since) if report.since else None,
+                until=parse_iso(report.until) if report.until else None,
+                windows=report.windows,
+                checked=report.checked,
+                missing=report.missing,
+                different=report.different,
+                extra=report.extra,
+                repaired=report.repaired,
+                pruned=report.pruned,
+                remaining=report.remaining,
+                error=report.error,
+            )
         )
 
     def _collect_metrics(self, report: TargetReport, target: queries.Target) -> None:
