@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 
 import requests
 
@@ -344,3 +345,32 @@ def test_late_data_shows_as_different_and_is_repaired(
         for key, fields in expected.items()
     }
     assert actual_points(influxd, spec) == late
+
+
+def test_since_and_until_narrow_the_range_and_never_pass_the_checkpoint(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    spec = tx_spec(influx_db)
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+    start, until = parse_iso(spec.extra["start"]), exported(cli, spec, influx_db)
+    fake_nr.reset_log()
+
+    since = start + timedelta(minutes=32)  # aligned outward to the 5-minute buckets
+    code, (row,) = verify(cli, "--since", iso(since), "--until", "2099-01-01")
+    assert code == 0
+    assert (row["since"], row["until"]) == (iso(start + timedelta(minutes=30)), iso(until))
+    assert row["checked"] == len(expected_points(spec, start + timedelta(minutes=30), until))
+    assert min(r.since_ms for r in fake_nr.requests) == (start.timestamp() + 1800) * 1000
+    assert max(r.until_ms for r in fake_nr.requests) == until.timestamp() * 1000
+
+    # --since before the exported range does not widen it
+    code, (row,) = verify(cli, "--since", iso(start - timedelta(days=1)))
+    assert code == 0 and row["since"] == iso(start)
+
+
+def test_a_target_never_exported_is_reported_not_verified(cli, influx_db, queries_dir):
+    tx_spec(influx_db).write(queries_dir)
+    code, (row,) = verify(cli)
+    assert code == 0
+    assert row["status"] == "not exported" and row["windows"] == 0 and row["since"] is None

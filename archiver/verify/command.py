@@ -6,8 +6,9 @@ retries, the runner's fetch + transform (`Runner.batches`), the same sink for re
 same (query, target) leases, so a verify never races a `run`. Checkpoints never move.
 
 Per (query, target), the range is what was exported and New Relic still holds: from the query's
-`start` (or the oldest window the state logged, or `--since`) to the checkpoint, narrowed to
-what New Relic and the retention policy keep, and by `--until`; never past the checkpoint.
+`start` or the oldest window the state logged, whichever is older, to the checkpoint, narrowed
+to what New Relic and the retention policy keep, and by `--since` / `--until`; never past the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -188,9 +189,7 @@ class Verifier:
             return report
         holder = self.runner.holder
         lease = (query.name, target.key)
-        if not self.state.acquire_lease(
-            *lease, holder, self.lease_ttl, self.now(), holder_is_dead=holder_is_dead
-        ):
+        if not self._renew_lease(query, target):
             report.status = "busy"
             report.error = "a run is exporting it (its lease is held); verify it later"
             return report
@@ -241,10 +240,23 @@ class Verifier:
             ):
                 self._window(target, series, window, lines, precision, policy, report)
                 policy = policy or self._policy_after_repair(target)
+                if not self._renew_lease(query, target):
+                    report.status = "failed"
+                    report.error = (
+                        f"lost the lease after {window} (a window took longer than "
+                        "ARCHIVER_LEASE_SECONDS?); verified up to there"
+                    )
+                    return
         finally:
             report.nr_requests = progress.nr_requests
             if progress.status == "interrupted":
                 report.status, report.error = "failed", "interrupted"
+
+    def _renew_lease(self, query: queries.QueryDef, target: queries.Target) -> bool:
+        return self.state.acquire_lease(
+            query.name, target.key, self.runner.holder, self.lease_ttl, self.now(),
+            holder_is_dead=holder_is_dead,
+        )  # fmt: skip
 
     def _range(
         self,
@@ -258,13 +270,13 @@ class Verifier:
             return None
         now = self.now()
         interval = timedelta(seconds=1) if query.mode == "events" else target.interval
+        # What was exported begins at `start` or at the oldest window logged (a backfill may
+        # reach further back); --since only narrows it.
+        logged = [s for s, _ in self.state.windows_written(query.name, target.key)]
+        starts = [*logged, *([query.start] if query.start is not None else [])]
+        since = windows.floor(min(starts, default=now - query.nr_retention), interval)
         if self.options.since is not None:
-            since = windows.floor(self.options.since, interval)
-        elif query.start is not None:
-            since = windows.floor(query.start, interval)
-        else:
-            written = self.state.windows_written(query.name, target.key)
-            since = min((s for s, _ in written), default=now - query.nr_retention)
+            since = max(since, windows.floor(self.options.since, interval))
         until = checkpoint
         if self.options.until is not None:
             until = min(until, windows.ceil(self.options.until, interval))
