@@ -301,6 +301,7 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
 
 def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
     from archiver.verify import command as verify
+    from archiver.verify import report as verify_report
 
     if args.prune and not args.repair:
         raise ConfigError("--prune deletes points only as part of a repair: add --repair")
@@ -328,7 +329,7 @@ def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
         self_metrics=args.self_metrics,
     )
     report = verify.verify_pass(settings, loaded.queries, options)
-    print(verify.to_json(report) if args.json else verify.to_table(report))
+    print(verify_report.to_json(report) if args.json else verify_report.to_table(report))
     if loaded.problems:
         return ExitCode.QUERY_FAILED
     return report.exit_code
