@@ -30,8 +30,17 @@ from archiver.limiter import Limiter
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.passes import connect_sink, new_relic_client_factory
+from archiver.readahead import read_ahead
 from archiver.readback import Deleted, Series
-from archiver.runner import JobResult, PlannedJob, Runner, account_for, holder_is_dead, utcnow
+from archiver.runner import (
+    READ_AHEAD_WINDOWS,
+    JobResult,
+    PlannedJob,
+    Runner,
+    account_for,
+    holder_is_dead,
+    utcnow,
+)
 from archiver.sinks import Sink
 from archiver.state import State, VerifyRecord
 from archiver.transform import escape_key
@@ -200,10 +209,12 @@ class Verifier:
             job = PlannedJob(query, target, job.account_id, segments, [])
         series = series_of(query)
         progress = JobResult(query.name, target.key)
+        # As in `run`, New Relic answers the next window while this one is read back.
+        batches = self.runner.batches(job, progress, self.client_factory())
+        thread = threading.current_thread().name
+        ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         try:
-            for window, lines, precision in self.runner.batches(
-                job, progress, self.client_factory()
-            ):
+            for window, lines, precision in ahead:
                 self._window(target, series, window, lines, precision, policy, report)
                 policy = policy or self._policy_after_repair(target)
                 if not self._renew_lease(query, target):
@@ -214,6 +225,7 @@ class Verifier:
                     )
                     return
         finally:
+            ahead.close()
             report.nr_requests = progress.nr_requests
             if progress.status == "interrupted":
                 report.status, report.error = "failed", "interrupted"
