@@ -13,8 +13,12 @@ from datetime import timedelta
 import requests
 
 from archiver.windows import iso
-from tests.e2e import Item, Spec, actual_points, ago, expected_points, floor, parse_iso
+from tests.e2e import ACCOUNT, Item, Spec, actual_points, ago, expected_points, floor, parse_iso
 
+JSON_KEYS = {
+    "query", "target", "account_id", "since", "until", "windows", "checked", "missing",
+    "different", "extra", "repaired", "pruned", "examples",
+}  # fmt: skip
 EVIL = "x' OR \"appName\" =~ /.*/ OR 'y"  # a facet value that tries to widen a statement
 EVIL_LP = EVIL.replace(" ", "\\ ").replace(",", "\\,").replace("=", "\\=")
 
@@ -82,6 +86,9 @@ def test_verify_finds_repairs_and_prunes_exactly_the_damage(cli, influxd, influx
     clean, rows = verify(cli)
     assert clean == 0
     (row,) = rows
+    assert set(row) >= JSON_KEYS
+    assert (row["query"], row["target"]) == (spec.name, f"{influx_db}.autogen")
+    assert row["account_id"] == ACCOUNT
     assert counts(row) == dict.fromkeys(("missing", "different", "extra", "repaired", "pruned"), 0)
     assert row["checked"] == len(expected)
     assert (row["since"], row["until"]) == (iso(start), iso(until))
