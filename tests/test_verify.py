@@ -94,13 +94,16 @@ def test_verify_finds_repairs_and_prunes_exactly_the_damage(cli, influxd, influx
     assert (row["since"], row["until"]) == (iso(start), iso(until))
     assert row["windows"] >= 1
 
-    # Damage: the points of two buckets deleted, one value overwritten, a point of a facet
-    # New Relic never had, and points of other series (another static tag value, an extra
-    # tag key) that are not this query's and must never be touched.
+    # Damage: the points of two buckets deleted, a whole series dropped, one value
+    # overwritten, a point of a facet New Relic never had, and points of other series (another
+    # static tag value, an extra tag key) that are not this query's and must never be touched.
     t0 = int(start.timestamp())
     hole = (t0 + 600, t0 + 1200)
     influxd.query(f'DELETE FROM "nr_tx" WHERE time >= {hole[0]}s AND time < {hole[1]}s', influx_db)
-    missing = [key for key in expected if hole[0] <= key[1] < hole[1]]
+    influxd.query('DROP SERIES FROM "nr_tx" WHERE "appName" = \'a=b\'', influx_db)
+    missing = [
+        key for key in expected if hole[0] <= key[1] < hole[1] or ("appName", "a=b") in key[0]
+    ]
     overwritten_at = t0 + 3000
     write_lp(
         influxd,
