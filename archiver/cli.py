@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_options(schedule, backfill=False)
 
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="ask New Relic again and compare with what InfluxDB holds; --repair fixes it",
+        description="Compare the archive with New Relic, window by window, for every query "
+        "and target, from its start (or what New Relic still holds) to its checkpoint. "
+        "Costs one New Relic request per window verified.",
+    )
+    add_verify_options(verify)
+
     commands.add_parser(
         "health",
         parents=[common],
@@ -262,6 +272,58 @@ def add_run_options(parser: argparse.ArgumentParser, *, backfill: bool = True) -
         )
 
 
+def add_verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--query", action="append", default=[], metavar="NAME", help="only this query (repeatable)"
+    )
+    parser.add_argument("--since", metavar="TIME", help="verify from TIME (ISO, epoch, 7d)")
+    parser.add_argument(
+        "--until", metavar="TIME", help="verify up to TIME (never past the checkpoint)"
+    )
+    parser.add_argument(
+        "--sample",
+        type=positive_int,
+        metavar="N",
+        help="verify only N windows per target, chosen at random (the output lists them)",
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="seed of --sample's random choice (reproducible)"
+    )
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="write missing and different points again (checkpoints do not move), then verify "
+        "the repaired windows again",
+    )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="with --repair: also delete the points of the query's series New Relic does not have",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--workers", type=positive_int, default=4, help="targets verified in parallel (4)"
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=positive_int,
+        default=5,
+        help="concurrent New Relic requests at most (5, as New Relic asks)",
+    )
+    parser.add_argument(
+        "--requests-per-minute",
+        type=positive_int,
+        default=1000,
+        help="New Relic requests per minute at most (1000)",
+    )
+    parser.add_argument(
+        "--no-self-metrics",
+        dest="self_metrics",
+        action="store_false",
+        help="do not write the nr_archiver kind=verify points",
+    )
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
@@ -350,6 +412,42 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
             print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
 
 
+def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
+    from archiver.verify import command as verify
+    from archiver.verify import report as verify_report
+
+    if args.prune and not args.repair:
+        raise ConfigError("--prune deletes points only as part of a repair: add --repair")
+    now = datetime.now(UTC)
+    try:
+        since = parse_time(args.since, now) if args.since else None
+        until = parse_time(args.until, now) if args.until else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if since is not None and until is not None and until <= since:
+        raise ConfigError(f"--until {args.until} is not after --since {args.since}")
+    loaded = load_queries(settings, args.query)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    options = verify.VerifyOptions(
+        since=since,
+        until=until,
+        sample=args.sample,
+        seed=args.seed,
+        repair=args.repair,
+        prune=args.prune,
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        requests_per_minute=args.requests_per_minute,
+        self_metrics=args.self_metrics,
+    )
+    report = verify.verify_pass(settings, loaded.queries, options)
+    print(verify_report.to_json(report) if args.json else verify_report.to_table(report))
+    if loaded.problems:
+        return ExitCode.QUERY_FAILED
+    return report.exit_code
+
+
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
     loaded = (
         queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
@@ -368,7 +466,10 @@ def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
     rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
     # errors are stored redacted; this also covers those stored by an older release
-    print(logs.redact(status.to_json(rows) if args.json else status.to_table(rows)))
+    text = (
+        status.to_json(rows) if args.json else status.to_table(rows) + status.verify_section(rows)
+    )
+    print(logs.redact(text))
     return ExitCode.OK
 
 
@@ -470,6 +571,7 @@ def program(args: argparse.Namespace) -> int:
     """The main program without error handling."""
     settings = settings_from(args)
     data_on_stdout = getattr(args, "output", None) == "-"
+    data_on_stdout = data_on_stdout or args.command == "verify"  # its report is on stdout
     logs.setup(
         settings.log_level,
         getattr(args, "log_format", "text"),
@@ -489,6 +591,7 @@ def program(args: argparse.Namespace) -> int:
         "health": cmd_health,
         "import": cmd_import,
         "grafana": cmd_grafana,
+        "verify": cmd_verify,
     }
     return handlers[args.command](args, settings)
 

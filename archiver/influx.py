@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -45,6 +45,10 @@ import requests
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, retry_after_seconds
+
+if TYPE_CHECKING:
+    from archiver.readback import Deleted, Series
+    from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +119,7 @@ class InfluxV1Sink:
         max_attempts: int = 6,
         max_total_seconds: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        token: str | None = None,
     ) -> None:
         if password:
             logs.register_secret(password)
@@ -127,6 +132,9 @@ class InfluxV1Sink:
         self._senders = concurrent.futures.ThreadPoolExecutor(in_flight, "influx-write")
         if username is not None:
             self._session.auth = (username, password or "")
+        if token:  # InfluxDB 2.x and 3.x answer InfluxQL on /query for a token
+            logs.register_secret(token)
+            self._session.headers["Authorization"] = f"Token {token}"
         self._retry = RetryPolicy(
             max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )
@@ -183,10 +191,42 @@ class InfluxV1Sink:
         requests_sent = sum(attempts for _, attempts in outcomes)
         return WriteResult(len(lines), dropped, requests_sent, requests_sent - len(outcomes))
 
-    def query(self, influxql: str, database: str | None = None) -> list[dict]:
-        """Rows of every series as dicts (series tags merged in), times in epoch seconds."""
-        rows, _ = self._with_retries(lambda: self._query_once(influxql, database))
+    def query(self, influxql: str, database: str | None = None, epoch: str = "s") -> list[dict]:
+        """Rows of every series as dicts (series tags merged in), times in epoch `epoch`."""
+        rows, _ = self._with_retries(lambda: self._query_once(influxql, database, epoch))
         return rows
+
+    def series_rows(self, influxql: str, database: str) -> list[dict]:
+        """The series of a `GROUP BY *` SELECT as InfluxDB answers them, times in epoch ns."""
+        rows, _ = self._with_retries(lambda: self._query_once(influxql, database, "ns", raw=True))
+        return rows
+
+    def read_points(
+        self,
+        database: str,
+        retention_policy: str | None,
+        series: Series,
+        since_ns: int,
+        until_ns: int,
+    ) -> list[Point]:
+        """The points of one query's series in [since_ns, until_ns) (`archiver.readback`)."""
+        from archiver import readback
+
+        return readback.read_points(self, database, retention_policy, series, since_ns, until_ns)
+
+    def delete_points(
+        self, database: str, retention_policy: str | None, series: Series, points: list[Point]
+    ) -> Deleted:
+        """Delete exactly these points, never another policy's (`archiver.readback`)."""
+        from archiver import readback
+
+        return readback.delete_points(self, database, retention_policy, series, points)
+
+    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
+        """The retention policy if it exists (None also when the database does not)."""
+        if not any(row["name"] == database for row in self.query("SHOW DATABASES")):
+            return None
+        return self._find_policy(database, name)
 
     def retention_policies(self, database: str) -> list[RetentionPolicy]:
         rows = self.query(f"SHOW RETENTION POLICIES ON {quote_identifier(database)}")
@@ -318,8 +358,10 @@ class InfluxV1Sink:
             )
         raise InfluxError(f"InfluxDB refused the write to {target} (HTTP {status}): {message}")
 
-    def _query_once(self, influxql: str, database: str | None) -> list[dict]:
-        params = {"epoch": "s"}
+    def _query_once(
+        self, influxql: str, database: str | None, epoch: str = "s", *, raw: bool = False
+    ) -> list[dict]:
+        params = {"epoch": epoch}
         if database is not None:
             params["db"] = database
         if influxql.lstrip().upper().startswith(READ_STATEMENTS):
@@ -334,6 +376,8 @@ class InfluxV1Sink:
         results = self._json(response).get("results")
         if not isinstance(results, list):
             raise self._not_influxdb(response)
+        if raw:
+            return [series for result in results for series in _result_series(influxql, result)]
         return [row for result in results for row in _result_rows(influxql, result)]
 
     def _json(self, response: requests.Response) -> dict:
@@ -402,11 +446,15 @@ def classify_bad_request(message: str, target: str) -> int:
     raise InfluxError(f"InfluxDB refused the write to {target} (HTTP 400): {message}")
 
 
-def _result_rows(influxql: str, result: dict) -> list[dict]:
+def _result_series(influxql: str, result: dict) -> list[dict]:
     if "error" in result:
-        raise InfluxError(f"InfluxDB rejected {influxql!r}: {result['error']}")
+        raise InfluxError(f"InfluxDB rejected {influxql!r:.300}: {result['error']}")
+    return result.get("series", [])
+
+
+def _result_rows(influxql: str, result: dict) -> list[dict]:
     rows = []
-    for series in result.get("series", []):
+    for series in _result_series(influxql, result):
         for values in series.get("values", []):
             row = dict(zip(series["columns"], values, strict=True))
             rows.append({**series.get("tags", {}), **row})

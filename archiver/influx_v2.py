@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import urllib3
 from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
@@ -53,6 +53,10 @@ from archiver.influx import (
     without_userinfo,
 )
 from archiver.retry import RetryPolicy, retry_after_seconds
+
+if TYPE_CHECKING:
+    from archiver.readback import Deleted, Series
+    from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +113,8 @@ class InfluxClientSink:
         for secret in (token, password):
             logs.register_secret(secret or "")
         self.org = org or "-"
+        self._token, self._sleep = token, sleep
+        self._query_sink: InfluxV1Sink | None = None  # InfluxQL reads for verify (2.x, 3.x)
         self.credentials = (
             "INFLUX_USERNAME / INFLUX_PASSWORD" if flavour == "1.8" else "INFLUX_TOKEN"
         )
@@ -126,8 +132,9 @@ class InfluxClientSink:
     def close(self) -> None:
         self._write_api.close()  # before the client: closing the client leaves write APIs open
         self._client.close()
-        if self._influxql is not None:
-            self._influxql.close()
+        for influxql in (self._influxql, self._query_sink):
+            if influxql is not None:
+                influxql.close()
 
     def __enter__(self) -> InfluxClientSink:
         return self
@@ -177,6 +184,85 @@ class InfluxClientSink:
             requests_sent += attempts
             retries += attempts - 1
         return WriteResult(len(lines), dropped, requests_sent, retries)
+
+    # --- reading back and deleting (verify) ---------------------------------------------------
+    # InfluxQL on /query reads back from every flavour: 1.8 natively, 2.x through the DBRP
+    # mapping `ensure_target` made, 3.x with the database named like the bucket.
+
+    def read_points(
+        self,
+        database: str,
+        retention_policy: str | None,
+        series: Series,
+        since_ns: int,
+        until_ns: int,
+    ) -> list[Point]:
+        """The points of one query's series in [since_ns, until_ns), read with InfluxQL."""
+        database, retention_policy = self._influxql_names(database, retention_policy)
+        return self._reader().read_points(database, retention_policy, series, since_ns, until_ns)
+
+    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
+        if self.flavour == "1.8":
+            return self._reader().existing_policy(database, name)
+        if self.flavour == "3.x":  # made by the first write; its retention is the server's
+            return RetentionPolicy(name or DEFAULT_RP, None, name is None)
+        bucket = self._find_bucket(bucket_name(database, name))
+        if bucket is None:
+            return None
+        return RetentionPolicy(name or DEFAULT_RP, _bucket_seconds(bucket), name is None)
+
+    def delete_points(
+        self, database: str, retention_policy: str | None, series: Series, points: list[Point]
+    ) -> Deleted:
+        """1.8: InfluxQL DELETE (`archiver.readback`); 2.x: the delete API, point by point."""
+        if self.flavour == "1.8":
+            return self._reader().delete_points(database, retention_policy, series, points)
+        if self.flavour == "3.x":
+            raise InfluxError(
+                "InfluxDB 3 has no delete of single points: --prune cannot remove extra "
+                "points there (drop them with a new database, or leave out --prune)"
+            )
+        from archiver import readback
+
+        bucket = bucket_name(database, retention_policy)
+        deleted, kept = [], []
+        for point in points:
+            # The delete API matches every series that has these tags: refuse when another
+            # series (a superset of the tags) has a point at that time too.
+            others = readback.series_at(
+                self._reader(), database, retention_policy, series.measurement, point
+            )
+            if others:
+                kept.append((point, f"series {others[0]} has a point at the same time"))
+                continue
+            stamp = readback.rfc3339_ns(point.time_ns)
+            predicate = readback.delete_predicate(series.measurement, point)
+            self._with_retries(
+                lambda stamp=stamp, predicate=predicate: self._client.delete_api().delete(
+                    stamp, stamp, predicate, bucket=bucket, org=self.org
+                ),
+                f'deleting a point from "{bucket}"',
+            )
+            deleted.append(point)
+        return readback.Deleted(deleted, kept)
+
+    def _influxql_names(
+        self, database: str, retention_policy: str | None
+    ) -> tuple[str, str | None]:
+        if self.flavour == "3.x":
+            return bucket_name(database, retention_policy), None
+        return database, retention_policy
+
+    def _reader(self) -> InfluxV1Sink:
+        """1.8: the InfluxQL sink it already has; 2.x, 3.x: one on /query with the token."""
+        if self._influxql is not None:
+            return self._influxql
+        with self._org_lock:
+            if self._query_sink is None:
+                self._query_sink = InfluxV1Sink(
+                    self.url, timeout=self.timeout, token=self._token, sleep=self._sleep
+                )
+            return self._query_sink
 
     # --- targets -----------------------------------------------------------------------------
 

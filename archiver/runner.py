@@ -342,10 +342,7 @@ class Runner:
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         client = self._client()  # here: the batches are produced on the read-ahead thread
-        if job.query.mode == "events":
-            batches = self._event_batches(job, result, client)
-        else:
-            batches = self._aggregate_batches(job, result, client)
+        batches = self.batches(job, result, client)
         # New Relic answers the next window (and it is transformed) while InfluxDB writes this
         # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
         thread = threading.current_thread().name
@@ -394,6 +391,17 @@ class Runner:
             for since, until in job.segments:
                 self.state.finish_backfill(name, key, since, until)
             result.backfilled = job.segments
+
+    def batches(
+        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
+    ) -> Iterator[tuple[Window, list[str], Precision]]:
+        """Every window of the job as New Relic answers it, transformed: (window, lines, precision).
+
+        What `run` writes, and what `verify` compares with InfluxDB.
+        """
+        if job.query.mode == "events":
+            return self._event_batches(job, result, client)
+        return self._aggregate_batches(job, result, client)
 
     def _aggregate_batches(
         self, job: PlannedJob, result: JobResult, client: NerdGraphClient

@@ -115,6 +115,26 @@ leases = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False),
 )
 
+verifications = sa.Table(  # the last `verify` of each (query, target), for `status`
+    "verifications",
+    metadata,
+    sa.Column("query", sa.String(200), primary_key=True),
+    sa.Column("target", sa.String(400), primary_key=True),
+    sa.Column("verified_at", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("since", sa.BigInteger),
+    sa.Column("until", sa.BigInteger),
+    sa.Column("windows", sa.Integer, nullable=False),
+    sa.Column("checked", sa.BigInteger, nullable=False),
+    sa.Column("missing", sa.BigInteger, nullable=False),
+    sa.Column("different", sa.BigInteger, nullable=False),
+    sa.Column("extra", sa.BigInteger, nullable=False),
+    sa.Column("repaired", sa.BigInteger, nullable=False),
+    sa.Column("pruned", sa.BigInteger, nullable=False),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+    sa.Column("error", sa.Text),
+)
+
 WINDOW_LOG_DAYS = 30
 MIGRATION_LOCK = 0x6E72_6172  # pg_advisory_xact_lock key of the migrations ('nrar')
 
@@ -263,6 +283,27 @@ class ExportRecord:
     points: int
     started_at: datetime
     finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    """The outcome of one `verify` of a (query, target)."""
+
+    query: str
+    target: str
+    verified_at: datetime
+    status: str  # ok | differs | failed | not exported
+    since: datetime | None
+    until: datetime | None
+    windows: int
+    checked: int
+    missing: int
+    different: int
+    extra: int
+    repaired: int
+    pruned: int
+    remaining: int
+    error: str | None
 
 
 class State:
@@ -566,6 +607,37 @@ class State:
                     leases.c.query == query, leases.c.target == target, leases.c.holder == holder
                 )
             )
+
+    # -- verify ---------------------------------------------------------------------------------
+
+    def record_verify(self, record: VerifyRecord) -> None:
+        """Keep `record` as the last verify of its (query, target)."""
+        values = {
+            **record.__dict__,
+            "verified_at": epoch(record.verified_at),
+            "since": epoch(record.since) if record.since else None,
+            "until": epoch(record.until) if record.until else None,
+            "error": redact(record.error) if record.error else None,
+        }
+        where = (verifications.c.query == record.query, verifications.c.target == record.target)
+        with self._begin() as conn:
+            conn.execute(verifications.delete().where(*where))
+            conn.execute(verifications.insert().values(**values))
+
+    def latest_verifies(self) -> dict[tuple[str, str], VerifyRecord]:
+        with self._begin() as conn:
+            rows = conn.execute(sa.select(verifications)).all()
+        return {
+            (r.query, r.target): VerifyRecord(
+                **{
+                    **r._asdict(),
+                    "verified_at": from_epoch(r.verified_at),
+                    "since": from_epoch(r.since),
+                    "until": from_epoch(r.until),
+                }
+            )
+            for r in rows
+        }
 
 
 def _lock_lease(conn: Connection, current: sa.Row) -> bool:

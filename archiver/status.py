@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from archiver.queries import QueryDef
-from archiver.state import State
+from archiver.state import State, VerifyRecord
 from archiver.windows import iso
 
 
@@ -21,11 +21,13 @@ class TargetStatus:
     last_run: str | None
     last_error: str | None
     in_query_files: bool
+    last_verify: dict | None = None  # the last `nr-archiver verify` of it, None if never
 
 
 def collect(state: State, known: list[QueryDef], now: datetime) -> list[TargetStatus]:
     checkpoints = {(c.query, c.target): c.exported_until for c in state.all_checkpoints()}
     exports = state.latest_exports()
+    verifies = state.latest_verifies()
     configured = {(q.name, t.key) for q in known for t in q.targets}
     rows = []
     for query, target in sorted(configured | set(checkpoints) | set(exports)):
@@ -41,9 +43,37 @@ def collect(state: State, known: list[QueryDef], now: datetime) -> list[TargetSt
                 last_run=iso(export.started_at) if export else None,
                 last_error=export.error if export else None,
                 in_query_files=(query, target) in configured,
+                last_verify=_verify(verifies.get((query, target))),
             )
         )
     return rows
+
+
+def _verify(record: VerifyRecord | None) -> dict | None:
+    if record is None:
+        return None
+    counts = ("windows", "checked", "missing", "different", "extra", "repaired", "pruned")
+    return {
+        "verified_at": iso(record.verified_at),
+        "status": record.status,
+        **{key: getattr(record, key) for key in (*counts, "remaining")},
+        "error": record.error,
+    }
+
+
+def verify_section(rows: list[TargetStatus]) -> str:
+    """Below the table: the last verify of each target that had one."""
+    lines = []
+    for row in rows:
+        if (v := row.last_verify) is None:
+            continue
+        lines.append(
+            f"{row.query} → {row.target}: verified {v['verified_at']}: {v['status']}, "
+            f"{v['checked']} points checked, {v['missing']} missing, {v['different']} "
+            f"different, {v['extra']} extra, {v['repaired']} repaired, {v['pruned']} pruned, "
+            f"{v['remaining']} remaining" + (f": {v['error']}" if v["error"] else "")
+        )
+    return "\n\nLAST VERIFY\n" + "\n".join(lines) if lines else ""
 
 
 def to_json(rows: list[TargetStatus]) -> str:

@@ -290,6 +290,7 @@ class FakeNerdGraph:
         self._retry_after: float | None = None
         self._rejections: dict[str, str] = {}
         self._messages: dict[str, list[str]] = {}
+        self._late: tuple[int, float] | None = None
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -372,6 +373,12 @@ class FakeNerdGraph:
             configured = dict(self._messages)
         return [m for substring, found in configured.items() if substring in nrql for m in found]
 
+    def arrive_late(self, since_seconds: int, increment: float = 1.0) -> None:
+        """Late data: from now on, every number of a bucket beginning at or after
+        `since_seconds` (epoch) is `increment` larger than before (times stay as they are)."""
+        with self._lock:
+            self._late = (since_seconds, increment)
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -420,7 +427,7 @@ class FakeNerdGraph:
             )
         except NrqlError as error:
             return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        results = real_facet_labels(result.results, result.metadata)
+        results = real_facet_labels(self._with_late_data(result.results), result.metadata)
         metadata = {**result.metadata, "messages": self.messages_for(request.nrql)}
         nrql = {"results": results, "metadata": metadata}
         if "otherResult" in request.wants:
@@ -428,6 +435,25 @@ class FakeNerdGraph:
         if "totalResult" in request.wants:
             nrql["totalResult"] = result.total
         return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+
+    def _with_late_data(self, results: list[dict]) -> list[dict]:
+        with self._lock:
+            late = self._late
+        if late is None:
+            return results
+        since, increment = late
+        times = ("beginTimeSeconds", "endTimeSeconds", "timestamp")
+        return [
+            {
+                key: value + increment
+                if key not in times
+                and type(value) in (int, float)
+                and row.get("beginTimeSeconds", 0) >= since
+                else value
+                for key, value in row.items()
+            }
+            for row in results
+        ]
 
     def _bad_key(self) -> Reply:
         error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}
