@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
+from archiver import __version__, config, logs, passes, queries, reset, scheduler, sharding, status
 from archiver.errors import (
     ArchiverError,
     AuthError,
@@ -24,8 +24,8 @@ from archiver.errors import (
 )
 from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
-from archiver.timeparse import format_duration, parse_time
-from archiver.windows import Window, iso
+from archiver.timeparse import format_duration
+from archiver.windows import Window
 
 log = logging.getLogger("archiver")
 
@@ -66,12 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    reset = commands.add_parser(
+    reset_cmd = commands.add_parser(
         "reset", parents=[common], help="move a checkpoint on purpose (prints old and new value)"
     )
-    reset.add_argument("--query", required=True, metavar="NAME")
-    reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
-    reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
+    reset_cmd.add_argument("--query", required=True, metavar="NAME")
+    reset_cmd.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
+    reset_cmd.add_argument(
+        "--to",
+        required=True,
+        metavar="TIME",
+        help="ISO 8601, epoch or age (7d); not in the future; aligned down to the interval",
+    )
+    reset_cmd.add_argument(
+        "--dry-run", action="store_true", help="print the old and new value; change nothing"
+    )
 
     db = commands.add_parser("db", parents=[common], help="state database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -183,7 +191,7 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
             raise ConfigError("--until needs --since")
         return None
     try:
-        backfill = Backfill(parse_time(since, now), parse_time(until, now) if until else None)
+        backfill = Backfill.parse(since, until, now)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if backfill.until is not None and backfill.until <= backfill.since:
@@ -192,16 +200,17 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
 
 
 def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
-    loaded = load_queries(settings, args.query, args.shard)
+    backfill = backfill_from(args, datetime.now(UTC))
+    dry_run = getattr(args, "dry_run", False)
+    kind = "backfill" if backfill else "incremental"
+    record = not dry_run and not getattr(args, "output", None)
+    with passes.recorded_failures(settings, kind, record=record):
+        loaded = load_queries(settings, args.query, args.shard)
     for problem in loaded.problems:
         log.error("%s", problem)
-    backfill = backfill_from(args, datetime.now(UTC))
-    if getattr(args, "dry_run", False):
+    if dry_run:
         print_plan(passes.plan_pass(settings, loaded, backfill))
         return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
-    if not loaded.queries:
-        log.error("no valid query file to run")
-        return ExitCode.QUERY_FAILED
     output = getattr(args, "output", None)
     if output:
         log.info("writing line protocol to %s instead of InfluxDB", output)
@@ -248,27 +257,22 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
-    known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
-    rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
-    print(status.to_json(rows) if args.json else status.to_table(rows))
+    result = status.report(settings.db_url, settings.queries_dir, datetime.now(UTC))
+    if result.folder_problem:
+        print(f"nr-archiver: warning: {result.folder_problem}", file=sys.stderr)
+    print(
+        status.to_json(result.rows) if args.json else status.to_table(result.rows, result.last_pass)
+    )
     return ExitCode.OK
 
 
 def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
-    now = datetime.now(UTC)
-    query = queries.select(queries.load_dir(settings.queries_dir).queries, [args.query])[0]
-    keys = [t.key for t in query.targets]
-    if args.target and args.target not in keys:
-        raise ConfigError(f"query {query.name!r} has no target {args.target!r}; it has {keys}")
-    try:
-        to = parse_time(args.to, now)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    state = State.open(settings.db_url)
-    for key in [args.target] if args.target else keys:
-        old = state.checkpoint(query.name, key)
-        state.set_checkpoint(query.name, key, to, now)
-        print(f"{query.name} → {key}: checkpoint {iso(old) if old else 'none'} → {iso(to)}")
+    moves = reset.reset(
+        settings.db_url, settings.queries_dir, args.query, args.target, args.to,
+        datetime.now(UTC), dry_run=args.dry_run,
+    )  # fmt: skip
+    for move in moves:
+        print(f"{move}{' (dry run: nothing changed)' if args.dry_run else ''}")
     return ExitCode.OK
 
 

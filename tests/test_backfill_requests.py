@@ -10,40 +10,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from archiver import scheduler
 from archiver.cli import main
 from archiver.state import State
 from archiver.windows import iso
-from tests.e2e import Item, Spec, actual_points, ago, cli_env, expected_points, floor
+from tests.e2e import Spec, actual_points, ago, expected_points, floor
+from tests.inprocess import env, tx  # noqa: F401 (env: the fixture below)
 
-
-@pytest.fixture
-def env(monkeypatch, fake_nr, influxd, queries_dir, state_path):
-    values = cli_env(
-        nerdgraph_url=fake_nr.url,
-        api_key=fake_nr.api_key,
-        influx_url=influxd.url,
-        db_url=f"sqlite:///{state_path}",
-        queries=queries_dir,
-    )
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(scheduler, "install_signal_handlers", lambda stop: None)
-    return values
-
-
-def tx(database: str) -> Spec:
-    return Spec(
-        name="tx",
-        nrql="SELECT average(duration), count(*) FROM Transaction FACET appName, host",
-        event_type="Transaction",
-        facets=("appName", "host"),
-        items=(Item("average", "duration", "average.duration"), Item("count", None, "count")),
-        measurement="nr_tx",
-        interval="1 minute",
-        interval_seconds=60,
-        database=database,
-    )
+pytestmark = pytest.mark.usefixtures("env")
 
 
 def ms(moment: datetime) -> str:
@@ -56,7 +29,7 @@ def drop(influxd, spec: Spec) -> None:
 
 
 def test_same_range_after_a_resumed_backfill_exports_the_whole_range_again(
-    env, fake_nr, influxd, influx_db, queries_dir, state_path
+    fake_nr, influxd, influx_db, queries_dir, state_path
 ):
     spec = tx(influx_db)
     spec.write(queries_dir)
@@ -83,7 +56,7 @@ def test_same_range_after_a_resumed_backfill_exports_the_whole_range_again(
 
 
 def test_relative_since_resumed_then_asked_again_exports_everything(
-    env, fake_nr, influxd, influx_db, queries_dir
+    fake_nr, influxd, influx_db, queries_dir
 ):
     spec = tx(influx_db)
     spec.write(queries_dir)
