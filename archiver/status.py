@@ -197,6 +197,14 @@ def to_table(rows: list[TargetStatus], last_pass: PassStatus | None = None) -> s
     return "\n".join(lines)
 
 
+def _backfill_result(backfill: BackfillStatus) -> str:
+    """`partial (failed)`: a backfill's state, and how its last attempt ended if not ok."""
+    ended = backfill.last_status
+    if backfill.state == "partial" and ended not in (None, "ok", "running"):
+        return f"partial ({ended})"
+    return backfill.state
+
+
 def _table(rows: list[TargetStatus]) -> str:
     header = ("QUERY", "TARGET", "KIND", "EXPORTED UNTIL", "LAG", "LAST RUN", "RESULT", "ERROR")
     table = [header]
@@ -223,7 +231,7 @@ def _table(rows: list[TargetStatus]) -> str:
                     f"{backfill.percent}% of {backfill.since} → {backfill.until}",
                     "-",
                     backfill.last_run,
-                    backfill.state,
+                    _backfill_result(backfill),
                     (backfill.last_error or "")[:120],
                 )
             )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archiver import sinks
+from archiver import sinks, status
 from archiver.cli import main
+from archiver.state import State
 from archiver.windows import iso
 from tests.e2e import ago, floor
 from tests.inprocess import env, tx  # noqa: F401 (env: the fixture below)
@@ -114,7 +115,7 @@ def test_a_partial_backfill_shows_how_far_and_how_to_resume(
     assert backfill["resume_command"] == command
     text = status_text(capsys)
     assert f"resume tx → {influx_db}.autogen: {command}" in text
-    assert "25% of " in text and " partial " in text
+    assert "25% of " in text and " partial (failed) " in text
 
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])
@@ -134,3 +135,27 @@ def test_status_prints_the_state_whatever_the_queries_folder(
     [warning] = err.strip().splitlines()
     expected = "does not exist" if folder == "missing" else "has no *.yaml files"
     assert warning.startswith("nr-archiver: warning: queries folder") and expected in warning
+
+
+def test_a_backfill_held_by_a_live_process_is_running(state_path):
+    now = datetime.now(UTC).replace(microsecond=0)
+    state = State.open(f"sqlite:///{state_path}")
+    run = state.start_run("backfill", now)
+    export = state.start_export(run, "q", "t", now)
+    holder = "another-host:1:abcdef01"  # not this host: alive until its lease expires
+    rng = (now - timedelta(hours=2), now)
+    backfill = state.open_backfill(
+        "q", "t", ("2h", "now"), rng, holder=holder, export_id=export, now=now
+    )
+    state.record_window(
+        export, "q", "t", rng[0], rng[0] + timedelta(hours=1), 1, now, backfill_id=backfill
+    )
+    assert state.acquire_lease("q", "t", holder, timedelta(minutes=10), now)
+
+    [row] = status.collect(state, [], now)
+    [running] = row.backfills
+    assert (running.state, running.percent, running.resumable) == ("running", 50, True)
+    later = now + timedelta(minutes=11)  # the lease expired: its holder is gone
+    [stale] = status.collect(state, [], later)[0].backfills
+    assert stale.state == "partial"
+    assert stale.resume_command == "nr-archiver run --query q --since 2h"
