@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from archiver import queries
-from archiver.errors import ConfigError
+from archiver.errors import ConfigError, ExitCode
 from archiver.queries import QueryDef
 from archiver.runner import holder_is_dead
 from archiver.state import BackfillRecord, PassRecord, State
@@ -191,10 +191,19 @@ def to_table(rows: list[TargetStatus], last_pass: PassStatus | None = None) -> s
             if backfill.resume_command:
                 lines.append(f"resume {row.query} → {row.target}: {backfill.resume_command}")
     if last_pass is not None:
-        outcome = "ok" if last_pass.ok else f"failed (exit {last_pass.exit_code})"
-        cause = f": {last_pass.error}" if last_pass.error else ""
-        lines.append(f"last pass: {last_pass.started} ({last_pass.kind}) {outcome}{cause}")
+        lines.append(f"last pass: {last_pass.started} ({last_pass.kind}) {_outcome(last_pass)}")
     return "\n".join(lines)
+
+
+def _outcome(last_pass: PassStatus) -> str:
+    if last_pass.ok:
+        return "ok"
+    if last_pass.exit_code == ExitCode.INTERRUPTED:
+        return "interrupted"
+    outcome = f"failed (exit {last_pass.exit_code})"
+    if last_pass.error:
+        return f"{outcome}: {last_pass.error}"
+    return f"{outcome}: see the failed rows above"
 
 
 def _backfill_result(backfill: BackfillStatus) -> str:

@@ -116,6 +116,7 @@ def test_a_partial_backfill_shows_how_far_and_how_to_resume(
     text = status_text(capsys)
     assert f"resume tx → {influx_db}.autogen: {command}" in text
     assert "25% of " in text and " partial (failed) " in text
+    assert text.splitlines()[-1].endswith("(backfill) failed (exit 1): see the failed rows above")
 
 
 @pytest.mark.parametrize("folder", ["missing", "empty"])
