@@ -56,8 +56,9 @@ def run_pass(
 ) -> RunReport:
     """Export every (query, target) of `loaded`; the report says how each one went.
 
-    A pass that cannot start (no valid query file, no key, InfluxDB unreachable) is recorded
-    in the run log with its cause before the error goes up, so `status` shows it.
+    A pass that fails as a whole (no valid query file, no key, InfluxDB unreachable, a query
+    without an account) is recorded in the run log with its cause before the error goes up,
+    so `status` shows it.
     """
     kind = "backfill" if backfill else "incremental"
     pairs = [(query.name, target.key) for query in loaded.queries for target in query.targets]
@@ -70,23 +71,23 @@ def run_pass(
         )
         client_factory = new_relic_client_factory(settings, limiter)
         sink = connect_sink(settings, options.output)
-    # A file output is for inspection: it must not move the checkpoints of the real target.
-    state = State.scratch() if options.output else State.open(settings.db_url)
-    runner = Runner(
-        state=state,
-        sink=sink,
-        client_factory=client_factory,
-        default_account=settings.new_relic_account_id,
-        workers=options.workers,
-        stop=stop,
-        progress=Progress(),
-        self_metrics=options.self_metrics and not options.output,
-        lease_ttl=timedelta(seconds=settings.lease_seconds),
-    )
-    try:
-        return runner.run(loaded.queries, backfill, loaded.problems)
-    finally:
-        sink.close()
+        try:
+            # A file output is for inspection: it must not move the real target's checkpoints.
+            state = State.scratch() if options.output else State.open(settings.db_url)
+            runner = Runner(
+                state=state,
+                sink=sink,
+                client_factory=client_factory,
+                default_account=settings.new_relic_account_id,
+                workers=options.workers,
+                stop=stop,
+                progress=Progress(),
+                self_metrics=options.self_metrics and not options.output,
+                lease_ttl=timedelta(seconds=settings.lease_seconds),
+            )
+            return runner.run(loaded.queries, backfill, loaded.problems)
+        finally:
+            sink.close()
 
 
 class NoQueries(ArchiverError):

@@ -160,3 +160,12 @@ def test_a_backfill_held_by_a_live_process_is_running(state_path):
     [stale] = status.collect(state, [], later)[0].backfills
     assert stale.state == "partial"
     assert stale.resume_command == "nr-archiver run --query q --since 2h"
+
+
+def test_status_shows_a_query_without_an_account(influx_db, queries_dir, monkeypatch, capsys):
+    tx(influx_db).write(queries_dir)
+    monkeypatch.delenv("NEW_RELIC_ACCOUNT_ID")
+    assert main(["run"]) == 2
+    row = status_json(capsys)[("tx", f"{influx_db}.autogen")]
+    assert row["last_status"] == "failed" and "NEW_RELIC_ACCOUNT_ID" in row["last_error"]
+    assert row["last_pass"]["exit_code"] == 2
