@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from archiver import __version__, config, logs, passes, queries, reset, scheduler, sharding, status
+from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
 from archiver.errors import (
     ArchiverError,
     AuthError,
@@ -22,6 +22,7 @@ from archiver.errors import (
     ExitCode,
     StateError,
 )
+from archiver.reset import reset_checkpoints
 from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
 from archiver.timeparse import format_duration
@@ -66,19 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    reset_cmd = commands.add_parser(
+    reset = commands.add_parser(
         "reset", parents=[common], help="move a checkpoint on purpose (prints old and new value)"
     )
-    reset_cmd.add_argument("--query", required=True, metavar="NAME")
-    reset_cmd.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
-    reset_cmd.add_argument(
-        "--to",
-        required=True,
-        metavar="TIME",
-        help="ISO 8601, epoch or age (7d); not in the future; aligned down to the interval",
-    )
-    reset_cmd.add_argument(
-        "--dry-run", action="store_true", help="print the old and new value; change nothing"
+    reset.add_argument("--query", required=True, metavar="NAME")
+    reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
+    reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
+    reset.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the old and new value, change nothing (--to must not be in the future; "
+        "it is aligned down to the target's interval)",
     )
 
     db = commands.add_parser("db", parents=[common], help="state database maintenance")
@@ -267,7 +266,7 @@ def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
-    moves = reset.reset(
+    moves = reset_checkpoints(
         settings.db_url, settings.queries_dir, args.query, args.target, args.to,
         datetime.now(UTC), dry_run=args.dry_run,
     )  # fmt: skip

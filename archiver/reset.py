@@ -35,7 +35,7 @@ class CheckpointMove:
         return line
 
 
-def reset(
+def reset_checkpoints(
     db_url: str,
     queries_dir: Path,
     query_name: str,
