@@ -23,10 +23,11 @@ from archiver.errors import (
     ExitCode,
     StateError,
 )
+from archiver.reset import reset_checkpoints
 from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
-from archiver.windows import Window, iso
+from archiver.windows import Window
 from archiver.wording import plural
 
 log = logging.getLogger("archiver")
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("--target", metavar="TARGET", help="target key (default: every target)")
     reset.add_argument("--to", required=True, metavar="TIME", help="ISO 8601, epoch or age (7d)")
+    reset.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the old and new value, change nothing (--to must not be in the future; "
+        "it is aligned down to the target's interval)",
+    )
 
     db = commands.add_parser(
         "db",
@@ -358,7 +365,7 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
             raise ConfigError("--until needs --since")
         return None
     try:
-        backfill = Backfill(parse_time(since, now), parse_time(until, now) if until else None)
+        backfill = Backfill.parse(since, until, now)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if backfill.until is not None and backfill.until <= backfill.since:
@@ -367,16 +374,17 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
 
 
 def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
-    loaded = load_queries(settings, args.query, args.shard)
+    backfill = backfill_from(args, datetime.now(UTC))
+    dry_run = getattr(args, "dry_run", False)
+    kind = "backfill" if backfill else "incremental"
+    record = not dry_run and not getattr(args, "output", None)
+    with passes.recorded_failures(settings, kind, record=record):
+        loaded = load_queries(settings, args.query, args.shard)
     for problem in loaded.problems:
         log.error("%s", problem)
-    backfill = backfill_from(args, datetime.now(UTC))
-    if getattr(args, "dry_run", False):
+    if dry_run:
         print_plan(passes.plan_pass(settings, loaded, backfill))
         return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
-    if not loaded.queries:
-        log.error("no valid query file to run")
-        return ExitCode.QUERY_FAILED
     output = getattr(args, "output", None)
     if output:
         log.info("writing line protocol to %s instead of InfluxDB", output)
@@ -463,31 +471,25 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
-    known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
-    rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
+    result = status.report(settings.db_url, settings.queries_dir, datetime.now(UTC))
+    if result.folder_problem:
+        print(f"nr-archiver: warning: {result.folder_problem}", file=sys.stderr)
+    if args.json:
+        text = status.to_json(result.rows)
+    else:
+        text = status.to_table(result.rows, result.last_pass) + status.verify_section(result.rows)
     # errors are stored redacted; this also covers those stored by an older release
-    text = (
-        status.to_json(rows) if args.json else status.to_table(rows) + status.verify_section(rows)
-    )
     print(logs.redact(text))
     return ExitCode.OK
 
 
 def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
-    now = datetime.now(UTC)
-    query = queries.select(queries.load_dir(settings.queries_dir).queries, [args.query])[0]
-    keys = [t.key for t in query.targets]
-    if args.target and args.target not in keys:
-        raise ConfigError(f"query {query.name!r} has no target {args.target!r}; it has {keys}")
-    try:
-        to = parse_time(args.to, now)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    state = State.open(settings.db_url)
-    for key in [args.target] if args.target else keys:
-        old = state.checkpoint(query.name, key)
-        state.set_checkpoint(query.name, key, to, now)
-        print(f"{query.name} → {key}: checkpoint {iso(old) if old else 'none'} → {iso(to)}")
+    moves = reset_checkpoints(
+        settings.db_url, settings.queries_dir, args.query, args.target, args.to,
+        datetime.now(UTC), dry_run=args.dry_run,
+    )  # fmt: skip
+    for move in moves:
+        print(f"{move}{' (dry run: nothing changed)' if args.dry_run else ''}")
     return ExitCode.OK
 
 

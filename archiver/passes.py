@@ -7,22 +7,35 @@ everything to the runner. The CLI only parses options and prints.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from archiver import queries
 from archiver.config import Settings
-from archiver.errors import ArchiverError, ConfigError, InfluxError, TransientError
+from archiver.errors import (
+    ArchiverError,
+    AuthError,
+    ConfigError,
+    ExitCode,
+    InfluxError,
+    StateError,
+    TransientError,
+)
 from archiver.insights import OTHER_REFUSED, InsightsClient
 from archiver.limiter import Limiter
+from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.runner import Backfill, PlannedJob, Runner, RunReport
 from archiver.sinks import Sink, open_sink
 from archiver.state import State
 from archiver.windows import Window
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,27 +54,79 @@ def run_pass(
     options: PassOptions,
     stop: threading.Event,
 ) -> RunReport:
-    """Export every (query, target) of `loaded`; the report says how each one went."""
-    limiter = Limiter(max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute)
-    client_factory = new_relic_client_factory(settings, limiter)
-    sink = connect_sink(settings, options.output)
-    # A file output is for inspection: it must not move the checkpoints of the real target.
-    state = State.scratch() if options.output else State.open(settings.db_url)
-    runner = Runner(
-        state=state,
-        sink=sink,
-        client_factory=client_factory,
-        default_account=settings.new_relic_account_id,
-        workers=options.workers,
-        stop=stop,
-        progress=Progress(),
-        self_metrics=options.self_metrics and not options.output,
-        lease_ttl=timedelta(seconds=settings.lease_seconds),
-    )
+    """Export every (query, target) of `loaded`; the report says how each one went.
+
+    A pass that fails as a whole (no valid query file, no key, InfluxDB unreachable, a query
+    without an account) is recorded in the run log with its cause before the error goes up,
+    so `status` shows it.
+    """
+    kind = "backfill" if backfill else "incremental"
+    pairs = [(query.name, target.key) for query in loaded.queries for target in query.targets]
+    with recorded_failures(settings, kind, pairs, record=not options.output):
+        if not loaded.queries:
+            first = f": {loaded.problems[0]}" if loaded.problems else ""
+            raise NoQueries(f"no valid query file to run{first}")
+        limiter = Limiter(
+            max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute
+        )
+        client_factory = new_relic_client_factory(settings, limiter)
+        sink = connect_sink(settings, options.output)
+        try:
+            # A file output is for inspection: it must not move the real target's checkpoints.
+            state = State.scratch() if options.output else State.open(settings.db_url)
+            runner = Runner(
+                state=state,
+                sink=sink,
+                client_factory=client_factory,
+                default_account=settings.new_relic_account_id,
+                workers=options.workers,
+                stop=stop,
+                progress=Progress(),
+                self_metrics=options.self_metrics and not options.output,
+                lease_ttl=timedelta(seconds=settings.lease_seconds),
+            )
+            return runner.run(loaded.queries, backfill, loaded.problems)
+        finally:
+            sink.close()
+
+
+class NoQueries(ArchiverError):
+    """Nothing to run: every query file is broken (or the selection is empty); exit 1."""
+
+
+def exit_code_for(exc: ArchiverError) -> ExitCode:
+    """The exit code `main()` gives this error (the README's contract)."""
+    if isinstance(exc, ConfigError | StateError | AuthError):
+        return ExitCode.USAGE
+    return ExitCode.QUERY_FAILED
+
+
+@contextmanager
+def recorded_failures(
+    settings: Settings,
+    kind: str,
+    pairs: list[tuple[str, str]] = (),
+    *,
+    record: bool = True,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Iterator[None]:
+    """Record an ArchiverError that ends a pass in the run log, then let it go on.
+
+    Not when the state database is the problem (it cannot take the record) nor twice (the
+    runner records what happens inside it). A failure to record never hides the error.
+    """
     try:
-        return runner.run(loaded.queries, backfill, loaded.problems)
-    finally:
-        sink.close()
+        yield
+    except ArchiverError as exc:
+        if record and not isinstance(exc, StateError) and not getattr(exc, "recorded", False):
+            exc.recorded = True
+            try:
+                State.open(settings.db_url).record_failed_pass(
+                    kind, now(), int(exit_code_for(exc)), redact(str(exc)), list(pairs)
+                )
+            except StateError as state_error:
+                log.warning("the failed pass was not recorded: %s", state_error)
+        raise
 
 
 def plan_pass(

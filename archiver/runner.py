@@ -31,6 +31,7 @@ from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.readahead import read_ahead
 from archiver.sinks import Sink
 from archiver.state import State
+from archiver.timeparse import parse_time, time_spec
 from archiver.windows import Range, Window, iso
 from archiver.wording import plural
 
@@ -48,8 +49,32 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Backfill:
+    """A backfill as the user asked for it.
+
+    `since_spec`/`until_spec` say how (`7d`, or an ISO instant; `now` for no --until): the
+    same command run again resumes its unfinished backfill, even with ages, whose instants
+    move with the clock. Empty specs stand for the instants themselves.
+    """
+
     since: datetime
     until: datetime | None = None
+    since_spec: str = ""
+    until_spec: str = ""
+
+    @classmethod
+    def parse(cls, since: str, until: str | None, now: datetime) -> Backfill:
+        """From `--since`/`--until` text; ValueError for a time that cannot be read."""
+        return cls(
+            parse_time(since, now),
+            parse_time(until, now) if until else None,
+            time_spec(since, now),
+            time_spec(until, now) if until else "now",
+        )
+
+    @property
+    def request(self) -> tuple[str, str]:
+        until = self.until_spec or (iso(self.until) if self.until else "now")
+        return self.since_spec or iso(self.since), until
 
 
 @dataclass
@@ -113,6 +138,7 @@ class PlannedJob:
     account_id: int
     segments: list[tuple[datetime, datetime]]
     skipped: list[str]
+    range: tuple[datetime, datetime] | None = None  # the whole range a backfill asks for
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -145,6 +171,14 @@ def account_for(query: QueryDef, default: int | None) -> int:
             "is not set"
         )
     return account
+
+
+def _problems_summary(problems: list[QueryFileProblem]) -> str | None:
+    """The run log's one line about broken query files, if any."""
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return redact(f"query file problem: {problems[0]}{more}")
 
 
 def _head(result: JobResult) -> tuple[str, str]:
@@ -205,11 +239,15 @@ class Runner:
         rng = self._range(query, target, backfill, now, rp_duration)
         segments = [] if rng.empty else [(rng.since, rng.until)]
         if backfill is not None and segments:
-            segments = windows.subtract(
-                segments[0], self.state.backfill_done(query.name, target.key)
-            )
+            done = self.state.backfill_done(query.name, target.key, backfill.request)
+            segments = windows.subtract(segments[0], done)
         return PlannedJob(
-            query, target, account_for(query, self.default_account), segments, rng.skipped
+            query,
+            target,
+            account_for(query, self.default_account),
+            segments,
+            rng.skipped,
+            (rng.since, max(rng.since, rng.until)) if backfill is not None else None,
         )
 
     def _range(
@@ -268,10 +306,14 @@ class Runner:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="job") as pool:
                 report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
         finally:
-            self.state.finish_run(run_id, int(report.exit_code), self.now())
+            exit_code, error = report.exit_code, _problems_summary(report.problems)
+            if self._auth_failure is not None:
+                exit_code, error = ExitCode.USAGE, redact(str(self._auth_failure))
+            self.state.finish_run(run_id, int(exit_code), self.now(), error)
             if self.progress is not None:
                 self.progress.close()
         if self._auth_failure is not None:
+            self._auth_failure.recorded = True  # the run log has it: nobody records it again
             raise self._auth_failure
         self._write_metrics()
         return report
@@ -289,6 +331,11 @@ class Runner:
         self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
     ) -> JobResult:
         result = JobResult(query.name, target.key)
+        if self._auth_failure is not None:  # refused for another job: refused for this one too
+            result.status, result.error = "failed", redact(str(self._auth_failure))
+            export_id = self.state.start_export(run_id, query.name, target.key, self.now())
+            self.state.finish_export(export_id, status="failed", now=self.now(), error=result.error)
+            return result
         if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
             result.status = "interrupted"
             return result
@@ -300,7 +347,13 @@ class Runner:
                 return self._busy(result, backfill is not None)
             try:
                 job = self.plan(query, target, backfill, self._retention_policy(target))
-                self._export(job, export_id, result, backfill is not None)
+                backfill_id = None
+                if backfill is not None:
+                    backfill_id = self.state.open_backfill(
+                        query.name, target.key, backfill.request, job.range,
+                        holder=self.holder, export_id=export_id, now=self.now(),
+                    )  # fmt: skip
+                self._export(job, export_id, result, backfill_id)
             finally:
                 self.state.release_lease(query.name, target.key, self.holder)
         except AuthError as exc:
@@ -335,7 +388,9 @@ class Runner:
             self._collect_metrics(result, target, "backfill" if backfill else "incremental")
         return result
 
-    def _export(self, job: PlannedJob, export_id: int, result: JobResult, backfill: bool) -> None:
+    def _export(
+        self, job: PlannedJob, export_id: int, result: JobResult, backfill_id: int | None
+    ) -> None:
         name, key = job.query.name, job.target.key
         for note in job.skipped:
             log.warning("%s → %s: %s", name, key, note, extra=log_fields(name, key))
@@ -355,7 +410,7 @@ class Runner:
                     )
                     self.state.record_window(
                         export_id, name, key, window.since, window.until, len(lines),
-                        self.now(), backfill=backfill,
+                        self.now(), backfill_id=backfill_id,
                     )  # fmt: skip
                 except BaseException:
                     result.window = window  # the read-ahead thread may be on the next one
@@ -387,9 +442,8 @@ class Runner:
         if result.status == "interrupted":
             return
         result.window = None
-        if backfill:
-            for since, until in job.segments:
-                self.state.finish_backfill(name, key, since, until)
+        if backfill_id is not None:
+            self.state.finish_backfill(backfill_id, self.now())
             result.backfilled = job.segments
 
     def batches(

@@ -58,6 +58,7 @@ runs = sa.Table(
     sa.Column("exit_code", sa.Integer),
     sa.Column("host", sa.String(200), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),  # why the whole pass failed (one line, redacted)
 )
 
 exports = sa.Table(
@@ -94,6 +95,29 @@ windows_log = sa.Table(
     sa.Index("ix_windows_written_at", "written_at"),
 )
 
+# One row per backfill the user asked for: (query, target, since_spec, until_spec) while it is
+# open. The specs are how the range was asked (`7d`, or an ISO instant): the same command run
+# again resumes the open row; once done, the same command starts a new row and exports anew.
+# NULL specs: progress recorded before revision 0002, which did not keep the request.
+backfills = sa.Table(
+    "backfills",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("query", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(400), nullable=False),
+    sa.Column("since_spec", sa.String(100)),
+    sa.Column("until_spec", sa.String(100)),
+    sa.Column("range_since", sa.BigInteger, nullable=False),
+    sa.Column("range_until", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # open | done
+    sa.Column("holder", sa.String(200)),
+    sa.Column("export_id", sa.Integer),  # the last export that worked on it
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+    sa.Index("ix_backfills_query_target", "query", "target", "status"),
+)
+
 backfill_progress = sa.Table(
     "backfill_progress",
     metadata,
@@ -103,7 +127,9 @@ backfill_progress = sa.Table(
     sa.Column("since", sa.BigInteger, nullable=False),
     sa.Column("until", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("backfill_id", sa.Integer, sa.ForeignKey("backfills.id"), nullable=False),
     sa.Index("ix_backfill_progress_query_target", "query", "target"),
+    sa.Index("ix_backfill_progress_backfill_id", "backfill_id"),
 )
 
 leases = sa.Table(
@@ -306,6 +332,32 @@ class VerifyRecord:
     error: str | None
 
 
+@dataclass(frozen=True)
+class BackfillRecord:
+    query: str
+    target: str
+    since_spec: str | None  # None: recorded before revision 0002, request unknown
+    until_spec: str | None
+    since: datetime  # the range of its last attempt
+    until: datetime
+    done: bool
+    segments: list[tuple[datetime, datetime]]  # exported so far (open backfills)
+    holder: str | None
+    lease_expires_at: datetime | None  # its holder still holds the (query, target) lease
+    last_run: datetime
+    last_status: str | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    kind: str
+    started_at: datetime
+    finished_at: datetime | None
+    exit_code: int | None
+    error: str | None
+
+
 class State:
     """All reads and writes of the state database. Every method is one short transaction."""
 
@@ -386,15 +438,54 @@ class State:
                 )
             ).inserted_primary_key[0]
 
-    def finish_run(self, run_id: int, exit_code: int, now: datetime) -> None:
+    def finish_run(
+        self, run_id: int, exit_code: int, now: datetime, error: str | None = None
+    ) -> None:
         cutoff = epoch(now - timedelta(days=WINDOW_LOG_DAYS))
         with self._begin() as conn:
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id)
-                .values(finished_at=epoch(now), exit_code=exit_code)
+                .values(
+                    finished_at=epoch(now),
+                    exit_code=exit_code,
+                    error=redact(error) if error else None,
+                )
             )
             conn.execute(windows_log.delete().where(windows_log.c.written_at < cutoff))
+
+    def record_failed_pass(
+        self,
+        kind: str,
+        now: datetime,
+        exit_code: int,
+        error: str,
+        pairs: list[tuple[str, str]] = (),
+    ) -> None:
+        """A pass that failed as a whole (InfluxDB unreachable, a refused key, no usable query
+        file): one run with its cause, and a failed export for each (query, target) it was
+        about to export, so `status` shows the failure where the user looks."""
+        run_id = self.start_run(kind, now)
+        for query, target in pairs:
+            export_id = self.start_export(run_id, query, target, now)
+            self.finish_export(export_id, status="failed", now=now, error=error)
+        self.finish_run(run_id, exit_code, now, error=error)
+
+    def last_pass(self) -> PassRecord | None:
+        """The newest finished run (pass) of any kind."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(runs)
+                .where(runs.c.finished_at.is_not(None))
+                .order_by(runs.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return PassRecord(
+            row.kind, from_epoch(row.started_at), from_epoch(row.finished_at), row.exit_code,
+            row.error,
+        )  # fmt: skip
 
     def start_export(self, run_id: int, query: str, target: str, now: datetime) -> int:
         with self._begin() as conn:
@@ -445,7 +536,7 @@ class State:
         points: int,
         now: datetime,
         *,
-        backfill: bool,
+        backfill_id: int | None = None,
     ) -> None:
         """Log a written window and move the checkpoint (or the backfill's progress) with it."""
         with self._begin() as conn:
@@ -469,17 +560,25 @@ class State:
                     until=epoch(until),
                 )
             )
-            if backfill:
-                _extend_backfill(conn, query, target, epoch(since), epoch(until), epoch(now))
+            if backfill_id is not None:
+                _extend_backfill(
+                    conn, backfill_id, query, target, epoch(since), epoch(until), epoch(now)
+                )
             else:
                 _upsert_checkpoint(conn, query, target, epoch(until), epoch(now), only_forward=True)
 
-    def latest_exports(self) -> dict[tuple[str, str], ExportRecord]:
+    def latest_exports(
+        self, kind: str | None = "incremental"
+    ) -> dict[tuple[str, str], ExportRecord]:
+        """The last finished export of each (query, target) in runs of `kind` (None: any)."""
         latest = (
             sa.select(sa.func.max(exports.c.id))
+            .select_from(exports.join(runs, runs.c.id == exports.c.run_id))
             .where(exports.c.status.not_in(("running", "busy")))
             .group_by(exports.c.query, exports.c.target)
         )
+        if kind is not None:
+            latest = latest.where(runs.c.kind == kind)
         with self._begin() as conn:
             rows = conn.execute(sa.select(exports).where(exports.c.id.in_(latest))).all()
         return {
@@ -524,26 +623,135 @@ class State:
 
     # -- backfill progress ---------------------------------------------------------------------
 
-    def backfill_done(self, query: str, target: str) -> list[tuple[datetime, datetime]]:
+    def backfill_done(
+        self, query: str, target: str, request: tuple[str, str]
+    ) -> list[tuple[datetime, datetime]]:
+        """What the open backfill of this request already exported (empty: a new backfill)."""
         with self._begin() as conn:
+            backfill_id = _open_backfill_id(conn, query, target, request)
+            if backfill_id is None:
+                return []
             rows = conn.execute(
                 sa.select(backfill_progress.c.since, backfill_progress.c.until).where(
-                    backfill_progress.c.query == query, backfill_progress.c.target == target
+                    backfill_progress.c.backfill_id == backfill_id
                 )
             ).all()
         return [(from_epoch(r.since), from_epoch(r.until)) for r in rows]
 
-    def finish_backfill(self, query: str, target: str, since: datetime, until: datetime) -> None:
-        """A completed backfill forgets its progress, so the same command later exports anew."""
+    def open_backfill(
+        self,
+        query: str,
+        target: str,
+        request: tuple[str, str],
+        rng: tuple[datetime, datetime],
+        *,
+        holder: str,
+        export_id: int,
+        now: datetime,
+    ) -> int:
+        """The open backfill of this request (resumed), else a new one; returns its id.
+
+        Progress from before revision 0002 (request unknown) is taken over by the first
+        backfill of its query and target, which is what that release would have done.
+        """
+        values = {
+            "since_spec": request[0],
+            "until_spec": request[1],
+            "range_since": epoch(rng[0]),
+            "range_until": epoch(rng[1]),
+            "holder": holder,
+            "export_id": export_id,
+            "updated_at": epoch(now),
+        }
         with self._begin() as conn:
-            conn.execute(
-                backfill_progress.delete().where(
-                    backfill_progress.c.query == query,
-                    backfill_progress.c.target == target,
-                    backfill_progress.c.since >= epoch(since),
-                    backfill_progress.c.until <= epoch(until),
+            backfill_id = _open_backfill_id(conn, query, target, request)
+            if backfill_id is not None:
+                conn.execute(backfills.update().where(backfills.c.id == backfill_id).values(values))
+                return backfill_id
+            return conn.execute(
+                backfills.insert().values(
+                    query=query, target=target, status="open", started_at=epoch(now), **values
                 )
+            ).inserted_primary_key[0]
+
+    def finish_backfill(self, backfill_id: int, now: datetime) -> None:
+        """A backfill that exported its whole range is done: the same command later starts
+        a new one and exports the whole range again. Its progress rows go; so do the older
+        done backfills of the same query and target (status shows the last one)."""
+        with self._begin() as conn:
+            row = conn.execute(sa.select(backfills).where(backfills.c.id == backfill_id)).one()
+            conn.execute(
+                backfill_progress.delete().where(backfill_progress.c.backfill_id == backfill_id)
             )
+            older = sa.select(backfills.c.id).where(
+                backfills.c.query == row.query,
+                backfills.c.target == row.target,
+                backfills.c.status == "done",
+            )
+            conn.execute(
+                backfill_progress.delete().where(backfill_progress.c.backfill_id.in_(older))
+            )
+            conn.execute(backfills.delete().where(backfills.c.id.in_(older)))
+            conn.execute(
+                backfills.update()
+                .where(backfills.c.id == backfill_id)
+                .values(status="done", finished_at=epoch(now), updated_at=epoch(now))
+            )
+
+    def backfills(self) -> list[BackfillRecord]:
+        """Every open backfill and the last done one of each (query, target), for `status`."""
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(
+                    backfills,
+                    exports.c.status.label("last_status"),
+                    exports.c.error.label("last_error"),
+                    exports.c.started_at.label("last_run"),
+                    leases.c.holder.label("lease_holder"),
+                    leases.c.expires_at.label("lease_expires_at"),
+                )
+                .select_from(
+                    backfills.outerjoin(exports, exports.c.id == backfills.c.export_id).outerjoin(
+                        leases,
+                        sa.and_(
+                            leases.c.query == backfills.c.query,
+                            leases.c.target == backfills.c.target,
+                            leases.c.holder == backfills.c.holder,
+                        ),
+                    )
+                )
+                .order_by(backfills.c.query, backfills.c.target, backfills.c.id)
+            ).all()
+            done = {
+                r.id: [
+                    (from_epoch(p.since), from_epoch(p.until))
+                    for p in conn.execute(
+                        sa.select(backfill_progress.c.since, backfill_progress.c.until).where(
+                            backfill_progress.c.backfill_id == r.id
+                        )
+                    )
+                ]
+                for r in rows
+                if r.status == "open"
+            }
+        return [
+            BackfillRecord(
+                query=r.query,
+                target=r.target,
+                since_spec=r.since_spec,
+                until_spec=r.until_spec,
+                since=from_epoch(r.range_since),
+                until=from_epoch(r.range_until),
+                done=r.status == "done",
+                segments=done.get(r.id, []),
+                holder=r.holder,
+                lease_expires_at=from_epoch(r.lease_expires_at) if r.lease_holder else None,
+                last_run=from_epoch(r.last_run) if r.last_run else from_epoch(r.started_at),
+                last_status=r.last_status,
+                last_error=r.last_error,
+            )
+            for r in rows
+        ]
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -680,21 +888,38 @@ def _upsert_checkpoint(
 
 
 def _extend_backfill(
-    conn: Connection, query: str, target: str, since: int, until: int, now: int
+    conn: Connection, backfill_id: int, query: str, target: str, since: int, until: int, now: int
 ) -> None:
     """Grow the segment that ends where this window starts, or start a new one."""
     extended = conn.execute(
         backfill_progress.update()
-        .where(
-            backfill_progress.c.query == query,
-            backfill_progress.c.target == target,
-            backfill_progress.c.until == since,
-        )
+        .where(backfill_progress.c.backfill_id == backfill_id, backfill_progress.c.until == since)
         .values(until=until, updated_at=now)
     )
     if extended.rowcount == 0:
         conn.execute(
             backfill_progress.insert().values(
-                query=query, target=target, since=since, until=until, updated_at=now
+                backfill_id=backfill_id,
+                query=query,
+                target=target,
+                since=since,
+                until=until,
+                updated_at=now,
             )
         )
+    conn.execute(backfills.update().where(backfills.c.id == backfill_id).values(updated_at=now))
+
+
+def _open_backfill_id(
+    conn: Connection, query: str, target: str, request: tuple[str, str]
+) -> int | None:
+    """The open backfill of exactly this request, else an open one from before 0002."""
+    open_ = sa.select(backfills.c.id).where(
+        backfills.c.query == query, backfills.c.target == target, backfills.c.status == "open"
+    )
+    same = conn.execute(
+        open_.where(backfills.c.since_spec == request[0], backfills.c.until_spec == request[1])
+    ).scalar()
+    if same is not None:
+        return same
+    return conn.execute(open_.where(backfills.c.since_spec.is_(None)).limit(1)).scalar()

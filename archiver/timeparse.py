@@ -108,6 +108,30 @@ def parse_time(text: str | int | float | datetime | date, now: datetime) -> date
         raise ValueError(f"{text!r} is not a time; {TIME_EXAMPLES}") from None
 
 
+def time_spec(text: str, now: datetime) -> str:
+    """How a time was asked for, independent of when: an age stays an age ('7d', '36h'),
+    anything else becomes its instant in ISO 8601 UTC. Two commands that mean the same request
+    have the same spec ('--since 2026-11-25' and '--since 1764028800'; '7d' and '168h')."""
+    instant = parse_time(text, now)
+    stripped = text.strip()
+    if _EPOCH.fullmatch(stripped):
+        return _iso(instant)
+    try:
+        datetime.fromisoformat(stripped)
+        return _iso(instant)
+    except ValueError:
+        pass
+    seconds = parse_duration(stripped, allow_zero=True) // timedelta(seconds=1)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def as_utc(moment: datetime) -> datetime:
     """The same instant in UTC; a naive datetime is taken to be UTC already."""
     if moment.tzinfo is None:

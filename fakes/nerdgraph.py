@@ -379,6 +379,11 @@ class FakeNerdGraph:
         with self._lock:
             self._late = (since_seconds, increment)
 
+    def allow_nrql(self, substring: str) -> None:
+        """Stop rejecting NRQL containing `substring` (undoes `reject_nrql`)."""
+        with self._lock:
+            self._rejections.pop(substring, None)
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()

@@ -57,25 +57,49 @@ def test_opening_without_migrating_creates_nothing(tmp_path):
 def test_checkpoint_only_moves_forward_when_windows_are_recorded(state):
     run = state.start_run("incremental", NOW)
     export = state.start_export(run, "q", "db.rp", NOW)
-    state.record_window(export, "q", "db.rp", NOW - 2 * MIN, NOW - MIN, 5, NOW, backfill=False)
+    state.record_window(export, "q", "db.rp", NOW - 2 * MIN, NOW - MIN, 5, NOW, backfill_id=None)
     assert state.checkpoint("q", "db.rp") == NOW - MIN
-    state.record_window(export, "q", "db.rp", NOW - 3 * MIN, NOW - 2 * MIN, 5, NOW, backfill=False)
+    state.record_window(
+        export, "q", "db.rp", NOW - 3 * MIN, NOW - 2 * MIN, 5, NOW, backfill_id=None
+    )
     assert state.checkpoint("q", "db.rp") == NOW - MIN
 
 
 def test_backfill_windows_never_touch_the_checkpoint(state):
     run = state.start_run("backfill", NOW)
     export = state.start_export(run, "q", "t", NOW)
-    state.record_window(export, "q", "t", NOW - 10 * MIN, NOW - 9 * MIN, 1, NOW, backfill=True)
-    state.record_window(export, "q", "t", NOW - 9 * MIN, NOW - 8 * MIN, 1, NOW, backfill=True)
-    state.record_window(export, "q", "t", NOW - 5 * MIN, NOW - 4 * MIN, 1, NOW, backfill=True)
+    request = ("10m", "now")
+    backfill = state.open_backfill(
+        "q", "t", request, (NOW - 10 * MIN, NOW), holder="h", export_id=export, now=NOW
+    )
+    for start in (10, 9, 5):
+        since = NOW - start * MIN
+        state.record_window(export, "q", "t", since, since + MIN, 1, NOW, backfill_id=backfill)
     assert state.checkpoint("q", "t") is None
-    assert sorted(state.backfill_done("q", "t")) == [
+    assert sorted(state.backfill_done("q", "t", request)) == [
         (NOW - 10 * MIN, NOW - 8 * MIN),
         (NOW - 5 * MIN, NOW - 4 * MIN),
     ]
-    state.finish_backfill("q", "t", NOW - 10 * MIN, NOW)
-    assert state.backfill_done("q", "t") == []
+    assert state.backfill_done("q", "t", ("11m", "now")) == []  # another request: from scratch
+    state.finish_backfill(backfill, NOW)
+    assert state.backfill_done("q", "t", request) == []
+
+
+def test_the_same_request_resumes_its_open_backfill_until_it_is_done(state):
+    run = state.start_run("backfill", NOW)
+    export = state.start_export(run, "q", "t", NOW)
+    request, rng = ("7d", "now"), (NOW - 10 * MIN, NOW)
+    first = state.open_backfill("q", "t", request, rng, holder="h", export_id=export, now=NOW)
+    other = state.open_backfill("q", "t", ("1d", "now"), rng, holder="h", export_id=export, now=NOW)
+    assert (
+        state.open_backfill("q", "t", request, rng, holder="h", export_id=export, now=NOW) == first
+    )
+    assert other != first
+    state.finish_backfill(first, NOW)
+    again = state.open_backfill("q", "t", request, rng, holder="h", export_id=export, now=NOW)
+    assert again not in (first, other)
+    listed = {(b.since_spec, b.done) for b in state.backfills()}
+    assert listed == {("7d", True), ("7d", False), ("1d", False)}
 
 
 def test_set_checkpoint_moves_backwards_on_purpose(state):
@@ -89,7 +113,7 @@ def test_latest_exports_and_last_window_feed_status(state):
     first = state.start_export(run, "q", "t", NOW)
     state.finish_export(first, status="failed", now=NOW, error="boom")
     second = state.start_export(run, "q", "t", NOW)
-    state.record_window(second, "q", "t", NOW - MIN, NOW, 42, NOW, backfill=False)
+    state.record_window(second, "q", "t", NOW - MIN, NOW, 42, NOW, backfill_id=None)
     state.finish_export(second, status="ok", now=NOW, nr_requests=3)
     latest = state.latest_exports()[("q", "t")]
     assert (latest.status, latest.error, latest.windows, latest.points) == ("ok", None, 1, 42)
@@ -121,8 +145,8 @@ def test_window_log_is_pruned_after_30_days(state):
     run = state.start_run("incremental", NOW)
     export = state.start_export(run, "q", "t", NOW)
     old = NOW - timedelta(days=40)
-    state.record_window(export, "q", "t", old, old + MIN, 1, old, backfill=False)
-    state.record_window(export, "q", "t", NOW - MIN, NOW, 1, NOW, backfill=False)
+    state.record_window(export, "q", "t", old, old + MIN, 1, old, backfill_id=None)
+    state.record_window(export, "q", "t", NOW - MIN, NOW, 1, NOW, backfill_id=None)
     state.finish_run(run, 0, NOW)
     assert state.windows_written("q", "t") == [(NOW - MIN, NOW)]
 

@@ -40,7 +40,7 @@ def test_a_db_written_at_the_previous_revision_keeps_its_state_and_gains_verific
     config = state_module._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0001")
+        command.upgrade(config, "0002")
         conn.execute(
             sa.text(
                 "INSERT INTO checkpoints (query, target, exported_until, updated_at) "
@@ -49,8 +49,15 @@ def test_a_db_written_at_the_previous_revision_keeps_its_state_and_gains_verific
         )
         conn.execute(
             sa.text(
-                "INSERT INTO backfill_progress (query, target, since, until, updated_at) "
-                "VALUES ('q', 'db.rp', 1795000000, 1795003600, 1795003601)"
+                "INSERT INTO backfills (id, query, target, since_spec, until_spec, range_since, "
+                "range_until, status, started_at, updated_at) VALUES (7, 'q', 'db.rp', '1h', "
+                "'now', 1795000000, 1795007200, 'open', 1795000000, 1795003601)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO backfill_progress (query, target, since, until, updated_at, "
+                "backfill_id) VALUES ('q', 'db.rp', 1795000000, 1795003600, 1795003601, 7)"
             )
         )
     assert "verifications" not in sa.inspect(engine).get_table_names()
@@ -59,7 +66,7 @@ def test_a_db_written_at_the_previous_revision_keeps_its_state_and_gains_verific
     state = State.open(db_url)
     assert state.is_migrated()
     assert state.checkpoint("q", "db.rp") == datetime.fromtimestamp(1795900000, UTC)
-    assert state.backfill_done("q", "db.rp") == [
+    assert state.backfill_done("q", "db.rp", ("1h", "now")) == [
         (datetime.fromtimestamp(1795000000, UTC), datetime.fromtimestamp(1795003600, UTC))
     ]
     state.record_verify(record())

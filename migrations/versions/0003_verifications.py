@@ -3,7 +3,7 @@
 A new table only: checkpoints, the run log and backfill progress are untouched.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"  # merged after 0002 (backfill requests), this revises "0002"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
