@@ -48,12 +48,13 @@ import requests
 
 from archiver import logs
 from archiver.config import INSIGHTS_URLS
-from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.limiter import Limiter
 from archiver.newrelic import (
     NerdGraphClient,
     NrqlResult,
     excerpt,
+    inspected_count,
     json_body,
     raise_for_status,
 )
@@ -122,7 +123,13 @@ class InsightsClient(NerdGraphClient):
             lambda: _classify(self._request("GET", url, params={"nrql": nrql}), self.url),
         )
         rows, facets = to_nerdgraph_rows(body)
-        return NrqlResult(results=rows, facets=facets, requests=attempts, retries=attempts - 1)
+        return NrqlResult(
+            results=rows,
+            facets=facets,
+            requests=attempts,
+            retries=attempts - 1,
+            inspected=inspected_count(body),
+        )
 
 
 def _classify(response: requests.Response, url: str) -> dict[str, Any]:
@@ -132,6 +139,8 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"New Relic refused the query key (HTTP {status}): {_error_text(response)}: "
             f"{BAD_KEY_HINT}"
         )
+    if status == 503:  # the Insights API's answer to a query over the inspected-data limit
+        raise QueryTooBig(f"New Relic answered HTTP 503: {_error_text(response)}")
     raise_for_status(response, _error_text, "NEW_RELIC_INSIGHTS_URL", url)
     body = json_body(response)
     if not isinstance(body, dict):
