@@ -24,6 +24,7 @@ def job_line(
     nr_requests: int,
     retries: int,
     seconds: float,
+    inspected: int = 0,
     exported_until: datetime | None,
     now: datetime,
 ) -> str:
@@ -33,6 +34,7 @@ def job_line(
         "windows": windows,
         "nr_requests": nr_requests,
         "retries": retries,
+        "inspected": inspected,
         "seconds": seconds,
         "failed": 1 if status == "failed" else 0,
     }

@@ -17,20 +17,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from archiver import events, metrics, transform, windows
 from archiver.cardinality import SeriesGuard
-from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
+from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
 from archiver.influx import Precision, RetentionPolicy
 from archiver.logs import redact
-from archiver.newrelic import NerdGraphClient
+from archiver.newrelic import NerdGraphClient, NrqlResult
 from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.readahead import read_ahead
 from archiver.sinks import Sink
-from archiver.state import State
+from archiver.state import State, WindowCosts
 from archiver.windows import Range, Window, iso
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class JobResult:
     points: int = 0
     nr_requests: int = 0
     retries: int = 0
+    inspected: int = 0  # New Relic's inspectedCount, summed over the answers that told it
     seconds: float = 0.0
     exported_until: datetime | None = None  # the incremental checkpoint after the job
     error: str | None = None
@@ -85,18 +87,37 @@ class RunReport:
 
 @dataclass
 class WindowSizer:
-    """Learns rows per bucket from each answer, so the next request stays small."""
+    """Learns rows per bucket from each answer, so the next request stays small.
+
+    `max_buckets` caps every window once New Relic refused a bigger one (QueryTooBig).
+    """
 
     interval: timedelta
     rows_per_bucket: float | None = None
+    max_buckets: int | None = None
 
     def buckets(self, has_facets: bool) -> int:
-        return windows.buckets_per_request(
+        learned = windows.buckets_per_request(
             has_facets=has_facets, rows_per_bucket=self.rows_per_bucket
         )
+        return learned if self.max_buckets is None else min(learned, self.max_buckets)
 
     def learn(self, window: Window, rows: int) -> None:
         self.rows_per_bucket = rows / max(1, window.buckets(self.interval))
+
+    def shrink(self, window: Window) -> int:
+        """New Relic refused `window`: from now on at most half its buckets (at least 1)."""
+        self.max_buckets = max(1, window.buckets(self.interval) // 2)
+        return self.max_buckets
+
+
+class Batch(NamedTuple):
+    """One written window: its lines, their precision, and what New Relic inspected for it."""
+
+    window: Window
+    lines: list[str]
+    precision: Precision
+    inspected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,16 @@ class PlannedJob:
     account_id: int
     segments: list[tuple[datetime, datetime]]
     skipped: list[str]
+    costs: WindowCosts | None = None  # what earlier windows of this job cost (dry runs only)
+
+    @property
+    def name(self) -> str:
+        """The query's name in the state database (`<name>@<account>` for account_ids)."""
+        return self.query.job_name(self.account_id)
+
+    @property
+    def seconds(self) -> float:
+        return sum((until - since).total_seconds() for since, until in self.segments)
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -131,7 +162,7 @@ def holder_is_dead(holder: str) -> bool:
 
 
 def account_for(query: QueryDef, default: int | None) -> int:
-    account = query.account_id or default
+    account = query.accounts(default)[0]
     if account is None:
         raise ConfigError(
             f"{query.path}: query {query.name!r} has no account_id and NEW_RELIC_ACCOUNT_ID "
@@ -181,19 +212,23 @@ class Runner:
     # -- planning -------------------------------------------------------------------------
 
     def plan(
-        self, query: QueryDef, target: Target, backfill: Backfill | None, rp: RetentionPolicy | None
+        self,
+        query: QueryDef,
+        target: Target,
+        backfill: Backfill | None,
+        rp: RetentionPolicy | None,
+        account: int | None = None,
     ) -> PlannedJob:
+        """The job of (query, target) for `account` (default: the query's only account)."""
         now = self.now()
+        account = account if account is not None else account_for(query, self.default_account)
+        name = query.job_name(account)
         rp_duration = timedelta(seconds=rp.duration_seconds) if rp and rp.duration_seconds else None
-        rng = self._range(query, target, backfill, now, rp_duration)
+        rng = self._range(query, target, backfill, now, rp_duration, name)
         segments = [] if rng.empty else [(rng.since, rng.until)]
         if backfill is not None and segments:
-            segments = windows.subtract(
-                segments[0], self.state.backfill_done(query.name, target.key)
-            )
-        return PlannedJob(
-            query, target, account_for(query, self.default_account), segments, rng.skipped
-        )
+            segments = windows.subtract(segments[0], self.state.backfill_done(name, target.key))
+        return PlannedJob(query, target, account, segments, rng.skipped)
 
     def _range(
         self,
@@ -202,6 +237,7 @@ class Runner:
         backfill: Backfill | None,
         now: datetime,
         rp_duration: timedelta | None,
+        name: str,
     ) -> Range:
         common = {
             "now": now,
@@ -214,7 +250,7 @@ class Runner:
         if backfill is not None:
             return windows.backfill_range(since=backfill.since, until=backfill.until, **common)
         return windows.incremental_range(
-            checkpoint=self.state.checkpoint(query.name, target.key),
+            checkpoint=self.state.checkpoint(name, target.key),
             start=query.start,
             lookback=query.lookback,
             **common,
@@ -245,11 +281,16 @@ class Runner:
         for query in queries:
             account_for(query, self.default_account)  # every config error before any work
         kind = "backfill" if backfill else "incremental"
-        pairs = [(query, target) for query in queries for target in query.targets]
+        jobs = [
+            (query, target, account)
+            for query in queries
+            for account in query.accounts(self.default_account)
+            for target in query.targets
+        ]
         run_id = self.state.start_run(kind, self.now())
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="job") as pool:
-                report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
+                report.jobs = list(pool.map(lambda j: self._job(run_id, *j, backfill), jobs))
         finally:
             self.state.finish_run(run_id, int(report.exit_code), self.now())
             if self.progress is not None:
@@ -262,30 +303,41 @@ class Runner:
     def dry_run(
         self, queries: list[QueryDef], backfill: Backfill | None = None
     ) -> Iterator[tuple[PlannedJob, list[Window]]]:
-        """The plan without touching New Relic or InfluxDB (retention policies are not read)."""
+        """The plan without touching New Relic or InfluxDB (retention policies are not read).
+
+        Each job carries what its logged windows cost, for an estimate of this plan's cost.
+        """
         for query in queries:
-            for target in query.targets:
-                job = self.plan(query, target, backfill, rp=None)
-                yield job, list(self.windows_of(job, self.sizer(job)))
+            for account in query.accounts(self.default_account):
+                for target in query.targets:
+                    job = self.plan(query, target, backfill, rp=None, account=account)
+                    job = replace(job, costs=self.state.window_costs(job.name, target.key))
+                    yield job, list(self.windows_of(job, self.sizer(job)))
 
     def _job(
-        self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
+        self,
+        run_id: int,
+        query: QueryDef,
+        target: Target,
+        account: int | None,
+        backfill: Backfill | None,
     ) -> JobResult:
-        result = JobResult(query.name, target.key)
+        name = query.job_name(account)
+        result = JobResult(name, target.key)
         if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
             result.status = "interrupted"
             return result
         started = time.monotonic()
-        export_id = self.state.start_export(run_id, query.name, target.key, self.now())
+        export_id = self.state.start_export(run_id, name, target.key, self.now())
         job: PlannedJob | None = None
         try:
-            if not self._lease(query.name, target.key):
+            if not self._lease(name, target.key):
                 return self._busy(result, backfill is not None)
             try:
-                job = self.plan(query, target, backfill, self._retention_policy(target))
+                job = self.plan(query, target, backfill, self._retention_policy(target), account)
                 self._export(job, export_id, result, backfill is not None)
             finally:
-                self.state.release_lease(query.name, target.key, self.holder)
+                self.state.release_lease(name, target.key, self.holder)
         except AuthError as exc:
             # A refused credential fails every query alike: stop the run, say it once.
             result.status, result.error = "failed", redact(str(exc))
@@ -298,7 +350,7 @@ class Runner:
             result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
         finally:
             result.seconds = time.monotonic() - started
-            result.exported_until = self.state.checkpoint(query.name, target.key)
+            result.exported_until = self.state.checkpoint(name, target.key)
             self.state.finish_export(
                 export_id,
                 status=result.status,
@@ -313,29 +365,31 @@ class Runner:
         return result
 
     def _export(self, job: PlannedJob, export_id: int, result: JobResult, backfill: bool) -> None:
-        name, key = job.query.name, job.target.key
+        name, key = job.name, job.target.key
         for note in job.skipped:
             log.warning("%s → %s: %s", name, key, note)
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         client = self._client()  # here: the batches are produced on the read-ahead thread
+        sizer = self.sizer(job)
         if job.query.mode == "events":
             batches = self._event_batches(job, result, client)
         else:
-            batches = self._aggregate_batches(job, result, client)
+            batches = self._aggregate_batches(job, result, client, sizer)
         # New Relic answers the next window (and it is transformed) while InfluxDB writes this
         # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
         thread = threading.current_thread().name
         ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         with closing(ahead):
-            for window, lines, precision in ahead:
+            for window, lines, precision, inspected in ahead:
                 try:
                     written = self.sink.write(
                         job.target.database, job.target.retention_policy, lines, precision
                     )
                     self.state.record_window(
                         export_id, name, key, window.since, window.until, len(lines),
-                        self.now(), backfill=backfill,
+                        self.now(), backfill=backfill, inspected=inspected,
+                        max_buckets=sizer.max_buckets,
                     )  # fmt: skip
                 except BaseException:
                     result.window = window  # the read-ahead thread may be on the next one
@@ -365,31 +419,70 @@ class Runner:
             result.backfilled = job.segments
 
     def _aggregate_batches(
-        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
-    ) -> Iterator[tuple[Window, list[str], Precision]]:
-        """TIMESERIES windows: one request each, sized by the rows the last answers had."""
-        guard = SeriesGuard(job.query.facets, job.query.max_series)
-        sizer = self.sizer(job)
-        for window in self.windows_of(job, sizer):
-            if self._interrupted(result):
-                return
-            result.window = window
-            nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+        self, job: PlannedJob, result: JobResult, client: NerdGraphClient, sizer: WindowSizer
+    ) -> Iterator[Batch]:
+        """TIMESERIES windows: one request each, sized by the rows the last answers had.
+
+        A window New Relic finds too big is asked again in parts of half the buckets (and
+        half again); the sizer keeps the smaller size for the rest of the job.
+        """
+        query, interval = job.query, job.target.interval
+        guard = SeriesGuard(query.facets, query.max_series)
+        tags = query.job_tags(job.account_id)
+        for planned in self.windows_of(job, sizer):
+            since = planned.since
+            while since < planned.until:
+                if self._interrupted(result):
+                    return
+                window = windows.next_window(
+                    since, planned.until, interval, sizer.buckets(bool(query.facets))
+                )
+                answer = self._answer(job, window, result, client, sizer)
+                if answer is None:
+                    continue  # shrunk: ask again for the first part with fewer buckets
+                guard.check(answer.results, answer.facets)
+                sizer.learn(window, len(answer.results))
+                lines = transform.to_lines(answer.results, answer.facets, query.measurement, tags)
+                yield Batch(window, lines, "s", answer.inspected)
+                since = window.until
+
+    def _answer(
+        self,
+        job: PlannedJob,
+        window: Window,
+        result: JobResult,
+        client: NerdGraphClient,
+        sizer: WindowSizer,
+    ) -> NrqlResult | None:
+        """New Relic's answer for `window`, or None after a QueryTooBig shrank the sizer.
+
+        A window of one bucket that is still too big fails the job with New Relic's message.
+        """
+        result.window = window
+        nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+        try:
             answer = client.query(job.account_id, nrql)
-            result.nr_requests += answer.requests
-            result.retries += answer.retries
-            guard.check(answer.results, answer.facets)
-            sizer.learn(window, len(answer.results))
-            query = job.query
-            yield (
-                window,
-                transform.to_lines(answer.results, answer.facets, query.measurement, query.tags),
-                "s",
-            )
+        except QueryTooBig as exc:
+            result.nr_requests += exc.requests
+            result.retries += exc.requests - 1
+            if window.buckets(job.target.interval) <= 1:
+                raise
+            buckets = sizer.shrink(window)
+            log.warning(
+                "%s → %s: New Relic refused %s as too big (%s); asking again with at most %d "
+                "bucket(s) per request",
+                job.name, job.target.key, window, exc, buckets,
+            )  # fmt: skip
+            return None
+        result.nr_requests += answer.requests
+        result.retries += answer.retries
+        if answer.inspected is not None:
+            result.inspected += answer.inspected
+        return answer
 
     def _event_batches(
         self, job: PlannedJob, result: JobResult, client: NerdGraphClient
-    ) -> Iterator[tuple[Window, list[str], Precision]]:
+    ) -> Iterator[Batch]:
         """Raw events: windows of `interval`, halved while New Relic caps the answer."""
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
@@ -399,18 +492,21 @@ class Runner:
             answer = client.query(job.account_id, query.nrql_for(since, until, target.interval))
             result.nr_requests += answer.requests
             result.retries += answer.retries
+            if answer.inspected is not None:
+                result.inspected += answer.inspected
             return answer.results
 
         for window in self.windows_of(job, WindowSizer(target.interval)):
             if self._interrupted(result):
                 return
-            label = f"{query.name} → {target.key}"
+            label = f"{job.name} → {target.key}"
+            tags = query.job_tags(job.account_id)
             for since, until, rows in events.plan_events(
                 fetch, window.since, window.until, label=label
             ):
                 guard.check_events(rows)
-                lines = events.to_lines(rows, query.measurement, query.tag_attributes, query.tags)
-                yield Window(since, until), lines, "ns"
+                lines = events.to_lines(rows, query.measurement, query.tag_attributes, tags)
+                yield Batch(Window(since, until), lines, "ns")
 
     def _interrupted(self, result: JobResult) -> bool:
         if self.stop.is_set():
@@ -439,8 +535,9 @@ class Runner:
     def sizer(self, job: PlannedJob) -> WindowSizer:
         """Start from the last window this (query, target) wrote, if any."""
         sizer = WindowSizer(job.target.interval)
-        if last := self.state.last_window(job.query.name, job.target.key):
+        if last := self.state.last_window(job.name, job.target.key):
             sizer.learn(Window(last[0], last[1]), last[2])
+            sizer.max_buckets = self.state.bucket_cap(job.name, job.target.key)
         return sizer
 
     def _client(self) -> NerdGraphClient:
@@ -471,6 +568,7 @@ class Runner:
             windows=result.windows,
             nr_requests=result.nr_requests,
             retries=result.retries,
+            inspected=result.inspected,
             seconds=result.seconds,
             exported_until=result.exported_until,
             now=now,
