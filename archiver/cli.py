@@ -233,8 +233,19 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
         )
         for note in job.skipped:
             print(f"  {note}")
+        print(f"  {cost_line(job, planned)}")
         for window in planned:
             print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
+
+
+def cost_line(job: PlannedJob, planned: list[Window]) -> str:
+    """What the plan will cost: requests, and from earlier windows events and points."""
+    line = f"cost: {len(planned)} New Relic request(s) at least"
+    if job.costs is None or not planned:
+        return line + "; no earlier run of this query to estimate from"
+    points, inspected = job.costs.estimate(job.seconds)
+    seen = "unknown" if inspected is None else f"~{inspected:,}"
+    return f"{line}; estimated from earlier windows: {seen} events inspected, ~{points:,} points"
 
 
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -265,10 +276,11 @@ def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     state = State.open(settings.db_url)
-    for key in [args.target] if args.target else keys:
-        old = state.checkpoint(query.name, key)
-        state.set_checkpoint(query.name, key, to, now)
-        print(f"{query.name} → {key}: checkpoint {iso(old) if old else 'none'} → {iso(to)}")
+    for name in [query.job_name(a) for a in query.accounts(settings.new_relic_account_id)]:
+        for key in [args.target] if args.target else keys:
+            old = state.checkpoint(name, key)
+            state.set_checkpoint(name, key, to, now)
+            print(f"{name} → {key}: checkpoint {iso(old) if old else 'none'} → {iso(to)}")
     return ExitCode.OK
 
 

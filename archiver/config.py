@@ -47,6 +47,8 @@ class Settings:
     lease_seconds: int = 600
     retry_base_seconds: float = 1.0  # first wait between New Relic retries (tests shorten it)
     nerdgraph_timeout: float = 60.0
+    query_timeout: int = 60  # NerdGraph's nrql(timeout:), seconds (New Relic's own default: 5)
+    async_queries: bool = False  # nrql(async: true), polled until done (Data Plus accounts)
     influx_timeout: float = 30.0
 
     def require_new_relic_key(self) -> str:
@@ -131,7 +133,25 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE,
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
         retry_base_seconds=_positive_float(env, "ARCHIVER_RETRY_BASE_SECONDS", 1.0),
+        query_timeout=_query_timeout(env),
+        async_queries=_choice(env, "NEW_RELIC_ASYNC", ("true", "false"), "false") == "true",
     )
+
+
+QUERY_TIMEOUT_RANGE = (1, 120)  # seconds; New Relic's clients take no more than 120
+
+
+def _query_timeout(env: Mapping[str, str]) -> int:
+    raw = env.get("NEW_RELIC_QUERY_TIMEOUT", "").strip()
+    if not raw:
+        return 60
+    low, high = QUERY_TIMEOUT_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(
+            f"NEW_RELIC_QUERY_TIMEOUT must be a whole number of seconds from {low} to {high}, "
+            f"not {raw!r}"
+        )
+    return int(raw)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

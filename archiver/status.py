@@ -26,7 +26,12 @@ class TargetStatus:
 def collect(state: State, known: list[QueryDef], now: datetime) -> list[TargetStatus]:
     checkpoints = {(c.query, c.target): c.exported_until for c in state.all_checkpoints()}
     exports = state.latest_exports()
-    configured = {(q.name, t.key) for q in known for t in q.targets}
+    configured = {
+        (q.job_name(account), t.key)
+        for q in known
+        for account in q.accounts(None)
+        for t in q.targets
+    }
     rows = []
     for query, target in sorted(configured | set(checkpoints) | set(exports)):
         until = checkpoints.get((query, target))

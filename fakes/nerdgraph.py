@@ -51,6 +51,20 @@ Data model (fakes.data; deterministic, nothing stored)
         TIMESERIES the whole range is one bucket: bucket_start = SINCE // 1000 and
         bucket_seconds = (UNTIL - SINCE) // 1000.
 
+Big accounts
+    `time_out_above(buckets, substring="")`: a TIMESERIES query (containing `substring`) of more
+    than `buckets` buckets gets New Relic's TIMEOUT, "NRDB query duration exceeded the set
+    timeout" (outcome "too_big"); `buckets=0` times out every query containing `substring`.
+    Every answer carries `rawResponse.performanceStats.inspectedCount` =
+    INSPECTED_PER_ROW x its rows (the raw response holds only performanceStats and metadata
+    here; New Relic's also repeats the results).
+    `set_async(polls, retry_after, retry_deadline)`: a query sent with `async: true` answers
+    `queryProgress { queryId completed: false retryAfter retryDeadline resultExpiration }`
+    (outcome "async_started"); polling `nrqlQueryProgress(queryId:)` on the same account gives
+    the results on the `polls`-th poll made at least `retry_after` seconds after the previous
+    answer (earlier polls: "async_running", not counted); a poll later than `retry_deadline`
+    seconds after the previous answer finds the query cancelled ("async_cancelled").
+
 Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
@@ -92,6 +106,9 @@ DEFAULT_API_KEY = "NRAK-FAKEKEY0000000000000000000"
 DEFAULT_ACCOUNT = 1234567
 NRQL_PATH = ["actor", "account", "nrql"]
 SLOW_SECONDS = 2.0
+INSPECTED_PER_ROW = 1000
+TOO_BIG_MESSAGE = "NRDB query duration exceeded the set timeout"
+RESULT_EXPIRATION_SECONDS = 300
 GRAPHQL_FAULTS = {
     "graphql_timeout": ("TIMEOUT", "Your query either timed out or we're under heavy load"),
     "too_many_requests": ("TOO_MANY_REQUESTS", "Too many requests, please try again later"),
@@ -132,11 +149,26 @@ def json_reply(status: int, payload: object, outcome: str) -> Reply:
     return Reply(status, orjson.dumps(payload), outcome)
 
 
-def _graphql_error(message: str, error_class: str, outcome: str) -> Reply:
+def _graphql_error(message: str, error_class: str, outcome: str, field: str = "nrql") -> Reply:
     """A GraphQL error on the nrql field, the way NerdGraph reports it: HTTP 200."""
-    error = {"message": message, "path": NRQL_PATH, "extensions": {"errorClass": error_class}}
-    payload = {"data": {"actor": {"account": {"nrql": None}}}, "errors": [error]}
+    path = ["actor", "account", field]
+    error = {"message": message, "path": path, "extensions": {"errorClass": error_class}}
+    payload = {"data": {"actor": {"account": {field: None}}}, "errors": [error]}
     return json_reply(200, payload, outcome)
+
+
+def _nrql_reply(field: str, nrql: dict, outcome: str) -> Reply:
+    return json_reply(200, {"data": {"actor": {"account": {field: nrql}}}}, outcome)
+
+
+@dataclass
+class AsyncQuery:
+    """A query sent with `async: true`, waiting for its polls."""
+
+    account_id: int
+    nrql: str
+    polls_left: int
+    answered_at: float  # when the last answer about it was sent (the fake's clock)
 
 
 def _request_error(message: str) -> Reply:
@@ -173,6 +205,9 @@ class GraphqlRequest:
     since_ms: int | None = None
     until_ms: int | None = None
     problem: str | None = None  # why the request is not a valid NRQL request
+    is_async: bool = False  # nrql(async: true)
+    query_id: str | None = None  # a poll: nrqlQueryProgress(queryId:)
+    buckets: int | None = None  # TIMESERIES buckets between SINCE and UNTIL
 
 
 def _read_request(body: bytes) -> GraphqlRequest:
@@ -187,19 +222,29 @@ def _read_request(body: bytes) -> GraphqlRequest:
     nrql = variables.get("nrql") if isinstance(variables, dict) else None
     account_id = account_id if type(account_id) is int else None
     nrql = nrql if isinstance(nrql, str) else None
-    since_ms = until_ms = None
+    query_id = variables.get("queryId") if isinstance(variables, dict) else None
+    if isinstance(query, str) and "nrqlQueryProgress" in query and type(account_id) is int:
+        if isinstance(query_id, str | int) and "$queryId" in query:
+            return GraphqlRequest(account_id, None, query_id=str(query_id))
+        return GraphqlRequest(None, None, problem="A poll must pass $accountId and $queryId")
+    since_ms = until_ms = buckets = None
     if nrql is not None:
         try:
             parsed = parse(nrql)
             since_ms, until_ms = parsed.since_ms, parsed.until_ms
+            if parsed.step_seconds and since_ms is not None and until_ms is not None:
+                buckets = -(-(until_ms - since_ms) // (parsed.step_seconds * 1000))
         except NrqlError:
             pass
+    is_async = isinstance(variables, dict) and variables.get("async") is True
     problem = None
     if not isinstance(query, str) or "$accountId" not in query or "$nrql" not in query:
         problem = "The query must pass the account and the NRQL as variables $accountId, $nrql"
     elif account_id is None or nrql is None:
         problem = "Variables must hold accountId (Int!) and nrql (Nrql!)"
-    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem)
+    return GraphqlRequest(
+        account_id, nrql, since_ms, until_ms, problem, is_async=is_async, buckets=buckets
+    )
 
 
 class FakeNerdGraph:
@@ -234,6 +279,11 @@ class FakeNerdGraph:
         self._every = 1
         self._retry_after: float | None = None
         self._rejections: dict[str, str] = {}
+        self._too_big: dict[str, int] = {}  # NRQL substring → most buckets answered
+        self._async_polls = 0  # polls an async query needs; 0: it completes at once
+        self._async_retry_after = 1.0
+        self._async_retry_deadline = 30.0
+        self._async_queries: dict[str, AsyncQuery] = {}
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -306,6 +356,18 @@ class FakeNerdGraph:
         with self._lock:
             self._rejections[substring] = message
 
+    def time_out_above(self, buckets: int, substring: str = "") -> None:
+        """Answer TIMEOUT to TIMESERIES queries (containing `substring`) over `buckets`."""
+        with self._lock:
+            self._too_big[substring] = buckets
+
+    def set_async(self, polls: int, retry_after: float = 1.0, retry_deadline: float = 30.0) -> None:
+        """Async queries complete on their `polls`-th poll (see the module's docstring)."""
+        with self._lock:
+            self._async_polls = polls
+            self._async_retry_after = retry_after
+            self._async_retry_deadline = retry_deadline
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -335,23 +397,91 @@ class FakeNerdGraph:
             return self._bad_key()
         if request.problem is not None:
             return _request_error(request.problem)
-        assert request.account_id is not None and request.nrql is not None
+        assert request.account_id is not None
         if request.account_id not in self.accounts:
             message = f"You are not authorized to query account {request.account_id}"
             return _graphql_error(message, "FORBIDDEN", "forbidden")
+        if request.query_id is not None:
+            return self._poll(request.account_id, request.query_id)
+        assert request.nrql is not None
         with self._lock:
             rejections = dict(self._rejections)
+            too_big = dict(self._too_big)
+            polls = self._async_polls
         for substring, message in rejections.items():
             if substring in request.nrql:
                 return _graphql_error(message, "INVALID_INPUT", "nrql_error")
+        for substring, most in too_big.items():
+            if substring in request.nrql and (request.buckets or 1) > most:
+                return _graphql_error(TOO_BIG_MESSAGE, "TIMEOUT", "too_big")
+        if request.is_async and polls > 0:
+            return self._start_async(request.account_id, request.nrql, polls)
+        return self._results("nrql", request.nrql, None)
+
+    def _results(self, field: str, nrql_text: str, progress: dict | None) -> Reply:
         try:
             result = answer(
-                request.nrql, now=self.now(), retention_seconds=self.retention.total_seconds()
+                nrql_text, now=self.now(), retention_seconds=self.retention.total_seconds()
             )
         except NrqlError as error:
-            return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        nrql = {"results": result.results, "metadata": result.metadata}
-        return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+            return _graphql_error(str(error), "INVALID_INPUT", "nrql_error", field)
+        stats = {
+            "inspectedCount": INSPECTED_PER_ROW * len(result.results),
+            "matchCount": INSPECTED_PER_ROW * len(result.results),
+            "omittedCount": 0,
+            "exceedsRetentionWindow": False,
+            "wallClockTime": 3,
+        }
+        nrql = {
+            "results": result.results,
+            "metadata": result.metadata,
+            "rawResponse": {"performanceStats": stats, "metadata": result.metadata},
+        }
+        if progress is not None:
+            nrql["queryProgress"] = progress
+        return _nrql_reply(field, nrql, "ok")
+
+    def _progress(self, query_id: str, completed: bool) -> dict:
+        with self._lock:
+            retry_after, deadline = self._async_retry_after, self._async_retry_deadline
+        return {
+            "queryId": query_id,
+            "completed": completed,
+            "retryAfter": retry_after,
+            "retryDeadline": deadline,
+            "resultExpiration": RESULT_EXPIRATION_SECONDS,
+        }
+
+    def _start_async(self, account_id: int, nrql_text: str, polls: int) -> Reply:
+        with self._lock:
+            query_id = f"fake-{len(self._async_queries) + 1:06d}"
+            self._async_queries[query_id] = AsyncQuery(account_id, nrql_text, polls, self.now())
+        progress = self._progress(query_id, False)
+        return _nrql_reply("nrql", {"results": None, "queryProgress": progress}, "async_started")
+
+    def _poll(self, account_id: int, query_id: str) -> Reply:
+        field = "nrqlQueryProgress"
+        now = self.now()
+        with self._lock:
+            query = self._async_queries.get(query_id)
+            if query is None or query.account_id != account_id:
+                message = f"No query {query_id} for account {account_id}"
+                return _graphql_error(message, "INVALID_INPUT", "bad_request", field)
+            waited = now - query.answered_at
+            if waited > self._async_retry_deadline:
+                del self._async_queries[query_id]
+                message = f"Query {query_id} was cancelled: not polled within its retryDeadline"
+                return _graphql_error(message, "INVALID_INPUT", "async_cancelled", field)
+            query.answered_at = now
+            if waited >= self._async_retry_after:
+                query.polls_left -= 1
+            finished = query.polls_left <= 0
+            if finished:
+                del self._async_queries[query_id]
+        if finished:
+            return self._results(field, query.nrql, self._progress(query_id, True))
+        progress = self._progress(query_id, False)
+        return _nrql_reply(field, {"results": None, "queryProgress": progress}, "async_running")
 
     def _bad_key(self) -> Reply:
         error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}
