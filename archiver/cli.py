@@ -227,7 +227,7 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
     for job, planned in plan:
         target = job.target
         print(
-            f"{job.query.name} → {target.key} (database {target.database}, retention policy "
+            f"{job.name} → {target.key} (database {target.database}, retention policy "
             f"{target.retention_policy or 'default'}, every {format_duration(target.interval)}, "
             f"account {job.account_id}): {len(planned)} window(s)"
         )
