@@ -51,9 +51,10 @@ class QueryTooBig(NewRelicError):
     NewRelicError. `requests` is the HTTP requests it took (transient retries included).
     """
 
-    def __init__(self, message: str, requests: int = 1) -> None:
+    def __init__(self, message: str, requests: int = 1, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.requests = requests
+        self.retry_after = retry_after  # honoured when it is retried (a window of one bucket)
 
 
 class AuthError(PermanentError):

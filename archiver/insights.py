@@ -58,6 +58,7 @@ from archiver.newrelic import (
     json_body,
     raise_for_status,
 )
+from archiver.retry import retry_after_seconds
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 
@@ -109,7 +110,7 @@ class InsightsClient(NerdGraphClient):
     def __repr__(self) -> str:
         return f"InsightsClient(url={self.url!r})"
 
-    def query(self, account_id: int, nrql: str) -> NrqlResult:
+    def query(self, account_id: int, nrql: str, *, shrinkable: bool = False) -> NrqlResult:
         """Run one NRQL query, retrying transient failures; raise the last one if they persist."""
         size = len(nrql.encode())
         if size >= MAX_NRQL_BYTES:
@@ -121,6 +122,7 @@ class InsightsClient(NerdGraphClient):
         body, attempts = self._with_retries(
             account_id,
             lambda: _classify(self._request("GET", url, params={"nrql": nrql}), self.url),
+            shrinkable=shrinkable,
         )
         rows, facets = to_nerdgraph_rows(body)
         return NrqlResult(
@@ -140,7 +142,10 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             f"{BAD_KEY_HINT}"
         )
     if status == 503:  # the Insights API's answer to a query over the inspected-data limit
-        raise QueryTooBig(f"New Relic answered HTTP 503: {_error_text(response)}")
+        raise QueryTooBig(
+            f"New Relic answered HTTP 503: {_error_text(response)}",
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
     raise_for_status(response, _error_text, "NEW_RELIC_INSIGHTS_URL", url)
     body = json_body(response)
     if not isinstance(body, dict):

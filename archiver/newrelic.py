@@ -153,8 +153,13 @@ class NerdGraphClient:
         if self._owns_session:
             self._session.close()
 
-    def query(self, account_id: int, nrql: str) -> NrqlResult:
-        """Run one NRQL query, retrying transient failures; raise the last one if they persist."""
+    def query(self, account_id: int, nrql: str, *, shrinkable: bool = False) -> NrqlResult:
+        """Run one NRQL query, retrying transient failures; raise the last one if they persist.
+
+        `shrinkable`: the caller can ask again with fewer buckets, so a QueryTooBig is raised at
+        once; otherwise (a window of one bucket, raw events) it is retried like a transient
+        failure, and raised with New Relic's message when the attempts run out.
+        """
         body = orjson.dumps(
             {
                 "query": GRAPHQL,
@@ -166,10 +171,10 @@ class NerdGraphClient:
                 },
             }
         )
-        answer, attempts = self._send(account_id, body, "nrql")
+        answer, attempts = self._send(account_id, body, "nrql", shrinkable)
         requests, retries = attempts, attempts - 1
         if _running(answer):
-            answer, polls, poll_retries = self._poll(account_id, answer)
+            answer, polls, poll_retries = self._poll(account_id, answer, shrinkable)
             requests, retries = requests + polls, retries + poll_retries
         return NrqlResult(
             results=answer["results"],
@@ -179,13 +184,18 @@ class NerdGraphClient:
             inspected=inspected_count(answer.get("rawResponse")),
         )
 
-    def _send(self, account_id: int, body: bytes, field: str) -> tuple[dict[str, Any], int]:
+    def _send(
+        self, account_id: int, body: bytes, field: str, shrinkable: bool
+    ) -> tuple[dict[str, Any], int]:
         return self._with_retries(
             account_id,
             lambda: _classify(self._request("POST", self._post_url, data=body), self.url, field),
+            shrinkable=shrinkable,
         )
 
-    def _poll(self, account_id: int, answer: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    def _poll(
+        self, account_id: int, answer: dict[str, Any], shrinkable: bool
+    ) -> tuple[dict[str, Any], int, int]:
         """Poll an asynchronous query until it completes: its answer, the polls and retries.
 
         Each poll waits New Relic's `retryAfter`, but never so long that it would miss the
@@ -211,12 +221,17 @@ class NerdGraphClient:
                     "variables": {"accountId": account_id, "queryId": str(query_id)},
                 }
             )
-            answer, attempts = self._send(account_id, body, "nrqlQueryProgress")
+            answer, attempts = self._send(account_id, body, "nrqlQueryProgress", shrinkable)
             polls, retries = polls + attempts, retries + attempts - 1
         return answer, polls, retries
 
-    def _with_retries(self, account_id: int, send: Callable[[], T]) -> tuple[T, int]:
-        """`send()` under the retry policy; returns its value and the attempts it took."""
+    def _with_retries(
+        self, account_id: int, send: Callable[[], T], *, shrinkable: bool = False
+    ) -> tuple[T, int]:
+        """`send()` under the retry policy; returns its value and the attempts it took.
+
+        A QueryTooBig is retried too unless the caller can shrink the query (`shrinkable`).
+        """
         attempts = 0
 
         def attempt() -> T:
@@ -226,7 +241,7 @@ class NerdGraphClient:
 
         started = self._clock()
         try:
-            return self._retrying(account_id, started)(attempt), attempts
+            return self._retrying(account_id, started, shrinkable)(attempt), attempts
         except QueryTooBig as exc:
             exc.requests = attempts
             raise
@@ -238,7 +253,7 @@ class NerdGraphClient:
                 retry_after=exc.retry_after,
             ) from exc
 
-    def _retrying(self, account_id: int, started: float) -> Retrying:
+    def _retrying(self, account_id: int, started: float, shrinkable: bool = False) -> Retrying:
         backoff = wait_exponential_jitter(
             initial=self._backoff_base, max=BACKOFF_MAX_SECONDS, jitter=self._backoff_base
         )
@@ -246,7 +261,7 @@ class NerdGraphClient:
         def wait(state: RetryCallState) -> float:
             delay = backoff(state)
             error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, TransientError) and error.retry_after is not None:
+            if isinstance(error, TransientError | QueryTooBig) and error.retry_after is not None:
                 return max(error.retry_after, delay)
             return delay
 
@@ -265,7 +280,9 @@ class NerdGraphClient:
             )
 
         return Retrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(
+                TransientError if shrinkable else (TransientError, QueryTooBig)
+            ),
             wait=wait,
             stop=stop_after_attempt(self._max_attempts) | out_of_time,
             sleep=self._sleep,

@@ -456,16 +456,18 @@ class Runner:
     ) -> NrqlResult | None:
         """New Relic's answer for `window`, or None after a QueryTooBig shrank the sizer.
 
-        A window of one bucket that is still too big fails the job with New Relic's message.
+        A window of one bucket that is still too big is retried like a transient failure, then
+        fails the job with New Relic's message.
         """
         result.window = window
         nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+        shrinkable = window.buckets(job.target.interval) > 1
         try:
-            answer = client.query(job.account_id, nrql)
+            answer = client.query(job.account_id, nrql, shrinkable=shrinkable)
         except QueryTooBig as exc:
             result.nr_requests += exc.requests
             result.retries += exc.requests - 1
-            if window.buckets(job.target.interval) <= 1:
+            if not shrinkable:  # retried at one bucket as well: New Relic's message fails it
                 raise
             buckets = sizer.shrink(window)
             log.warning(

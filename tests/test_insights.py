@@ -325,7 +325,7 @@ def test_sends_the_key_header_and_the_nrql_url_encoded(client):
 
 
 @responses.activate
-@pytest.mark.parametrize("status", [429, 500, 502])
+@pytest.mark.parametrize("status", [429, 503, 500, 502])
 def test_transient_statuses_are_retried_after_a_backoff(client, fake_time, status):
     responses.get(
         QUERY_URL, status=status, json={"error": "slow down"}, headers={"Retry-After": "7"}
@@ -341,7 +341,7 @@ def test_transient_statuses_are_retried_after_a_backoff(client, fake_time, statu
 def test_503_is_the_inspected_limit_so_the_window_is_too_big_not_retried(client, fake_time):
     responses.get(QUERY_URL, status=503, json={"error": "Inspected data limit exceeded"})
     with pytest.raises(QueryTooBig) as error:
-        client.query(ACCOUNT, NRQL)
+        client.query(ACCOUNT, NRQL, shrinkable=True)
     assert str(error.value) == "New Relic answered HTTP 503: Inspected data limit exceeded"
     assert error.value.requests == 1 and fake_time.sleeps == []
 
@@ -490,7 +490,7 @@ def test_the_fake_reports_nrql_errors_as_new_relic_does(insights, fake_time):
     assert insights.requests[-1].outcome == "nrql_error"
 
 
-@pytest.mark.parametrize("kind", ["http429", "http502", "html"])
+@pytest.mark.parametrize("kind", ["http429", "http503", "html"])
 def test_the_fakes_faults_are_retried_by_the_client(insights, fake_time, kind):
     insights.set_faults([kind], every=2, retry_after=0.5)
     nrql = f"SELECT count(*) FROM Transaction {HOUR_AGO} TIMESERIES 1 hour"

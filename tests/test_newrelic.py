@@ -625,7 +625,7 @@ def test_the_key_is_kept_out_of_repr_and_registered_for_redaction() -> None:
         ),
     ],
 )
-def test_a_query_too_big_is_not_retried_as_it_is(
+def test_a_query_too_big_is_not_retried_as_it_is_when_it_can_shrink(
     client: NerdGraphClient,
     nr: responses.RequestsMock,
     fake_time: FakeTime,
@@ -635,10 +635,23 @@ def test_a_query_too_big_is_not_retried_as_it_is(
     nr.post(URL, json=answer)
 
     with pytest.raises(QueryTooBig) as raised:
-        client.query(ACCOUNT, NRQL)
+        client.query(ACCOUNT, NRQL, shrinkable=True)
 
     assert str(raised.value) == message
     assert raised.value.requests == 1 and len(nr.calls) == 1 and fake_time.sleeps == []
+
+
+def test_a_query_too_big_that_cannot_shrink_is_retried_then_fails_with_new_relics_message(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    message = "Your query either timed out or we're under heavy load"
+    nr.post(URL, json=graphql_errors(error(message, "TIMEOUT")))
+
+    with pytest.raises(QueryTooBig) as raised:
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value) == message
+    assert raised.value.requests == 3 == len(nr.calls) and len(fake_time.sleeps) == 2
 
 
 def test_transient_retries_before_a_query_too_big_are_counted(
@@ -650,7 +663,7 @@ def test_transient_retries_before_a_query_too_big_are_counted(
     )
 
     with pytest.raises(QueryTooBig) as raised:
-        client.query(ACCOUNT, NRQL)
+        client.query(ACCOUNT, NRQL, shrinkable=True)
 
     assert raised.value.requests == 2 and len(fake_time.sleeps) == 1
 
