@@ -168,6 +168,14 @@ def test_a_three_account_file_archives_three_tagged_copies_each_with_its_own_che
     assert cli("run").returncode == 0
     assert sorted(r.account_id for r in fake_nr.requests) == sorted(accounts)
 
+    # A backfill runs per account too, and leaves every checkpoint where it was.
+    fake_nr.reset_log()
+    backfill = cli("run", "--since", iso(start), "--until", iso(start + timedelta(hours=1)))
+    assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+    assert sorted(r.account_id for r in fake_nr.requests) == sorted(accounts)
+    assert {r.since_ms for r in fake_nr.requests} == {int(start.timestamp() * 1000)}
+    assert actual_points(influxd, spec) == expected
+
 
 def test_dry_run_and_shard_plan_each_account(cli, fake_nr, influx_db, queries_dir):
     spec = small_spec("logins", influx_db, floor(ago(hours=1), 300))
