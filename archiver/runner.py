@@ -488,6 +488,7 @@ class Runner:
         """Raw events: windows of `interval`, halved while New Relic caps the answer."""
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
+        inspected: list[int] = []  # of the requests since the last yielded window (splits too)
 
         def fetch(since: datetime, until: datetime) -> list[dict]:
             result.window = Window(since, until)
@@ -496,6 +497,7 @@ class Runner:
             result.retries += answer.retries
             if answer.inspected is not None:
                 result.inspected += answer.inspected
+                inspected.append(answer.inspected)
             return answer.results
 
         for window in self.windows_of(job, WindowSizer(target.interval)):
@@ -508,7 +510,9 @@ class Runner:
             ):
                 guard.check_events(rows)
                 lines = events.to_lines(rows, query.measurement, query.tag_attributes, tags)
-                yield Batch(Window(since, until), lines, "ns")
+                spent = sum(inspected) if inspected else None
+                inspected.clear()
+                yield Batch(Window(since, until), lines, "ns", spent)
 
     def _interrupted(self, result: JobResult) -> bool:
         if self.stop.is_set():

@@ -19,6 +19,7 @@ from alembic import command
 from archiver import state as state_module
 from archiver.state import State
 from archiver.windows import iso
+from fakes import events
 from fakes.nerdgraph import INSPECTED_PER_ROW, TOO_BIG_MESSAGE
 from tests.e2e import ACCOUNT, actual_points, ago, expected_points, floor
 from tests.faults import LAG_SECONDS, assert_exact, error_lines, facet_spec, plain_spec, small_spec
@@ -292,3 +293,37 @@ def test_a_state_db_at_0001_upgrades_keeping_checkpoints_progress_and_windows(ol
     assert costs is not None and (costs.seconds, costs.points, costs.inspected) == (3600, 60, None)
     assert costs.estimate(7200) == (120, None)
     state.engine.dispose()
+
+
+def test_an_events_query_per_account_tags_every_event_and_logs_what_each_window_inspected(
+    cli, fake_nr, influxd, influx_db, queries_dir, state_path
+):
+    accounts = [ACCOUNT, 2222222]
+    fake_nr.accounts.update(accounts)
+    (queries_dir / "busy.yaml").write_text(
+        "nrql: SELECT duration, name, appName, host FROM BusyTransaction\n"
+        "mode: events\ntag_attributes: [appName, host]\n"
+        f"account_ids: {accounts}\nmeasurement: nr_busy\ndatabase: {influx_db}\n"
+    )
+    since, until = floor(ago(hours=2), 60), floor(ago(hours=1) - timedelta(minutes=20), 60)
+    result = cli("run", "--since", iso(since), "--until", iso(until))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rows = influxd.query(
+        'SELECT count("duration") FROM "nr_busy" GROUP BY "account_id"', db=influx_db
+    )
+    counts = {row["account_id"]: row["count"] for row in rows}
+    expected = events.events(
+        "BusyTransaction", int(since.timestamp() * 1000), int(until.timestamp() * 1000)
+    )
+    durations = sum(1 for event in expected if event.get("duration") is not None)
+    assert counts == {str(a): durations for a in accounts}
+    engine = sa.create_engine(f"sqlite:///{state_path}")
+    with engine.connect() as conn:
+        logged = conn.execute(sa.text("SELECT query, inspected FROM windows")).all()
+    engine.dispose()
+    assert {query for query, _ in logged} == {f"busy@{a}" for a in accounts}
+    asked = [r for r in fake_nr.requests if r.outcome == "ok"]
+    rows_answered = sum(inspected for _, inspected in logged) // INSPECTED_PER_ROW
+    assert None not in {inspected for _, inspected in logged}
+    assert len(asked) >= 2 * len(accounts) and rows_answered > 2 * 5000  # split, and all counted
