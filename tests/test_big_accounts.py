@@ -16,7 +16,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from archiver import config
 from archiver import state as state_module
+from archiver.errors import ConfigError
 from archiver.state import State
 from archiver.windows import iso
 from fakes import events
@@ -327,3 +329,36 @@ def test_an_events_query_per_account_tags_every_event_and_logs_what_each_window_
     rows_answered = sum(inspected for _, inspected in logged) // INSPECTED_PER_ROW
     assert None not in {inspected for _, inspected in logged}
     assert len(asked) >= 2 * len(accounts) and rows_answered > 2 * 5000  # split, and all counted
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "timeout", "is_async"),
+    [
+        pytest.param({}, 60, False, id="defaults"),
+        pytest.param({"NEW_RELIC_QUERY_TIMEOUT": "1"}, 1, False, id="lowest"),
+        pytest.param(
+            {"NEW_RELIC_QUERY_TIMEOUT": "120", "NEW_RELIC_ASYNC": "TRUE"}, 120, True, id="highest"
+        ),
+    ],
+)
+def test_query_timeout_and_async_settings(env, timeout, is_async):
+    settings = config.from_env(env)
+    assert (settings.query_timeout, settings.async_queries) == (timeout, is_async)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"NEW_RELIC_QUERY_TIMEOUT": "0"}, "from 1 to 120, not '0'", id="zero"),
+        pytest.param({"NEW_RELIC_QUERY_TIMEOUT": "5s"}, "from 1 to 120, not '5s'", id="unit"),
+        pytest.param(
+            {"NEW_RELIC_ASYNC": "yes"}, "NEW_RELIC_ASYNC must be one of true, false", id="async"
+        ),
+    ],
+)
+def test_bad_query_timeout_or_async_is_a_config_error(env, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.from_env(env)
