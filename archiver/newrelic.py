@@ -1,8 +1,10 @@
 """The NerdGraph client: one NRQL query in, its rows out, every failure classified once.
 
 Each answer is classified right here, next to the call: `TransientError` (retried with
-exponential backoff and jitter by tenacity, honouring Retry-After), `AuthError` or
-`NewRelicError` (never retried; the message is New Relic's own). The API key never appears in
+exponential backoff and jitter by tenacity, honouring Retry-After), `QueryTooBig` (New Relic
+gave up on the query's size: raised at once when the caller can ask for fewer buckets, else
+retried like a transient failure), `AuthError` or `NewRelicError` (never retried; the message
+is New Relic's own). The API key never appears in
 an exception message, a log line or a repr.
 """
 
