@@ -410,12 +410,13 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
     for job, planned in plan:
         target = job.target
         print(
-            f"{job.query.name} → {target.key} (database {target.database}, retention policy "
+            f"{job.name} → {target.key} (database {target.database}, retention policy "
             f"{target.retention_policy or 'default'}, every {format_duration(target.interval)}, "
             f"account {job.account_id}): {plural(len(planned), 'window')}"
         )
         for note in job.skipped:
             print(f"  {note}")
+        print(f"  {cost_line(job, planned)}")
         for window in planned:
             print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
 
@@ -456,6 +457,16 @@ def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
     return report.exit_code
 
 
+def cost_line(job: PlannedJob, planned: list[Window]) -> str:
+    """What the plan will cost: requests, and from earlier windows events and points."""
+    line = f"cost: {len(planned)} New Relic request(s) at least"
+    if job.costs is None or not planned:
+        return line + "; no earlier run of this query to estimate from"
+    points, inspected = job.costs.estimate(job.seconds)
+    seen = "unknown" if inspected is None else f"~{inspected:,}"
+    return f"{line}; estimated from earlier windows: {seen} events inspected, ~{points:,} points"
+
+
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
     loaded = (
         queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
@@ -487,6 +498,7 @@ def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
     moves = reset_checkpoints(
         settings.db_url, settings.queries_dir, args.query, args.target, args.to,
         datetime.now(UTC), dry_run=args.dry_run,
+        default_account=settings.new_relic_account_id,
     )  # fmt: skip
     for move in moves:
         print(f"{move}{' (dry run: nothing changed)' if args.dry_run else ''}")

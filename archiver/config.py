@@ -35,6 +35,8 @@ environment variables (README.md, "Configuration", says more):
   NEW_RELIC_NERDGRAPH_URL      GraphQL URL; overrides the region
   NEW_RELIC_QUERY_KEY          Insights query key (used without an API key)
   NEW_RELIC_INSIGHTS_URL       Insights API URL; overrides the region
+  NEW_RELIC_QUERY_TIMEOUT      NerdGraph NRQL timeout, 1-120 s (60)
+  NEW_RELIC_ASYNC              true: asynchronous NRQL (Data Plus accounts)
   INFLUX_URL                   InfluxDB URL (http://localhost:8086)
   INFLUX_USERNAME              InfluxDB 1.x user
   INFLUX_PASSWORD              InfluxDB 1.x password
@@ -74,6 +76,8 @@ class Settings:
     lease_seconds: int = 600
     retry_base_seconds: float = 1.0  # first wait between New Relic retries (tests shorten it)
     nerdgraph_timeout: float = 60.0
+    query_timeout: int = 60  # NerdGraph's nrql(timeout:), seconds (New Relic's own default: 5)
+    async_queries: bool = False  # nrql(async: true), polled until done (Data Plus accounts)
     influx_timeout: float = 30.0
 
     def require_new_relic_key(self) -> str:
@@ -171,7 +175,25 @@ def from_env(
         schedule=env.get("ARCHIVER_SCHEDULE", "").strip() or DEFAULT_SCHEDULE,
         lease_seconds=_positive_int(env, "ARCHIVER_LEASE_SECONDS", 600),
         retry_base_seconds=_positive_float(env, "ARCHIVER_RETRY_BASE_SECONDS", 1.0),
+        query_timeout=_query_timeout(env),
+        async_queries=_choice(env, "NEW_RELIC_ASYNC", ("true", "false"), "false") == "true",
     )
+
+
+QUERY_TIMEOUT_RANGE = (1, 120)  # seconds; New Relic's clients take no more than 120
+
+
+def _query_timeout(env: Mapping[str, str]) -> int:
+    raw = env.get("NEW_RELIC_QUERY_TIMEOUT", "").strip()
+    if not raw:
+        return 60
+    low, high = QUERY_TIMEOUT_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(
+            f"NEW_RELIC_QUERY_TIMEOUT must be a whole number of seconds from {low} to {high}, "
+            f"not {raw!r}"
+        )
+    return int(raw)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

@@ -42,6 +42,21 @@ class NewRelicError(PermanentError):
     """New Relic refused the query (NRQL error, forbidden account, bad answer)."""
 
 
+class QueryTooBig(NewRelicError):
+    """New Relic gave up on the window's size: a query TIMEOUT, "that query is a little too
+    big… try fewer buckets", or the Insights API's HTTP 503 for the inspected-data limit.
+
+    Never retried as it is: the runner asks again with half the buckets. Where nothing handles
+    it (a window of one bucket), it fails the query with New Relic's message like any
+    NewRelicError. `requests` is the HTTP requests it took (transient retries included).
+    """
+
+    def __init__(self, message: str, requests: int = 1, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.requests = requests
+        self.retry_after = retry_after  # honoured when it is retried (a window of one bucket)
+
+
 class AuthError(PermanentError):
     """A credential was refused; the message says which variable to check."""
 

@@ -53,15 +53,17 @@ import requests
 
 from archiver import completeness, logs
 from archiver.config import INSIGHTS_URLS
-from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.limiter import Limiter
 from archiver.newrelic import (
     NerdGraphClient,
     NrqlResult,
     excerpt,
+    inspected_count,
     json_body,
     raise_for_status,
 )
+from archiver.retry import retry_after_seconds
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 
@@ -129,7 +131,9 @@ class InsightsClient(NerdGraphClient):
     def __repr__(self) -> str:
         return f"InsightsClient(url={self.url!r})"
 
-    def query(self, account_id: int, nrql: str, *, other: bool = False) -> NrqlResult:
+    def query(
+        self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
+    ) -> NrqlResult:
         """Run one NRQL query, retrying transient failures; raise the last one if they persist."""
         if other:  # `passes` refuses such query files before any request
             raise NewRelicError(OTHER_REFUSED)
@@ -143,6 +147,7 @@ class InsightsClient(NerdGraphClient):
         body, attempts = self._with_retries(
             account_id,
             lambda: _classify(self._request("GET", url, params={"nrql": nrql}), self.url),
+            shrinkable=shrinkable,
         )
         rows, facets = to_nerdgraph_rows(body)
         return NrqlResult(
@@ -151,6 +156,7 @@ class InsightsClient(NerdGraphClient):
             requests=attempts,
             retries=attempts - 1,
             messages=completeness.messages(body.get("metadata")),
+            inspected=inspected_count(body),
         )
 
 
@@ -160,6 +166,11 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
         raise AuthError(
             f"New Relic refused the query key (HTTP {status}): {_error_text(response)}: "
             f"{BAD_KEY_HINT}"
+        )
+    if status == 503:  # the Insights API's answer to a query over the inspected-data limit
+        raise QueryTooBig(
+            f"New Relic answered HTTP 503: {_error_text(response)}",
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     raise_for_status(response, _error_text, "NEW_RELIC_INSIGHTS_URL", url)
     body = json_body(response)

@@ -24,6 +24,7 @@ def job_line(
     nr_requests: int,
     retries: int,
     seconds: float,
+    inspected: int = 0,
     exported_until: datetime | None,
     now: datetime,
     dropped_keys: int = 0,
@@ -36,6 +37,7 @@ def job_line(
         "windows": windows,
         "nr_requests": nr_requests,
         "retries": retries,
+        "inspected": inspected,
         "seconds": seconds,
         "failed": 1 if status == "failed" else 0,
         "dropped_keys": dropped_keys,  # answer keys left out for want of a line-protocol form

@@ -1,8 +1,10 @@
 """The NerdGraph client: one NRQL query in, its rows out, every failure classified once.
 
 Each answer is classified right here, next to the call: `TransientError` (retried with
-exponential backoff and jitter by tenacity, honouring Retry-After), `AuthError` or
-`NewRelicError` (never retried; the message is New Relic's own). The API key never appears in
+exponential backoff and jitter by tenacity, honouring Retry-After), `QueryTooBig` (New Relic
+gave up on the query's size: raised at once when the caller can ask for fewer buckets, else
+retried like a transient failure), `AuthError` or `NewRelicError` (never retried; the message
+is New Relic's own). The API key never appears in
 an exception message, a log line or a repr.
 """
 
@@ -25,7 +27,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_exponential_jitter
 
 from archiver import completeness, logs
-from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.limiter import Limiter
 from archiver.retry import retry_after_seconds
 
@@ -34,19 +36,40 @@ T = TypeVar("T")
 
 # The NRQL text and every other value travel as GraphQL variables, never inside this text.
 GRAPHQL = """\
-query($accountId: Int!, $nrql: Nrql!, $timeout: Seconds) {
+query($accountId: Int!, $nrql: Nrql!, $timeout: Seconds, $async: Boolean) {
   actor {
     account(id: $accountId) {
-      nrql(query: $nrql, timeout: $timeout) {
+      nrql(query: $nrql, timeout: $timeout, async: $async) {
         results
         metadata { facets eventTypes messages timeWindow { begin end } }
+        rawResponse
+        queryProgress { queryId completed retryAfter retryDeadline resultExpiration }
       }
     }
   }
 }
 """
+# An asynchronous query still running: ask for its progress (or results) by its queryId.
+POLL_GRAPHQL = """\
+query($accountId: Int!, $queryId: ID!) {
+  actor {
+    account(id: $accountId) {
+      nrqlQueryProgress(queryId: $queryId) {
+        results
+        metadata { facets eventTypes messages timeWindow { begin end } }
+        rawResponse
+        queryProgress { queryId completed retryAfter retryDeadline resultExpiration }
+      }
+    }
+  }
+}
+"""
+
 # With `other: true`: otherResult holds the facets beyond LIMIT (per bucket with TIMESERIES).
 GRAPHQL_WITH_OTHER = GRAPHQL.replace("        results\n", "        results\n        otherResult\n")
+POLL_GRAPHQL_WITH_OTHER = POLL_GRAPHQL.replace(
+    "        results\n", "        results\n        otherResult\n"
+)
 
 # A dashboard: its pages and every widget's raw configuration (nrqlQueries, markdown text...).
 DASHBOARD_GRAPHQL = """\
@@ -64,8 +87,11 @@ query($guid: EntityGuid!) {
 }
 """
 
-TRANSIENT_ERROR_CLASSES = frozenset(
-    {"TIMEOUT", "TOO_MANY_REQUESTS", "INTERNAL_SERVER_ERROR", "SERVER_ERROR"}
+TRANSIENT_ERROR_CLASSES = frozenset({"TOO_MANY_REQUESTS", "INTERNAL_SERVER_ERROR", "SERVER_ERROR"})
+# New Relic gave up on the size of the query: ask again with fewer buckets (QueryTooBig).
+TOO_BIG_ERROR_CLASSES = frozenset({"TIMEOUT"})
+TOO_BIG_MESSAGE = re.compile(
+    r"exceeded the set timeout|query is a little too big|fewer buckets", re.IGNORECASE
 )
 BAD_KEY_HINT = "check NEW_RELIC_API_KEY (a user key, NRAK-...)"
 EXCERPT_CHARS = 80
@@ -74,6 +100,11 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # The HTTP read timeout outlasts the NRQL timeout, so that New Relic's own TIMEOUT answer
 # (with its message) arrives before we give up on the connection.
 NRQL_TIMEOUT_MARGIN_SECONDS = 5.0
+DEFAULT_NRQL_TIMEOUT_SECONDS = 60  # New Relic's own default is 5 s; 120 s is the most it takes
+# Asynchronous queries (Data Plus) run for up to 10 minutes at New Relic; give up after that.
+ASYNC_MAX_SECONDS = 660.0
+ASYNC_DEADLINE_MARGIN_SECONDS = 1.0  # poll at least this long before New Relic's retryDeadline
+ASYNC_DEFAULT_RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,18 +112,22 @@ class NrqlResult:
     results: list[dict[str, Any]]
     facets: tuple[str, ...]
     requests: int
-    """HTTP requests it took, retries included."""
+    """HTTP requests it took, retries (and polls of an asynchronous query) included."""
     retries: int
     other: list[dict[str, Any]] | dict[str, Any] | None = None  # otherResult, when asked for
     messages: tuple[str, ...] = ()  # metadata.messages: New Relic's warnings about the query
+    inspected: int | None = None
+    """New Relic's performanceStats.inspectedCount: what the query cost; None if not told."""
 
 
 class NerdGraphClient:
     """Runs NRQL queries through NerdGraph; share one between threads so its limiter is shared.
 
     `timeout` bounds each HTTP request (connecting takes at most 10 s of it; reading never gives
-    up before `nrql_timeout` + 5 s). `max_attempts` and `max_total_seconds` bound one query()
-    call, measured on `clock`; `sleep` and `clock` are there for tests.
+    up before `nrql_timeout` + 5 s). `max_attempts` and `max_total_seconds` bound the requests
+    of one query() call (each poll of an asynchronous query has its own), measured on `clock`;
+    `sleep` and `clock` are there for tests. `async_queries` sends `nrql(async: true)` and polls
+    `nrqlQueryProgress` until the query completes (Data Plus accounts).
     """
 
     def __init__(
@@ -101,7 +136,8 @@ class NerdGraphClient:
         api_key: str,
         *,
         timeout: float = 60.0,
-        nrql_timeout: int = 60,
+        nrql_timeout: int = DEFAULT_NRQL_TIMEOUT_SECONDS,
+        async_queries: bool = False,
         limiter: Limiter | None = None,
         max_attempts: int = 6,
         max_total_seconds: float = 300.0,
@@ -116,6 +152,7 @@ class NerdGraphClient:
         self._post_url = url
         self._headers = {"Content-Type": "application/json", "API-Key": api_key}
         self._nrql_timeout = nrql_timeout
+        self._async = async_queries
         self._http_timeout = (
             min(timeout, CONNECT_TIMEOUT_SECONDS),
             max(timeout, nrql_timeout + NRQL_TIMEOUT_MARGIN_SECONDS),
@@ -142,10 +179,16 @@ class NerdGraphClient:
         if self._owns_session:
             self._session.close()
 
-    def query(self, account_id: int, nrql: str, *, other: bool = False) -> NrqlResult:
+    def query(
+        self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
+    ) -> NrqlResult:
         """Run one NRQL query, retrying transient failures; raise the last one if they persist.
 
         `other` asks for otherResult too (the facets beyond LIMIT).
+
+        `shrinkable`: the caller can ask again with fewer buckets, so a QueryTooBig is raised at
+        once; otherwise (a window of one bucket, raw events) it is retried like a transient
+        failure, and raised with New Relic's message when the attempts run out.
         """
         body = orjson.dumps(
             {
@@ -154,20 +197,23 @@ class NerdGraphClient:
                     "accountId": account_id,
                     "nrql": nrql,
                     "timeout": self._nrql_timeout,
+                    **({"async": True} if self._async else {}),
                 },
             }
         )
-        answer, attempts = self._with_retries(
-            account_id,
-            lambda: _classify(self._request("POST", self._post_url, data=body), self.url),
-        )
+        answer, attempts = self._send(account_id, body, "nrql", shrinkable)
+        requests, retries = attempts, attempts - 1
+        if _running(answer):
+            answer, polls, poll_retries = self._poll(account_id, answer, shrinkable, other)
+            requests, retries = requests + polls, retries + poll_retries
         return NrqlResult(
             results=answer["results"],
             facets=_facets(answer.get("metadata")),
-            requests=attempts,
-            retries=attempts - 1,
+            requests=requests,
+            retries=retries,
             other=answer.get("otherResult"),
             messages=completeness.messages(answer.get("metadata")),
+            inspected=inspected_count(answer.get("rawResponse")),
         )
 
     def dashboard(self, guid: str) -> dict[str, Any]:
@@ -181,8 +227,54 @@ class NerdGraphClient:
         )
         return answer
 
-    def _with_retries(self, account_id: int | str, send: Callable[[], T]) -> tuple[T, int]:
-        """`send()` under the retry policy; returns its value and the attempts it took."""
+    def _send(
+        self, account_id: int, body: bytes, field: str, shrinkable: bool
+    ) -> tuple[dict[str, Any], int]:
+        return self._with_retries(
+            account_id,
+            lambda: _classify(self._request("POST", self._post_url, data=body), self.url, field),
+            shrinkable=shrinkable,
+        )
+
+    def _poll(
+        self, account_id: int, answer: dict[str, Any], shrinkable: bool, other: bool = False
+    ) -> tuple[dict[str, Any], int, int]:
+        """Poll an asynchronous query until it completes: its answer, the polls and retries.
+
+        Each poll waits New Relic's `retryAfter`, but never so long that it would miss the
+        `retryDeadline` (after which New Relic may cancel the query); both are in seconds from
+        the answer that gave them.
+        """
+        started = self._clock()
+        polls = retries = 0
+        while _running(answer):
+            progress = answer["queryProgress"]
+            query_id = progress.get("queryId")
+            if query_id is None:
+                raise NewRelicError("New Relic's asynchronous answer has no queryId to poll")
+            if self._clock() - started > ASYNC_MAX_SECONDS:
+                raise TransientError(
+                    f"New Relic's asynchronous query {query_id} did not complete within "
+                    f"{ASYNC_MAX_SECONDS:.0f} s"
+                )
+            self._sleep(_poll_wait(progress))
+            body = orjson.dumps(
+                {
+                    "query": POLL_GRAPHQL_WITH_OTHER if other else POLL_GRAPHQL,
+                    "variables": {"accountId": account_id, "queryId": str(query_id)},
+                }
+            )
+            answer, attempts = self._send(account_id, body, "nrqlQueryProgress", shrinkable)
+            polls, retries = polls + attempts, retries + attempts - 1
+        return answer, polls, retries
+
+    def _with_retries(
+        self, account_id: int | str, send: Callable[[], T], *, shrinkable: bool = False
+    ) -> tuple[T, int]:
+        """`send()` under the retry policy; returns its value and the attempts it took.
+
+        A QueryTooBig is retried too unless the caller can shrink the query (`shrinkable`).
+        """
         attempts = 0
 
         def attempt() -> T:
@@ -192,7 +284,10 @@ class NerdGraphClient:
 
         started = self._clock()
         try:
-            return self._retrying(account_id, started)(attempt), attempts
+            return self._retrying(account_id, started, shrinkable)(attempt), attempts
+        except QueryTooBig as exc:
+            exc.requests = attempts
+            raise
         except TransientError as exc:
             elapsed = self._clock() - started
             raise TransientError(
@@ -201,7 +296,9 @@ class NerdGraphClient:
                 retry_after=exc.retry_after,
             ) from exc
 
-    def _retrying(self, account_id: int | str, started: float) -> Retrying:
+    def _retrying(
+        self, account_id: int | str, started: float, shrinkable: bool = False
+    ) -> Retrying:
         backoff = wait_exponential_jitter(
             initial=self._backoff_base, max=BACKOFF_MAX_SECONDS, jitter=self._backoff_base
         )
@@ -209,7 +306,7 @@ class NerdGraphClient:
         def wait(state: RetryCallState) -> float:
             delay = backoff(state)
             error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, TransientError) and error.retry_after is not None:
+            if isinstance(error, TransientError | QueryTooBig) and error.retry_after is not None:
                 return max(error.retry_after, delay)
             return delay
 
@@ -228,7 +325,9 @@ class NerdGraphClient:
             )
 
         return Retrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(
+                TransientError if shrinkable else (TransientError, QueryTooBig)
+            ),
             wait=wait,
             stop=stop_after_attempt(self._max_attempts) | out_of_time,
             sleep=self._sleep,
@@ -263,8 +362,8 @@ class NerdGraphClient:
                 ) from None
 
 
-def _classify(response: requests.Response, url: str) -> dict[str, Any]:
-    return _nrql_object(_checked_json(response, url))
+def _classify(response: requests.Response, url: str, field: str = "nrql") -> dict[str, Any]:
+    return _nrql_object(_checked_json(response, url), field)
 
 
 def _checked_json(response: requests.Response, url: str) -> Any:
@@ -321,11 +420,13 @@ def json_body(response: requests.Response) -> Any:
         ) from None
 
 
-def _nrql_object(body: Any) -> dict[str, Any]:
+def _nrql_object(body: Any, field: str = "nrql") -> dict[str, Any]:
     errors = body.get("errors") if isinstance(body, dict) else None
     if errors:
         raise _graphql_error(errors if isinstance(errors, list) else [errors])
-    nrql = _dig(body, "data", "actor", "account", "nrql")
+    nrql = _dig(body, "data", "actor", "account", field)
+    if isinstance(nrql, dict) and _running(nrql):
+        return nrql
     if not isinstance(nrql, dict) or not isinstance(nrql.get("results"), list):
         raise TransientError(
             "New Relic's answer has no data for the query and no error: "
@@ -365,13 +466,48 @@ def _graphql_error(errors: list[Any]) -> Exception:
     ) or any("invalid api key" in message.lower() for message in messages):
         return AuthError(f"New Relic rejected the API key (BAD_API_KEY): {BAD_KEY_HINT}")
     message = logs.redact("; ".join(messages))
-    if any(
-        ext.get("errorClass") in TRANSIENT_ERROR_CLASSES
-        for ext in extensions
-        if isinstance(ext, dict)
-    ):
+    classes = {ext.get("errorClass") for ext in extensions if isinstance(ext, dict)}
+    if classes & TOO_BIG_ERROR_CLASSES or TOO_BIG_MESSAGE.search(message):
+        return QueryTooBig(message)
+    if classes & TRANSIENT_ERROR_CLASSES:
         return TransientError(message)
     return NewRelicError(message)
+
+
+def _running(nrql: dict[str, Any]) -> bool:
+    """An asynchronous query that has not completed yet (no results to read)."""
+    progress = nrql.get("queryProgress")
+    return isinstance(progress, dict) and progress.get("completed") is False
+
+
+def _seconds(value: Any, default: float) -> float:
+    """A `Seconds` scalar (a number, or a number as text) as float."""
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _poll_wait(progress: dict[str, Any]) -> float:
+    """`retryAfter`, but early enough for the `retryDeadline` (both seconds from now)."""
+    wait = _seconds(progress.get("retryAfter"), ASYNC_DEFAULT_RETRY_AFTER_SECONDS)
+    if progress.get("retryDeadline") is not None:
+        deadline = _seconds(progress.get("retryDeadline"), wait)
+        wait = min(wait, max(0.0, deadline - ASYNC_DEADLINE_MARGIN_SECONDS))
+    return wait
+
+
+def inspected_count(raw_response: Any) -> int | None:
+    """`performanceStats.inspectedCount` of NRDB's raw answer (NerdGraph's `rawResponse`, a
+    JSON object, or the Insights API's whole answer); None when it is not there."""
+    if isinstance(raw_response, str):
+        try:
+            raw_response = orjson.loads(raw_response)
+        except orjson.JSONDecodeError:
+            return None
+    stats = raw_response.get("performanceStats") if isinstance(raw_response, dict) else None
+    count = stats.get("inspectedCount") if isinstance(stats, dict) else None
+    return int(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
 
 
 def _dig(value: Any, *keys: str) -> Any:

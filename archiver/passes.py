@@ -180,12 +180,18 @@ def new_relic_client_factory(settings: Settings, limiter: Limiter) -> Callable[[
     key = settings.require_new_relic_key()
     if settings.new_relic_api_key:
         url, client = settings.nerdgraph_url, NerdGraphClient
+        nerdgraph_options = {
+            "nrql_timeout": settings.query_timeout,
+            "async_queries": settings.async_queries,
+        }
     else:
         url, client = settings.insights_url, InsightsClient
+        nerdgraph_options = {}
     return lambda: client(
         url,
         key,
         timeout=settings.nerdgraph_timeout,
         limiter=limiter,
         backoff_base=settings.retry_base_seconds,
+        **nerdgraph_options,
     )

@@ -57,6 +57,7 @@ DAY = timedelta(days=1)
 RESERVED_INFLUX_KEYS = frozenset({"time", "_field", "_measurement"})
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+ACCOUNT_TAG = "account_id"  # the tag an `account_ids` file adds to every point
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +93,7 @@ class QueryDef(BaseModel, frozen=True):
     lookback: timedelta = timedelta(0)  # re-exported before the checkpoint (late data)
     start: datetime | None = None  # UTC
     account_id: int | None = None
+    account_ids: tuple[int, ...] = ()  # one job per account, each tagged account_id=<id>
     tags: dict[str, str] = Field(default_factory=dict)
     nr_retention: timedelta = DEFAULT_NR_RETENTION
     max_series: int = DEFAULT_MAX_SERIES
@@ -132,6 +134,24 @@ class QueryDef(BaseModel, frozen=True):
     def facet_limit(self) -> int:
         """How many facets New Relic answers at most: the nrql's LIMIT, else LIMIT MAX."""
         return facet_limit(self._shape.sendable)
+
+    def accounts(self, default: int | None) -> tuple[int | None, ...]:
+        """The accounts this query runs against: `account_ids`, else `account_id` or `default`."""
+        return self.account_ids or (self.account_id or default,)
+
+    def job_name(self, account_id: int | None) -> str:
+        """The name this query's checkpoints, backfill progress, leases and run log go by.
+
+        The query name; for an `account_ids` file `<name>@<account id>`. A query name never
+        holds '@', so a multi-account key can never be a single-account file's key.
+        """
+        return f"{self.name}@{account_id}" if self.account_ids else self.name
+
+    def job_tags(self, account_id: int | None) -> dict[str, str]:
+        """The static tags of every point; an `account_ids` file adds `account_id=<id>`."""
+        if not self.account_ids:
+            return self.tags
+        return {**self.tags, ACCOUNT_TAG: str(account_id)}
 
     def nrql_for(self, since: datetime, until: datetime, interval: timedelta) -> str:
         """The exact NRQL sent for the half-open window [since, until) at this interval.
@@ -768,6 +788,9 @@ class _QueryFile(BaseModel):
     lookback: NonNegativeDuration = timedelta(0)
     start: datetime | None = None
     account_id: Annotated[int, Field(strict=True, gt=0)] | None = None
+    account_ids: (
+        Annotated[list[Annotated[int, Field(strict=True, gt=0)]], Field(min_length=1)] | None
+    ) = None
     tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     nr_retention: PositiveDuration = DEFAULT_NR_RETENTION
     max_series: Annotated[int, Field(strict=True, ge=1)] = DEFAULT_MAX_SERIES
@@ -803,15 +826,40 @@ def _resolve(raw: _QueryFile, path: Path) -> tuple[QueryDef | None, list[_Proble
     targets, target_problems = _resolve_targets(raw)
     problems += target_problems
     problems += _tag_facet_collisions(raw)
+    problems += _account_problems(raw)
     problems += _mode_problems(raw)
     problems += _answer_gap_problems(raw)
     if problems:
         return None, problems
     settings = raw.model_dump(include=_QUERY_SETTINGS)
+    settings["account_ids"] = tuple(raw.account_ids or ())
     tag_attributes = tuple(raw.tag_attributes or ())
     return QueryDef(
         name=name, path=path, targets=targets, tag_attributes=tag_attributes, **settings
     ), []
+
+
+def _account_problems(raw: _QueryFile) -> list[_Problem]:
+    if raw.account_ids is None:
+        return []
+    problems: list[_Problem] = []
+    if raw.account_id is not None:
+        problems.append(("account_ids", "give either account_id or account_ids, not both"))
+    if duplicates := sorted({a for a in raw.account_ids if raw.account_ids.count(a) > 1}):
+        problems.append(("account_ids", f"lists {', '.join(map(str, duplicates))} twice"))
+    if ACCOUNT_TAG in raw.tags:
+        problems.append(
+            (f"tags.{ACCOUNT_TAG}", "account_ids adds the account_id tag itself: remove this tag")
+        )
+    if ACCOUNT_TAG in analyse_nrql(raw.nrql).facets:
+        problems.append(
+            ("nrql", "FACET account_id would collide with the account_id tag of account_ids")
+        )
+    if ACCOUNT_TAG in (raw.tag_attributes or ()):
+        problems.append(
+            ("tag_attributes", "account_ids adds the account_id tag itself: remove account_id")
+        )
+    return problems
 
 
 def _mode_problems(raw: _QueryFile) -> list[_Problem]:
@@ -843,7 +891,7 @@ def _answer_gap_problems(raw: _QueryFile) -> list[_Problem]:
 # keys of a query file that pass to QueryDef unchanged (the others make up the targets)
 _QUERY_SETTINGS = {
     "description", "nrql", "measurement", "lag", "lookback", "start",
-    "account_id", "tags", "nr_retention", "max_series", "mode", "other",
+    "account_id", "account_ids", "tags", "nr_retention", "max_series", "mode", "other",
 }  # fmt: skip
 
 

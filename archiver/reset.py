@@ -44,6 +44,7 @@ def reset_checkpoints(
     now: datetime,
     *,
     dry_run: bool = False,
+    default_account: int | None = None,
 ) -> list[CheckpointMove]:
     """Move the checkpoint of every target of the query (or of `target_key`) to `to`.
 
@@ -67,11 +68,13 @@ def reset_checkpoints(
         )
     state = State.open_existing(db_url) if dry_run else State.open(db_url)
     moves = []
-    for key in [target_key] if target_key else list(targets):
-        interval = timedelta(seconds=1) if query.mode == "events" else targets[key].interval
-        old = state.checkpoint(query.name, key) if state else None
-        move = CheckpointMove(query.name, key, old, floor(asked, interval), asked, interval)
-        if not dry_run:
-            state.set_checkpoint(query.name, key, move.new, now)
-        moves.append(move)
+    # an `account_ids` file keeps one checkpoint per account (`<name>@<id>`)
+    for name in [query.job_name(account) for account in query.accounts(default_account)]:
+        for key in [target_key] if target_key else list(targets):
+            interval = timedelta(seconds=1) if query.mode == "events" else targets[key].interval
+            old = state.checkpoint(name, key) if state else None
+            move = CheckpointMove(name, key, old, floor(asked, interval), asked, interval)
+            if not dry_run:
+                state.set_checkpoint(name, key, move.new, now)
+            moves.append(move)
     return moves

@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from archiver import completeness, events, funnels, metrics, transform, windows
 from archiver.cardinality import SeriesGuard
-from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode
+from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
 from archiver.influx import Precision, RetentionPolicy
 from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient, NrqlResult
@@ -30,7 +31,7 @@ from archiver.progress import Progress
 from archiver.queries import QueryDef, QueryFileProblem, Target
 from archiver.readahead import read_ahead
 from archiver.sinks import Sink
-from archiver.state import State
+from archiver.state import State, WindowCosts
 from archiver.timeparse import parse_time, time_spec
 from archiver.windows import Range, Window, iso
 from archiver.wording import plural
@@ -86,6 +87,7 @@ class JobResult:
     points: int = 0
     nr_requests: int = 0
     retries: int = 0
+    inspected: int = 0  # New Relic's inspectedCount, summed over the answers that told it
     seconds: float = 0.0
     exported_until: datetime | None = None  # the incremental checkpoint after the job
     error: str | None = None
@@ -117,18 +119,38 @@ class RunReport:
 
 @dataclass
 class WindowSizer:
-    """Learns rows per bucket from each answer, so the next request stays small."""
+    """Learns rows per bucket from each answer, so the next request stays small.
+
+    `max_buckets` caps every window once New Relic refused a bigger one (QueryTooBig).
+    """
 
     interval: timedelta
     rows_per_bucket: float | None = None
+    max_buckets: int | None = None
 
     def buckets(self, has_facets: bool) -> int:
-        return windows.buckets_per_request(
+        learned = windows.buckets_per_request(
             has_facets=has_facets, rows_per_bucket=self.rows_per_bucket
         )
+        return learned if self.max_buckets is None else min(learned, self.max_buckets)
 
     def learn(self, window: Window, rows: int) -> None:
         self.rows_per_bucket = rows / max(1, window.buckets(self.interval))
+
+    def shrink(self, window: Window) -> int:
+        """New Relic refused `window`: from now on at most half its buckets (at least 1)."""
+        self.max_buckets = max(1, window.buckets(self.interval) // 2)
+        return self.max_buckets
+
+
+class Batch(NamedTuple):
+    """One window as New Relic answered it, transformed: lines, their precision, and what New
+    Relic inspected for it."""
+
+    window: Window
+    lines: list[str]
+    precision: Precision
+    inspected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,16 @@ class PlannedJob:
     segments: list[tuple[datetime, datetime]]
     skipped: list[str]
     range: tuple[datetime, datetime] | None = None  # the whole range a backfill asks for
+    costs: WindowCosts | None = None  # what earlier windows of this job cost (dry runs only)
+
+    @property
+    def name(self) -> str:
+        """The query's name in the state database (`<name>@<account>` for account_ids)."""
+        return self.query.job_name(self.account_id)
+
+    @property
+    def seconds(self) -> float:
+        return sum((until - since).total_seconds() for since, until in self.segments)
 
 
 def holder_is_dead(holder: str) -> bool:
@@ -164,7 +196,7 @@ def holder_is_dead(holder: str) -> bool:
 
 
 def account_for(query: QueryDef, default: int | None) -> int:
-    account = query.account_id or default
+    account = query.accounts(default)[0]
     if account is None:
         raise ConfigError(
             f"{query.path}: query {query.name!r} has no account_id and NEW_RELIC_ACCOUNT_ID "
@@ -232,19 +264,27 @@ class Runner:
     # -- planning -------------------------------------------------------------------------
 
     def plan(
-        self, query: QueryDef, target: Target, backfill: Backfill | None, rp: RetentionPolicy | None
+        self,
+        query: QueryDef,
+        target: Target,
+        backfill: Backfill | None,
+        rp: RetentionPolicy | None,
+        account: int | None = None,
     ) -> PlannedJob:
+        """The job of (query, target) for `account` (default: the query's only account)."""
         now = self.now()
+        account = account if account is not None else account_for(query, self.default_account)
+        name = query.job_name(account)
         rp_duration = timedelta(seconds=rp.duration_seconds) if rp and rp.duration_seconds else None
-        rng = self._range(query, target, backfill, now, rp_duration)
+        rng = self._range(query, target, backfill, now, rp_duration, name)
         segments = [] if rng.empty else [(rng.since, rng.until)]
         if backfill is not None and segments:
-            done = self.state.backfill_done(query.name, target.key, backfill.request)
+            done = self.state.backfill_done(name, target.key, backfill.request)
             segments = windows.subtract(segments[0], done)
         return PlannedJob(
             query,
             target,
-            account_for(query, self.default_account),
+            account,
             segments,
             rng.skipped,
             (rng.since, max(rng.since, rng.until)) if backfill is not None else None,
@@ -257,6 +297,7 @@ class Runner:
         backfill: Backfill | None,
         now: datetime,
         rp_duration: timedelta | None,
+        name: str,
     ) -> Range:
         common = {
             "now": now,
@@ -269,7 +310,7 @@ class Runner:
         if backfill is not None:
             return windows.backfill_range(since=backfill.since, until=backfill.until, **common)
         return windows.incremental_range(
-            checkpoint=self.state.checkpoint(query.name, target.key),
+            checkpoint=self.state.checkpoint(name, target.key),
             start=query.start,
             lookback=query.lookback,
             **common,
@@ -300,11 +341,16 @@ class Runner:
         for query in queries:
             account_for(query, self.default_account)  # every config error before any work
         kind = "backfill" if backfill else "incremental"
-        pairs = [(query, target) for query in queries for target in query.targets]
+        jobs = [
+            (query, target, account)
+            for query in queries
+            for account in query.accounts(self.default_account)
+            for target in query.targets
+        ]
         run_id = self.state.start_run(kind, self.now())
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="job") as pool:
-                report.jobs = list(pool.map(lambda p: self._job(run_id, *p, backfill), pairs))
+                report.jobs = list(pool.map(lambda j: self._job(run_id, *j, backfill), jobs))
         finally:
             exit_code, error = report.exit_code, _problems_summary(report.problems)
             if self._auth_failure is not None:
@@ -321,41 +367,52 @@ class Runner:
     def dry_run(
         self, queries: list[QueryDef], backfill: Backfill | None = None
     ) -> Iterator[tuple[PlannedJob, list[Window]]]:
-        """The plan without touching New Relic or InfluxDB (retention policies are not read)."""
+        """The plan without touching New Relic or InfluxDB (retention policies are not read).
+
+        Each job carries what its logged windows cost, for an estimate of this plan's cost.
+        """
         for query in queries:
-            for target in query.targets:
-                job = self.plan(query, target, backfill, rp=None)
-                yield job, list(self.windows_of(job, self.sizer(job)))
+            for account in query.accounts(self.default_account):
+                for target in query.targets:
+                    job = self.plan(query, target, backfill, rp=None, account=account)
+                    job = replace(job, costs=self.state.window_costs(job.name, target.key))
+                    yield job, list(self.windows_of(job, self.sizer(job)))
 
     def _job(
-        self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
+        self,
+        run_id: int,
+        query: QueryDef,
+        target: Target,
+        account: int | None,
+        backfill: Backfill | None,
     ) -> JobResult:
-        result = JobResult(query.name, target.key)
+        name = query.job_name(account)
+        result = JobResult(name, target.key)
         if self._auth_failure is not None:  # refused for another job: refused for this one too
             result.status, result.error = "failed", redact(str(self._auth_failure))
-            export_id = self.state.start_export(run_id, query.name, target.key, self.now())
+            export_id = self.state.start_export(run_id, name, target.key, self.now())
             self.state.finish_export(export_id, status="failed", now=self.now(), error=result.error)
             return result
         if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
             result.status = "interrupted"
             return result
         started = time.monotonic()
-        export_id = self.state.start_export(run_id, query.name, target.key, self.now())
+        export_id = self.state.start_export(run_id, name, target.key, self.now())
         job: PlannedJob | None = None
         try:
-            if not self._lease(query.name, target.key):
+            if not self._lease(name, target.key):
                 return self._busy(result, backfill is not None)
             try:
-                job = self.plan(query, target, backfill, self._retention_policy(target))
+                job = self.plan(query, target, backfill, self._retention_policy(target), account)
                 backfill_id = None
                 if backfill is not None:
                     backfill_id = self.state.open_backfill(
-                        query.name, target.key, backfill.request, job.range,
+                        name, target.key, backfill.request, job.range,
                         holder=self.holder, export_id=export_id, now=self.now(),
                     )  # fmt: skip
                 self._export(job, export_id, result, backfill_id)
             finally:
-                self.state.release_lease(query.name, target.key, self.holder)
+                self.state.release_lease(name, target.key, self.holder)
         except AuthError as exc:
             # A refused credential fails every query alike: stop the run, say it once.
             result.status, result.error = "failed", redact(str(exc))
@@ -366,15 +423,15 @@ class Runner:
         except Exception as exc:  # a bug must fail this job only, with its type in the message
             log.debug(
                 "unexpected error in %s → %s",
-                query.name,
+                name,
                 target.key,
                 exc_info=True,
-                extra=log_fields(query.name, target.key),
+                extra=log_fields(name, target.key),
             )
             result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
         finally:
             result.seconds = time.monotonic() - started
-            result.exported_until = self.state.checkpoint(query.name, target.key)
+            result.exported_until = self.state.checkpoint(name, target.key)
             self.state.finish_export(
                 export_id,
                 status=result.status,
@@ -391,26 +448,28 @@ class Runner:
     def _export(
         self, job: PlannedJob, export_id: int, result: JobResult, backfill_id: int | None
     ) -> None:
-        name, key = job.query.name, job.target.key
+        name, key = job.name, job.target.key
         for note in job.skipped:
             log.warning("%s → %s: %s", name, key, note, extra=log_fields(name, key))
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         client = self._client()  # here: the batches are produced on the read-ahead thread
-        batches = self.batches(job, result, client)
+        sizer = self.sizer(job)
+        batches = self.batches(job, result, client, sizer)
         # New Relic answers the next window (and it is transformed) while InfluxDB writes this
         # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
         thread = threading.current_thread().name
         ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         with closing(ahead):
-            for window, lines, precision in ahead:
+            for window, lines, precision, inspected in ahead:
                 try:
                     written = self.sink.write(
                         job.target.database, job.target.retention_policy, lines, precision
                     )
                     self.state.record_window(
                         export_id, name, key, window.since, window.until, len(lines),
-                        self.now(), backfill_id=backfill_id,
+                        self.now(), backfill_id=backfill_id, inspected=inspected,
+                        max_buckets=sizer.max_buckets,
                     )  # fmt: skip
                 except BaseException:
                     result.window = window  # the read-ahead thread may be on the next one
@@ -447,50 +506,98 @@ class Runner:
             result.backfilled = job.segments
 
     def batches(
-        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
-    ) -> Iterator[tuple[Window, list[str], Precision]]:
-        """Every window of the job as New Relic answers it, transformed: (window, lines, precision).
+        self,
+        job: PlannedJob,
+        result: JobResult,
+        client: NerdGraphClient,
+        sizer: WindowSizer | None = None,
+    ) -> Iterator[Batch]:
+        """Every window of the job as New Relic answers it, transformed.
 
         What `run` writes, and what `verify` compares with InfluxDB.
         """
         if job.query.mode == "events":
             return self._event_batches(job, result, client)
-        return self._aggregate_batches(job, result, client)
+        return self._aggregate_batches(job, result, client, sizer or self.sizer(job))
 
     def _aggregate_batches(
-        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
-    ) -> Iterator[tuple[Window, list[str], Precision]]:
-        """TIMESERIES windows: one request each, sized by the rows the last answers had."""
-        guard = SeriesGuard(job.query.facets, job.query.max_series)
-        sizer = self.sizer(job)
-        steps = funnels.funnel_steps(job.query.nrql)
-        for window in self.windows_of(job, sizer):
-            if self._interrupted(result):
-                return
-            result.window = window
-            query = job.query
-            nrql = query.nrql_for(window.since, window.until, job.target.interval)
-            if query.other:
-                answer = client.query(job.account_id, nrql, other=True)
-            else:
-                answer = client.query(job.account_id, nrql)
-            result.nr_requests += answer.requests
-            result.retries += answer.retries
-            guard.check(answer.results, answer.facets)
-            sizer.learn(window, len(answer.results))
-            rows = self._complete_rows(job, result, answer)
-            dropped: set[str] = set()
-            lines = transform.to_lines(
-                rows, answer.facets, query.measurement, query.tags,
-                funnels=steps, dropped=dropped,
+        self, job: PlannedJob, result: JobResult, client: NerdGraphClient, sizer: WindowSizer
+    ) -> Iterator[Batch]:
+        """TIMESERIES windows: one request each, sized by the rows the last answers had.
+
+        A window New Relic finds too big is asked again in parts of half the buckets (and
+        half again); the sizer keeps the smaller size for the rest of the job.
+        """
+        query, interval = job.query, job.target.interval
+        guard = SeriesGuard(query.facets, query.max_series)
+        steps = funnels.funnel_steps(query.nrql)
+        tags = query.job_tags(job.account_id)
+        for planned in self.windows_of(job, sizer):
+            since = planned.since
+            while since < planned.until:
+                if self._interrupted(result):
+                    return
+                window = windows.next_window(
+                    since, planned.until, interval, sizer.buckets(bool(query.facets))
+                )
+                answer = self._answer(job, window, result, client, sizer)
+                if answer is None:
+                    continue  # shrunk: ask again for the first part with fewer buckets
+                guard.check(answer.results, answer.facets)
+                sizer.learn(window, len(answer.results))
+                rows = self._complete_rows(job, result, answer)
+                dropped: set[str] = set()
+                lines = transform.to_lines(
+                    rows, answer.facets, query.measurement, tags,
+                    funnels=steps, dropped=dropped,
+                )  # fmt: skip
+                _warn_dropped(result, dropped)
+                yield Batch(window, lines, "s", answer.inspected)
+                since = window.until
+
+    def _answer(
+        self,
+        job: PlannedJob,
+        window: Window,
+        result: JobResult,
+        client: NerdGraphClient,
+        sizer: WindowSizer,
+    ) -> NrqlResult | None:
+        """New Relic's answer for `window`, or None after a QueryTooBig shrank the sizer.
+
+        A window of one bucket that is still too big is retried like a transient failure, then
+        fails the job with New Relic's message.
+        """
+        result.window = window
+        nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+        shrinkable = window.buckets(job.target.interval) > 1
+        try:
+            answer = client.query(
+                job.account_id, nrql, other=job.query.other, shrinkable=shrinkable
+            )
+        except QueryTooBig as exc:
+            result.nr_requests += exc.requests
+            result.retries += exc.requests - 1
+            if not shrinkable:  # retried at one bucket as well: New Relic's message fails it
+                raise
+            buckets = sizer.shrink(window)
+            log.warning(
+                "%s → %s: New Relic refused %s as too big (%s); asking again with at most %d "
+                "bucket(s) per request",
+                job.name, job.target.key, window, exc, buckets,
+                extra=log_fields(job.name, job.target.key, window),
             )  # fmt: skip
-            _warn_dropped(result, dropped)
-            yield window, lines, "s"
+            return None
+        result.nr_requests += answer.requests
+        result.retries += answer.retries
+        if answer.inspected is not None:
+            result.inspected += answer.inspected
+        return answer
 
     def _complete_rows(self, job: PlannedJob, result: JobResult, answer: NrqlResult) -> list:
         """The answer's rows with otherResult's, without the zeros of empty buckets; logs and
         counts New Relic's messages and a facet count that reached the LIMIT."""
-        query, head = job.query, f"{job.query.name} → {job.target.key}"
+        query, head = job.query, f"{job.name} → {job.target.key}"
         self._messages(query.name, result, answer.messages)
         rows = answer.results
         facets = answer.facets or query.facets
@@ -533,33 +640,40 @@ class Runner:
 
     def _event_batches(
         self, job: PlannedJob, result: JobResult, client: NerdGraphClient
-    ) -> Iterator[tuple[Window, list[str], Precision]]:
+    ) -> Iterator[Batch]:
         """Raw events: windows of `interval`, halved while New Relic caps the answer."""
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
+        tags = query.job_tags(job.account_id)
+        inspected: list[int] = []  # of the requests since the last yielded window (splits too)
 
         def fetch(since: datetime, until: datetime) -> list[dict]:
             result.window = Window(since, until)
             answer = client.query(job.account_id, query.nrql_for(since, until, target.interval))
             result.nr_requests += answer.requests
             result.retries += answer.retries
+            if answer.inspected is not None:
+                result.inspected += answer.inspected
+                inspected.append(answer.inspected)
             self._messages(query.name, result, answer.messages)
             return answer.results
 
         for window in self.windows_of(job, WindowSizer(target.interval)):
             if self._interrupted(result):
                 return
-            label = f"{query.name} → {target.key}"
+            label = f"{job.name} → {target.key}"
             for since, until, rows in events.plan_events(
                 fetch, window.since, window.until, label=label
             ):
                 guard.check_events(rows)
                 dropped: set[str] = set()
                 lines = events.to_lines(
-                    rows, query.measurement, query.tag_attributes, query.tags, dropped=dropped
+                    rows, query.measurement, query.tag_attributes, tags, dropped=dropped
                 )
                 _warn_dropped(result, dropped)
-                yield Window(since, until), lines, "ns"
+                spent = sum(inspected) if inspected else None
+                inspected.clear()
+                yield Batch(Window(since, until), lines, "ns", spent)
 
     def _interrupted(self, result: JobResult) -> bool:
         if self.stop.is_set():
@@ -593,8 +707,9 @@ class Runner:
     def sizer(self, job: PlannedJob) -> WindowSizer:
         """Start from the last window this (query, target) wrote, if any."""
         sizer = WindowSizer(job.target.interval)
-        if last := self.state.last_window(job.query.name, job.target.key):
+        if last := self.state.last_window(job.name, job.target.key):
             sizer.learn(Window(last[0], last[1]), last[2])
+            sizer.max_buckets = self.state.bucket_cap(job.name, job.target.key)
         return sizer
 
     def _client(self) -> NerdGraphClient:
@@ -625,6 +740,7 @@ class Runner:
             windows=result.windows,
             nr_requests=result.nr_requests,
             retries=result.retries,
+            inspected=result.inspected,
             seconds=result.seconds,
             exported_until=result.exported_until,
             now=now,

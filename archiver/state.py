@@ -74,6 +74,7 @@ exports = sa.Table(
     sa.Column("points", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("nr_requests", sa.Integer, nullable=False, server_default="0"),
     sa.Column("retries", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("inspected", sa.BigInteger),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("started_at", sa.BigInteger, nullable=False),
@@ -92,6 +93,8 @@ windows_log = sa.Table(
     sa.Column("until", sa.BigInteger, nullable=False),
     sa.Column("points", sa.Integer, nullable=False),
     sa.Column("written_at", sa.BigInteger, nullable=False),
+    sa.Column("inspected", sa.BigInteger),  # New Relic's inspectedCount; NULL: not told
+    sa.Column("max_buckets", sa.Integer),  # New Relic refused bigger windows; NULL: never
     sa.Index("ix_windows_written_at", "written_at"),
 )
 
@@ -358,6 +361,24 @@ class PassRecord:
     error: str | None
 
 
+@dataclass(frozen=True)
+class WindowCosts:
+    """Totals over logged windows: seconds covered, points written, events inspected (over
+    `inspected_seconds` of those seconds: New Relic does not always tell)."""
+
+    seconds: int
+    points: int
+    inspected: int | None
+    inspected_seconds: int
+
+    def estimate(self, seconds: float) -> tuple[int, int | None]:
+        """(points, inspected) for `seconds` of the same query at the same rate."""
+        points = round(self.points * seconds / self.seconds)
+        if self.inspected is None or not self.inspected_seconds:
+            return points, None
+        return points, round(self.inspected * seconds / self.inspected_seconds)
+
+
 class State:
     """All reads and writes of the state database. Every method is one short transaction."""
 
@@ -537,8 +558,13 @@ class State:
         now: datetime,
         *,
         backfill_id: int | None = None,
+        inspected: int | None = None,
+        max_buckets: int | None = None,
     ) -> None:
-        """Log a written window and move the checkpoint (or the backfill's progress) with it."""
+        """Log a written window and move the checkpoint (or the backfill's progress) with it.
+
+        `inspected` is what New Relic inspected for it; `max_buckets` the query's bucket cap.
+        """
         with self._begin() as conn:
             conn.execute(
                 windows_log.insert().values(
@@ -549,8 +575,13 @@ class State:
                     until=epoch(until),
                     points=points,
                     written_at=epoch(now),
+                    inspected=inspected,
+                    max_buckets=max_buckets,
                 )
             )
+            inspected_sum = exports.c.inspected
+            if inspected is not None:
+                inspected_sum = sa.func.coalesce(exports.c.inspected, 0) + inspected
             conn.execute(
                 exports.update()
                 .where(exports.c.id == export_id)
@@ -558,6 +589,7 @@ class State:
                     windows=exports.c.windows + 1,
                     points=exports.c.points + points,
                     until=epoch(until),
+                    inspected=inspected_sum,
                 )
             )
             if backfill_id is not None:
@@ -616,6 +648,46 @@ class State:
                 .limit(1)
             ).first()
         return None if row is None else (from_epoch(row.since), from_epoch(row.until), row.points)
+
+    def bucket_cap(self, query: str, target: str) -> int | None:
+        """The bucket cap of the newest window written for (query, target), if it had one."""
+        with self._begin() as conn:
+            return conn.execute(
+                sa.select(windows_log.c.max_buckets)
+                .where(windows_log.c.query == query, windows_log.c.target == target)
+                .order_by(windows_log.c.id.desc())
+                .limit(1)
+            ).scalar()
+
+    def window_costs(self, query: str, target: str) -> WindowCosts | None:
+        """What the logged windows of (query, target) covered and cost (the last 30 days)."""
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(
+                    sa.func.count(),
+                    sa.func.sum(windows_log.c.until - windows_log.c.since),
+                    sa.func.sum(windows_log.c.points),
+                    sa.func.sum(windows_log.c.inspected),
+                    sa.func.sum(
+                        sa.case(
+                            (
+                                windows_log.c.inspected.is_not(None),
+                                windows_log.c.until - windows_log.c.since,
+                            ),
+                            else_=0,
+                        )
+                    ),
+                ).where(windows_log.c.query == query, windows_log.c.target == target)
+            ).one()
+        count, seconds, points, inspected, inspected_seconds = row
+        if not count or not seconds:
+            return None
+        return WindowCosts(
+            seconds=int(seconds),
+            points=int(points or 0),
+            inspected=None if inspected is None else int(inspected),
+            inspected_seconds=int(inspected_seconds or 0),
+        )
 
     def is_migrated(self) -> bool:
         with self._begin() as conn:

@@ -104,7 +104,12 @@ def collect(
     backfills: dict[tuple[str, str], list[BackfillStatus]] = {}
     for record in state.backfills():
         backfills.setdefault((record.query, record.target), []).append(_backfill(record, now))
-    configured = {(q.name, t.key) for q in known for t in q.targets}
+    configured = {
+        (q.job_name(account), t.key)
+        for q in known
+        for account in q.accounts(None)
+        for t in q.targets
+    }
     rows = []
     for query, target in sorted(configured | set(checkpoints) | set(exports) | set(backfills)):
         until = checkpoints.get((query, target))

@@ -67,6 +67,20 @@ Data model (fakes.data; deterministic, nothing stored)
     add_messages(substring, [texts]): metadata.messages (New Relic's warnings) of every NRQL
         containing substring.
 
+Big accounts
+    `time_out_above(buckets, substring="")`: a TIMESERIES query (containing `substring`) of more
+    than `buckets` buckets gets New Relic's TIMEOUT, "NRDB query duration exceeded the set
+    timeout" (outcome "too_big"); `buckets=0` times out every query containing `substring`.
+    Every answer carries `rawResponse.performanceStats.inspectedCount` =
+    INSPECTED_PER_ROW x its rows (the raw response holds only performanceStats and metadata
+    here; New Relic's also repeats the results).
+    `set_async(polls, retry_after, retry_deadline)`: a query sent with `async: true` answers
+    `queryProgress { queryId completed: false retryAfter retryDeadline resultExpiration }`
+    (outcome "async_started"); polling `nrqlQueryProgress(queryId:)` on the same account gives
+    the results on the `polls`-th poll made at least `retry_after` seconds after the previous
+    answer (earlier polls: "async_running", not counted); a poll later than `retry_deadline`
+    seconds after the previous answer finds the query cancelled ("async_cancelled").
+
 Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
@@ -110,6 +124,9 @@ DEFAULT_API_KEY = "NRAK-FAKEKEY0000000000000000000"
 DEFAULT_ACCOUNT = 1234567
 NRQL_PATH = ["actor", "account", "nrql"]
 SLOW_SECONDS = 2.0
+INSPECTED_PER_ROW = 1000
+TOO_BIG_MESSAGE = "NRDB query duration exceeded the set timeout"
+RESULT_EXPIRATION_SECONDS = 300
 GRAPHQL_FAULTS = {
     "graphql_timeout": ("TIMEOUT", "Your query either timed out or we're under heavy load"),
     "too_many_requests": ("TOO_MANY_REQUESTS", "Too many requests, please try again later"),
@@ -172,11 +189,27 @@ def json_reply(status: int, payload: object, outcome: str) -> Reply:
     return Reply(status, orjson.dumps(payload), outcome)
 
 
-def _graphql_error(message: str, error_class: str, outcome: str) -> Reply:
+def _graphql_error(message: str, error_class: str, outcome: str, field: str = "nrql") -> Reply:
     """A GraphQL error on the nrql field, the way NerdGraph reports it: HTTP 200."""
-    error = {"message": message, "path": NRQL_PATH, "extensions": {"errorClass": error_class}}
-    payload = {"data": {"actor": {"account": {"nrql": None}}}, "errors": [error]}
+    path = ["actor", "account", field]
+    error = {"message": message, "path": path, "extensions": {"errorClass": error_class}}
+    payload = {"data": {"actor": {"account": {field: None}}}, "errors": [error]}
     return json_reply(200, payload, outcome)
+
+
+def _nrql_reply(field: str, nrql: dict, outcome: str) -> Reply:
+    return json_reply(200, {"data": {"actor": {"account": {field: nrql}}}}, outcome)
+
+
+@dataclass
+class AsyncQuery:
+    """A query sent with `async: true`, waiting for its polls."""
+
+    account_id: int
+    nrql: str
+    polls_left: int
+    answered_at: float  # when the last answer about it was sent (the fake's clock)
+    wants: frozenset[str] = frozenset()  # otherResult / totalResult, when the query asked
 
 
 def _request_error(message: str) -> Reply:
@@ -215,6 +248,9 @@ class GraphqlRequest:
     problem: str | None = None  # why the request is not a valid NRQL request
     wants: frozenset[str] = frozenset()  # otherResult / totalResult, when the query asks
     guid: str | None = None  # `actor { entity(guid: $guid) }`: a dashboard request
+    is_async: bool = False  # nrql(async: true)
+    query_id: str | None = None  # a poll: nrqlQueryProgress(queryId:)
+    buckets: int | None = None  # TIMESERIES buckets between SINCE and UNTIL
 
 
 def _read_request(body: bytes) -> GraphqlRequest:
@@ -234,13 +270,21 @@ def _read_request(body: bytes) -> GraphqlRequest:
     nrql = variables.get("nrql") if isinstance(variables, dict) else None
     account_id = account_id if type(account_id) is int else None
     nrql = nrql if isinstance(nrql, str) else None
-    since_ms = until_ms = None
+    query_id = variables.get("queryId") if isinstance(variables, dict) else None
+    if isinstance(query, str) and "nrqlQueryProgress" in query and type(account_id) is int:
+        if isinstance(query_id, str | int) and "$queryId" in query:
+            return GraphqlRequest(account_id, None, query_id=str(query_id))
+        return GraphqlRequest(None, None, problem="A poll must pass $accountId and $queryId")
+    since_ms = until_ms = buckets = None
     if nrql is not None:
         try:
             parsed = parse(nrql)
             since_ms, until_ms = parsed.since_ms, parsed.until_ms
+            if parsed.step_seconds and since_ms is not None and until_ms is not None:
+                buckets = -(-(until_ms - since_ms) // (parsed.step_seconds * 1000))
         except NrqlError:
             pass
+    is_async = isinstance(variables, dict) and variables.get("async") is True
     problem = None
     if not isinstance(query, str) or "$accountId" not in query or "$nrql" not in query:
         problem = "The query must pass the account and the NRQL as variables $accountId, $nrql"
@@ -251,7 +295,10 @@ def _read_request(body: bytes) -> GraphqlRequest:
         for name in ("otherResult", "totalResult")
         if isinstance(query, str) and re.search(rf"\b{name}\b", query)
     )
-    return GraphqlRequest(account_id, nrql, since_ms, until_ms, problem, wants)
+    return GraphqlRequest(
+        account_id, nrql, since_ms, until_ms, problem, wants,
+        is_async=is_async, buckets=buckets,
+    )  # fmt: skip
 
 
 class FakeNerdGraph:
@@ -291,6 +338,11 @@ class FakeNerdGraph:
         self._rejections: dict[str, str] = {}
         self._messages: dict[str, list[str]] = {}
         self._late: tuple[int, float] | None = None
+        self._too_big: dict[str, int] = {}  # NRQL substring → most buckets answered
+        self._async_polls = 0  # polls an async query needs; 0: it completes at once
+        self._async_retry_after = 1.0
+        self._async_retry_deadline = 30.0
+        self._async_queries: dict[str, AsyncQuery] = {}
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -384,6 +436,18 @@ class FakeNerdGraph:
         with self._lock:
             self._rejections.pop(substring, None)
 
+    def time_out_above(self, buckets: int, substring: str = "") -> None:
+        """Answer TIMEOUT to TIMESERIES queries (containing `substring`) over `buckets`."""
+        with self._lock:
+            self._too_big[substring] = buckets
+
+    def set_async(self, polls: int, retry_after: float = 1.0, retry_deadline: float = 30.0) -> None:
+        """Async queries complete on their `polls`-th poll (see the module's docstring)."""
+        with self._lock:
+            self._async_polls = polls
+            self._async_retry_after = retry_after
+            self._async_retry_deadline = retry_deadline
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -417,29 +481,102 @@ class FakeNerdGraph:
             entity = self.dashboards.get(request.guid)
             outcome = "ok" if entity is not None else "no_entity"
             return json_reply(200, {"data": {"actor": {"entity": entity}}}, outcome)
-        assert request.account_id is not None and request.nrql is not None
+        assert request.account_id is not None
         if request.account_id not in self.accounts:
             message = f"You are not authorized to query account {request.account_id}"
             return _graphql_error(message, "FORBIDDEN", "forbidden")
+        if request.query_id is not None:
+            return self._poll(request.account_id, request.query_id)
+        assert request.nrql is not None
         with self._lock:
             rejections = dict(self._rejections)
+            too_big = dict(self._too_big)
+            polls = self._async_polls
         for substring, message in rejections.items():
             if substring in request.nrql:
                 return _graphql_error(message, "INVALID_INPUT", "nrql_error")
+        for substring, most in too_big.items():
+            if substring in request.nrql and (request.buckets or 1) > most:
+                return _graphql_error(TOO_BIG_MESSAGE, "TIMEOUT", "too_big")
+        if request.is_async and polls > 0:
+            return self._start_async(request.account_id, request.nrql, polls, request.wants)
+        return self._results("nrql", request.nrql, None, request.wants)
+
+    def _results(
+        self, field: str, nrql_text: str, progress: dict | None, wants: frozenset[str] = frozenset()
+    ) -> Reply:
         try:
             result = answer(
-                request.nrql, now=self.now(), retention_seconds=self.retention.total_seconds()
+                nrql_text, now=self.now(), retention_seconds=self.retention.total_seconds()
             )
         except NrqlError as error:
-            return _graphql_error(str(error), "INVALID_INPUT", "nrql_error")
-        results = real_facet_labels(self._with_late_data(result.results), result.metadata)
-        metadata = {**result.metadata, "messages": self.messages_for(request.nrql)}
-        nrql = {"results": results, "metadata": metadata}
-        if "otherResult" in request.wants:
+            return _graphql_error(str(error), "INVALID_INPUT", "nrql_error", field)
+        stats = {
+            "inspectedCount": INSPECTED_PER_ROW * len(result.results),
+            "matchCount": INSPECTED_PER_ROW * len(result.results),
+            "omittedCount": 0,
+            "exceedsRetentionWindow": False,
+            "wallClockTime": 3,
+        }
+        metadata = {**result.metadata, "messages": self.messages_for(nrql_text)}
+        nrql = {
+            "results": real_facet_labels(self._with_late_data(result.results), result.metadata),
+            "metadata": metadata,
+            "rawResponse": {"performanceStats": stats, "metadata": metadata},
+        }
+        if "otherResult" in wants:
             nrql["otherResult"] = result.other
-        if "totalResult" in request.wants:
+        if "totalResult" in wants:
             nrql["totalResult"] = result.total
-        return json_reply(200, {"data": {"actor": {"account": {"nrql": nrql}}}}, "ok")
+        if progress is not None:
+            nrql["queryProgress"] = progress
+        return _nrql_reply(field, nrql, "ok")
+
+    def _progress(self, query_id: str, completed: bool) -> dict:
+        with self._lock:
+            retry_after, deadline = self._async_retry_after, self._async_retry_deadline
+        return {
+            "queryId": query_id,
+            "completed": completed,
+            "retryAfter": retry_after,
+            "retryDeadline": deadline,
+            "resultExpiration": RESULT_EXPIRATION_SECONDS,
+        }
+
+    def _start_async(
+        self, account_id: int, nrql_text: str, polls: int, wants: frozenset[str]
+    ) -> Reply:
+        with self._lock:
+            query_id = f"fake-{len(self._async_queries) + 1:06d}"
+            self._async_queries[query_id] = AsyncQuery(
+                account_id, nrql_text, polls, self.now(), wants
+            )
+        progress = self._progress(query_id, False)
+        return _nrql_reply("nrql", {"results": None, "queryProgress": progress}, "async_started")
+
+    def _poll(self, account_id: int, query_id: str) -> Reply:
+        field = "nrqlQueryProgress"
+        now = self.now()
+        with self._lock:
+            query = self._async_queries.get(query_id)
+            if query is None or query.account_id != account_id:
+                message = f"No query {query_id} for account {account_id}"
+                return _graphql_error(message, "INVALID_INPUT", "bad_request", field)
+            waited = now - query.answered_at
+            if waited > self._async_retry_deadline:
+                del self._async_queries[query_id]
+                message = f"Query {query_id} was cancelled: not polled within its retryDeadline"
+                return _graphql_error(message, "INVALID_INPUT", "async_cancelled", field)
+            query.answered_at = now
+            if waited >= self._async_retry_after:
+                query.polls_left -= 1
+            finished = query.polls_left <= 0
+            if finished:
+                del self._async_queries[query_id]
+        if finished:
+            return self._results(field, query.nrql, self._progress(query_id, True), query.wants)
+        progress = self._progress(query_id, False)
+        return _nrql_reply(field, {"results": None, "queryProgress": progress}, "async_running")
 
     def _with_late_data(self, results: list[dict]) -> list[dict]:
         with self._lock:

@@ -684,3 +684,111 @@ def test_metric_events_carry_a_nested_object():
     found = events("Metric", 1_800_000_000_000, 1_800_000_060_000)
     assert found
     assert all(e["newrelic.internal.usage"]["type"] == "count" for e in found)
+
+
+# -- big accounts: too big, raw response, asynchronous queries ---------------------------------
+
+
+def test_time_out_above_n_buckets_answers_new_relics_timeout(fake):
+    fake.time_out_above(2, "FROM Login")
+    small = f"SELECT count(*) FROM Login {hours(2)} TIMESERIES 1 hour"
+    big = f"SELECT count(*) FROM Login {hours(3)} TIMESERIES 1 hour"
+    other = f"SELECT count(*) FROM Transaction {hours(3)} TIMESERIES 1 hour"
+    assert post(fake, small).json()["data"]["actor"]["account"]["nrql"]["results"]
+    error = graphql_error(post(fake, big))
+    assert error["message"] == "NRDB query duration exceeded the set timeout"
+    assert error["extensions"] == {"errorClass": "TIMEOUT"}
+    assert post(fake, other).json()["data"]["actor"]["account"]["nrql"]["results"]
+    assert [r.outcome for r in fake.requests] == ["ok", "too_big", "ok"]
+
+
+def test_every_answer_carries_the_inspected_count_in_its_raw_response(fake):
+    nrql = f"SELECT count(*) FROM Login {hours(3)} FACET provider TIMESERIES 1 hour"
+    answer = post(fake, nrql).json()["data"]["actor"]["account"]["nrql"]
+    stats = answer["rawResponse"]["performanceStats"]
+    assert stats["inspectedCount"] == 1000 * len(answer["results"]) == 1000 * 9
+    assert {"matchCount", "omittedCount", "exceedsRetentionWindow", "wallClockTime"} <= set(stats)
+
+
+ASYNC_QUERY = (
+    "query($accountId: Int!, $nrql: Nrql!, $async: Boolean) { actor { account(id: $accountId) {"
+    " nrql(query: $nrql, async: $async) { results queryProgress { queryId completed retryAfter"
+    " retryDeadline resultExpiration } } } } }"
+)
+POLL_QUERY = (
+    "query($accountId: Int!, $queryId: ID!) { actor { account(id: $accountId) {"
+    " nrqlQueryProgress(queryId: $queryId) { results queryProgress { queryId completed"
+    " retryAfter retryDeadline resultExpiration } } } } }"
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def start_async(fake: FakeNerdGraph, nrql: str) -> dict:
+    body = {"query": ASYNC_QUERY, "variables": {"accountId": ACCOUNT, "nrql": nrql, "async": True}}
+    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=10)
+    return response.json()["data"]["actor"]["account"]["nrql"]
+
+
+def poll(fake: FakeNerdGraph, query_id: str, account: int = ACCOUNT) -> dict:
+    body = {"query": POLL_QUERY, "variables": {"accountId": account, "queryId": query_id}}
+    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=10)
+    return response.json()
+
+
+def test_an_async_query_completes_after_its_polls_honouring_retry_after():
+    clock = Clock()
+    with FakeNerdGraph(now=clock, accounts={ACCOUNT}) as fake:
+        fake.set_async(polls=2, retry_after=5, retry_deadline=30)
+        nrql = f"SELECT count(*) FROM Login {hours(2)} TIMESERIES 1 hour"
+        started = start_async(fake, nrql)
+        assert started["results"] is None
+        progress = started["queryProgress"]
+        assert progress == {
+            "queryId": progress["queryId"],
+            "completed": False,
+            "retryAfter": 5,
+            "retryDeadline": 30,
+            "resultExpiration": 300,
+        }
+        query_id = progress["queryId"]
+        clock.now += 1  # too early: does not count
+        early = poll(fake, query_id)["data"]["actor"]["account"]["nrqlQueryProgress"]
+        assert early["queryProgress"]["completed"] is False
+        clock.now += 5
+        running = poll(fake, query_id)["data"]["actor"]["account"]["nrqlQueryProgress"]
+        assert running["results"] is None and running["queryProgress"]["completed"] is False
+        clock.now += 5
+        done = poll(fake, query_id)["data"]["actor"]["account"]["nrqlQueryProgress"]
+        assert done["queryProgress"]["completed"] is True
+        assert done["results"] == nrql_result(fake, nrql)[0]
+        assert done["rawResponse"]["performanceStats"]["inspectedCount"] == 2000
+        outcomes = [r.outcome for r in fake.requests]
+        assert outcomes == ["async_started", "async_running", "async_running", "ok", "ok"]
+
+
+def test_an_async_query_not_polled_before_its_deadline_is_cancelled():
+    clock = Clock()
+    with FakeNerdGraph(now=clock, accounts={ACCOUNT, 7654321}) as fake:
+        fake.set_async(polls=1, retry_after=1, retry_deadline=10)
+        query_id = start_async(fake, f"SELECT count(*) FROM Login {hours(1)}")["queryProgress"][
+            "queryId"
+        ]
+        other_account = poll(fake, query_id, account=7654321)
+        assert other_account["errors"][0]["message"] == f"No query {query_id} for account 7654321"
+        clock.now += 11
+        late = poll(fake, query_id)
+        assert late["data"] == {"actor": {"account": {"nrqlQueryProgress": None}}}
+        assert "not polled within its retryDeadline" in late["errors"][0]["message"]
+        assert fake.requests[-1].outcome == "async_cancelled"
+
+
+def test_without_set_async_an_async_query_answers_at_once(fake):
+    answer = start_async(fake, f"SELECT count(*) FROM Login {hours(1)}")
+    assert answer["results"] and "queryProgress" not in answer

@@ -93,9 +93,14 @@ def test_every_third_answer_a_fault_of_each_kind_still_archives_everything(
     assert {r.outcome for r in faulted} == set(ALL_FAULTS)
     answered = ok_nrqls(fake_nr)
     assert len(answered) == len(set(answered)), "a window was asked again after its answer"
-    assert {r.nrql for r in faulted} <= set(answered), "a fault was not retried to an answer"
+    # A TIMEOUT says the window is too big: it is asked again in halves, not retried as it is.
+    timed_out = [r for r in faulted if r.outcome == "graphql_timeout"]
+    retried = [r for r in faulted if r.outcome != "graphql_timeout"]
+    shrunk = {r.nrql for r in timed_out}
+    assert {r.nrql for r in retried} - shrunk <= set(answered), "a fault was not retried"
     retries = [line for line in run.lines if "retrying" in line]
-    assert len(retries) == len(faulted)
+    assert len(retries) == len(retried)
+    assert len([line for line in run.lines if "as too big" in line]) == len(timed_out)
     assert_complete(cli, influxd, specs, start, before)
 
 

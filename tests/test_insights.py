@@ -15,7 +15,7 @@ import pytest
 import requests
 import responses
 
-from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.insights import (
     INSIGHTS_URLS,
     MAX_NRQL_BYTES,
@@ -341,6 +341,22 @@ def test_transient_statuses_are_retried_after_a_backoff(client, fake_time, statu
     assert result.results == [{"count": 9}]
     assert (result.requests, result.retries) == (2, 1)
     assert len(fake_time.sleeps) == 1 and fake_time.sleeps[0] >= 7  # Retry-After honoured
+
+
+@responses.activate
+def test_503_is_the_inspected_limit_so_the_window_is_too_big_not_retried(client, fake_time):
+    responses.get(QUERY_URL, status=503, json={"error": "Inspected data limit exceeded"})
+    with pytest.raises(QueryTooBig) as error:
+        client.query(ACCOUNT, NRQL, shrinkable=True)
+    assert str(error.value) == "New Relic answered HTTP 503: Inspected data limit exceeded"
+    assert error.value.requests == 1 and fake_time.sleeps == []
+
+
+@responses.activate
+def test_performance_stats_give_the_inspected_count(client):
+    answer = {**count_answer(9), "performanceStats": {"inspectedCount": 118, "matchCount": 9}}
+    responses.get(QUERY_URL, json=answer)
+    assert client.query(ACCOUNT, NRQL).inspected == 118
 
 
 @responses.activate

@@ -19,9 +19,9 @@ import responses
 import urllib3.exceptions
 
 from archiver import logs
-from archiver.errors import AuthError, NewRelicError, TransientError
+from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.limiter import Limiter
-from archiver.newrelic import GRAPHQL, NerdGraphClient, NrqlResult
+from archiver.newrelic import GRAPHQL, POLL_GRAPHQL, NerdGraphClient, NrqlResult
 from tests.conftest import FakeTime
 from tests.e2e import ACCOUNT
 
@@ -333,7 +333,6 @@ def answer_kwargs(status: int, answer: Any) -> dict[str, Any]:
                 id=f"graphql-{error_class}",
             )
             for error_class in (
-                "TIMEOUT",
                 "TOO_MANY_REQUESTS",
                 "INTERNAL_SERVER_ERROR",
                 "SERVER_ERROR",
@@ -400,7 +399,7 @@ def test_a_transient_failure_then_success_counts_requests_and_retries(
     client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
 ) -> None:
     nr.post(URL, status=503, body="")
-    nr.post(URL, **answer_kwargs(200, graphql_errors(error("heavy load", "TIMEOUT"))))
+    nr.post(URL, **answer_kwargs(200, graphql_errors(error("heavy load", "TOO_MANY_REQUESTS"))))
     nr.post(URL, json=nrql_answer(ROWS))
 
     result = client.query(ACCOUNT, NRQL)
@@ -604,3 +603,195 @@ def test_the_key_is_kept_out_of_repr_and_registered_for_redaction() -> None:
 
     assert repr(client) == f"NerdGraphClient(url={URL!r})"
     assert logs.redact(f"header {KEY}") == "header ***"
+
+
+# --- windows too big for New Relic ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        pytest.param(
+            graphql_errors(error("NRDB query duration exceeded the set timeout", "TIMEOUT")),
+            "NRDB query duration exceeded the set timeout",
+            id="timeout",
+        ),
+        pytest.param(
+            graphql_errors(
+                error("that query is a little too big. If using TIMESERIES, try fewer buckets")
+            ),
+            "that query is a little too big. If using TIMESERIES, try fewer buckets",
+            id="too-big-message",
+        ),
+    ],
+)
+def test_a_query_too_big_is_not_retried_as_it_is_when_it_can_shrink(
+    client: NerdGraphClient,
+    nr: responses.RequestsMock,
+    fake_time: FakeTime,
+    answer: dict[str, Any],
+    message: str,
+) -> None:
+    nr.post(URL, json=answer)
+
+    with pytest.raises(QueryTooBig) as raised:
+        client.query(ACCOUNT, NRQL, shrinkable=True)
+
+    assert str(raised.value) == message
+    assert raised.value.requests == 1 and len(nr.calls) == 1 and fake_time.sleeps == []
+
+
+def test_a_query_too_big_that_cannot_shrink_is_retried_then_fails_with_new_relics_message(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    message = "Your query either timed out or we're under heavy load"
+    nr.post(URL, json=graphql_errors(error(message, "TIMEOUT")))
+
+    with pytest.raises(QueryTooBig) as raised:
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value) == message
+    assert raised.value.requests == 3 == len(nr.calls) and len(fake_time.sleeps) == 2
+
+
+def test_transient_retries_before_a_query_too_big_are_counted(
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, status=429, body="")
+    nr.post(
+        URL, json=graphql_errors(error("NRDB query duration exceeded the set timeout", "TIMEOUT"))
+    )
+
+    with pytest.raises(QueryTooBig) as raised:
+        client.query(ACCOUNT, NRQL, shrinkable=True)
+
+    assert raised.value.requests == 2 and len(fake_time.sleeps) == 1
+
+
+# --- the NRQL timeout, asynchronous queries and the inspected count -------------------------
+
+
+def raw_response(inspected: int) -> dict[str, Any]:
+    return {"performanceStats": {"inspectedCount": inspected, "matchCount": 7, "wallClockTime": 12}}
+
+
+def test_the_inspected_count_comes_from_the_raw_response(
+    client: NerdGraphClient, nr: responses.RequestsMock
+) -> None:
+    answer = nrql_answer(ROWS)
+    answer["data"]["actor"]["account"]["nrql"]["rawResponse"] = raw_response(123_456)
+    nr.post(URL, json=answer)
+
+    assert client.query(ACCOUNT, NRQL).inspected == 123_456
+    assert "rawResponse" in GRAPHQL
+
+
+def test_the_read_timeout_outlasts_the_nrql_timeout(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    nr.post(URL, body=requests.ReadTimeout())
+    nerdgraph = NerdGraphClient(
+        URL, KEY, nrql_timeout=120, max_attempts=1, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+    with pytest.raises(TransientError, match="did not answer within 125 s"):
+        nerdgraph.query(ACCOUNT, NRQL)
+    assert json.loads(nr.calls[0].request.body)["variables"]["timeout"] == 120
+
+
+def progress(completed: bool, retry_after: Any = 2, retry_deadline: Any = 30) -> dict[str, Any]:
+    return {
+        "queryId": "q-1f3a",
+        "completed": completed,
+        "retryAfter": retry_after,
+        "retryDeadline": retry_deadline,
+        "resultExpiration": 300,
+    }
+
+
+def running(field: str = "nrql", **kwargs: Any) -> dict[str, Any]:
+    nrql = {"results": None, "metadata": None, "queryProgress": progress(False, **kwargs)}
+    return {"data": {"actor": {"account": {field: nrql}}}}
+
+
+def done(field: str = "nrqlQueryProgress") -> dict[str, Any]:
+    nrql = {
+        "results": ROWS,
+        "metadata": {"facets": ["appName"]},
+        "rawResponse": raw_response(900),
+        "queryProgress": progress(True),
+    }
+    return {"data": {"actor": {"account": {field: nrql}}}}
+
+
+@pytest.fixture
+def async_client(fake_time: FakeTime) -> Iterator[NerdGraphClient]:
+    with NerdGraphClient(
+        URL, KEY, async_queries=True, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+    ) as nerdgraph:
+        yield nerdgraph
+
+
+def test_an_async_query_is_polled_after_retry_after_until_it_completes(
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=running())
+    nr.post(URL, json=running("nrqlQueryProgress", retry_after=3))
+    nr.post(URL, json=running("nrqlQueryProgress", retry_after="4"))
+    nr.post(URL, json=done())
+
+    result = async_client.query(ACCOUNT, NRQL)
+
+    assert result == NrqlResult(
+        results=ROWS, facets=("appName",), requests=4, retries=0, inspected=900
+    )
+    assert fake_time.sleeps == [2.0, 3.0, 4.0]
+    first, *polls = [json.loads(call.request.body) for call in nr.calls]
+    assert first["variables"] == {"accountId": ACCOUNT, "nrql": NRQL, "timeout": 60, "async": True}
+    for poll in polls:
+        assert poll == {
+            "query": POLL_GRAPHQL,
+            "variables": {"accountId": ACCOUNT, "queryId": "q-1f3a"},
+        }
+
+
+def test_a_poll_never_waits_past_the_retry_deadline(
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=running(retry_after=30, retry_deadline=10))
+    nr.post(URL, json=done())
+
+    async_client.query(ACCOUNT, NRQL)
+
+    assert fake_time.sleeps == [9.0]  # one second before New Relic may cancel it
+
+
+def test_an_async_query_that_completes_at_once_is_not_polled(
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=done("nrql"))
+
+    assert async_client.query(ACCOUNT, NRQL).requests == 1
+    assert fake_time.sleeps == [] and len(nr.calls) == 1
+
+
+def test_a_failed_poll_is_retried_and_an_error_in_a_poll_fails_the_query(
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=running())
+    nr.post(URL, status=502, body="")
+    nr.post(URL, json=graphql_errors(error("NRQL Syntax Error: unexpected 'FROM'")))
+
+    with pytest.raises(NewRelicError, match="NRQL Syntax Error"):
+        async_client.query(ACCOUNT, NRQL)
+    assert len(nr.calls) == 3
+
+
+def test_an_async_query_that_never_completes_gives_up(
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+) -> None:
+    nr.post(URL, json=running(retry_after=60, retry_deadline=120))
+    nr.post(URL, json=running("nrqlQueryProgress", retry_after=60, retry_deadline=120))
+
+    with pytest.raises(TransientError, match="q-1f3a did not complete within 660 s"):
+        async_client.query(ACCOUNT, NRQL)
+    assert sum(fake_time.sleeps) <= 720

@@ -913,3 +913,47 @@ def test_names_ending_with_a_backslash_are_refused(tmp_path, body, key):
     path.write_text(f"nrql: SELECT count(*) FROM T\ninterval: 1m\ndatabase: d\n{body}")
     problems = load_files([path]).problems
     assert any(p.key.startswith(key) and "backslash" in p.message for p in problems), problems
+
+
+# -- account_ids --------------------------------------------------------------------------------
+
+
+def test_account_ids_give_one_job_name_and_tag_per_account(tmp_path: Path) -> None:
+    query = only_query(tmp_path, account_ids=[11, 22], tags={"env": "prod"})
+    assert query.accounts(default=99) == (11, 22)
+    assert [query.job_name(a) for a in query.accounts(None)] == ["q@11", "q@22"]
+    assert query.job_tags(22) == {"env": "prod", "account_id": "22"}
+    single = only_query(tmp_path, account_id=11)
+    assert (single.accounts(99), single.job_name(11), single.job_tags(11)) == ((11,), "q", {})
+    assert only_query(tmp_path).accounts(99) == (99,)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param(
+            {"account_id": 1, "account_ids": [2, 3]},
+            "key 'account_ids': give either account_id or account_ids, not both",
+            id="both-keys",
+        ),
+        pytest.param(
+            {"account_ids": [2], "tags": {"account_id": "x"}},
+            "key 'tags.account_id': account_ids adds the account_id tag itself: remove this tag",
+            id="account-tag",
+        ),
+        pytest.param(
+            {"account_ids": [2, 3, 2]}, "key 'account_ids': lists 2 twice", id="duplicate"
+        ),
+        pytest.param({"account_ids": []}, "key 'account_ids': ", id="empty"),
+        pytest.param(
+            {"account_ids": [0]}, "key 'account_ids[0]': must be greater than 0", id="zero"
+        ),
+        pytest.param(
+            {"account_ids": [2], "nrql": "SELECT count(*) FROM T FACET account_id"},
+            "key 'nrql': FACET account_id would collide with the account_id tag",
+            id="facet",
+        ),
+    ],
+)
+def test_account_ids_are_validated(tmp_path: Path, changes: dict, message: str) -> None:
+    assert f"q.yaml: {message}" in problem_lines(tmp_path, {**VALID, **changes})

@@ -86,13 +86,14 @@ class VerifyOptions:
     self_metrics: bool = True
 
 
-def series_of(query: queries.QueryDef) -> Series:
-    """Static tags and tag keys of the query's points, as InfluxDB stores them."""
+def series_of(query: queries.QueryDef, account: int | None = None) -> Series:
+    """Static tags and tag keys of the query's points for `account`, as InfluxDB stores them."""
 
     def stored(text: str) -> str:
         return unescape_key(escape_key(text))
 
-    static = {stored(k): stored(str(v)) for k, v in query.tags.items() if stored(str(v))}
+    tags = query.job_tags(account)  # an `account_ids` file adds account_id=<id>
+    static = {stored(k): stored(str(v)) for k, v in tags.items() if stored(str(v))}
     dynamic = {stored(name) for name in (query.tag_attributes or query.facets)}
     fixed = {k: v for k, v in static.items() if k not in dynamic}  # an attribute wins (events)
     return Series(stored(query.measurement), fixed, frozenset(static.keys() | dynamic))
@@ -147,9 +148,14 @@ class Verifier:
     def verify(self, selected: list[queries.QueryDef]) -> VerifyReport:
         for query in selected:
             account_for(query, self.default_account)  # every config error before any work
-        pairs = [(query, target) for query in selected for target in query.targets]
+        jobs = [
+            (query, target, account)
+            for query in selected
+            for account in query.accounts(self.default_account)
+            for target in query.targets
+        ]
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="verify") as pool:
-            report = VerifyReport(list(pool.map(lambda pair: self._job(*pair), pairs)))
+            report = VerifyReport(list(pool.map(lambda job: self._job(*job), jobs)))
         if self._auth_failure is not None:
             raise self._auth_failure
         self._write_metrics()
@@ -157,14 +163,17 @@ class Verifier:
 
     # -- one (query, target) -------------------------------------------------------------------
 
-    def _job(self, query: queries.QueryDef, target: queries.Target) -> TargetReport:
-        report = TargetReport(query.name, target.key, account_for(query, self.default_account))
+    def _job(
+        self, query: queries.QueryDef, target: queries.Target, account: int | None
+    ) -> TargetReport:
+        name = query.job_name(account)  # `<name>@<id>` for an `account_ids` file
+        report = TargetReport(name, target.key, account)
         if self.stop.is_set():
             report.status, report.error = "failed", "interrupted before it began"
             return report
         holder = self.runner.holder
-        lease = (query.name, target.key)
-        if not self._renew_lease(query, target):
+        lease = (name, target.key)
+        if not self._renew_lease(name, target):
             report.status = "busy"
             report.error = "a run is exporting it (its lease is held); verify it later"
             return report
@@ -192,13 +201,13 @@ class Verifier:
         self, query: queries.QueryDef, target: queries.Target, report: TargetReport
     ) -> None:
         policy = self.sink.existing_policy(target.database, target.retention_policy)
-        rng = self._range(query, target, policy)
+        rng = self._range(query, target, policy, report.query)
         if rng is None:
             report.status = "not exported"
             return
         report.since, report.until = iso(rng.since), iso(rng.until)
         for note in rng.skipped:
-            log.info("%s → %s: %s", query.name, target.key, note)
+            log.info("%s → %s: %s", report.query, target.key, note)
         if rng.empty:
             return
         job = PlannedJob(query, target, report.account_id, [(rng.since, rng.until)], rng.skipped)
@@ -207,17 +216,17 @@ class Verifier:
             report.sampled = [str(window) for window in chosen]
             segments = [(window.since, window.until) for window in chosen]
             job = PlannedJob(query, target, job.account_id, segments, [])
-        series = series_of(query)
-        progress = JobResult(query.name, target.key)
+        series = series_of(query, report.account_id)
+        progress = JobResult(report.query, target.key)
         # As in `run`, New Relic answers the next window while this one is read back.
         batches = self.runner.batches(job, progress, self.client_factory())
         thread = threading.current_thread().name
         ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         try:
-            for window, lines, precision in ahead:
+            for window, lines, precision, _inspected in ahead:
                 self._window(target, series, window, lines, precision, policy, report)
                 policy = policy or self._policy_after_repair(target)
-                if not self._renew_lease(query, target):
+                if not self._renew_lease(report.query, target):
                     report.status = "failed"
                     report.error = (
                         f"lost the lease after {window} (a window took longer than "
@@ -230,9 +239,9 @@ class Verifier:
             if progress.status == "interrupted":
                 report.status, report.error = "failed", "interrupted"
 
-    def _renew_lease(self, query: queries.QueryDef, target: queries.Target) -> bool:
+    def _renew_lease(self, name: str, target: queries.Target) -> bool:
         return self.state.acquire_lease(
-            query.name, target.key, self.runner.holder, self.lease_ttl, self.now(),
+            name, target.key, self.runner.holder, self.lease_ttl, self.now(),
             holder_is_dead=holder_is_dead,
         )  # fmt: skip
 
@@ -241,16 +250,17 @@ class Verifier:
         query: queries.QueryDef,
         target: queries.Target,
         policy: RetentionPolicy | None,
+        name: str,
     ) -> windows.Range | None:
         """What was exported and New Relic still holds; None when nothing was exported yet."""
-        checkpoint = self.state.checkpoint(query.name, target.key)
+        checkpoint = self.state.checkpoint(name, target.key)
         if checkpoint is None:
             return None
         now = self.now()
         interval = timedelta(seconds=1) if query.mode == "events" else target.interval
         # What was exported begins at `start` or at the oldest window logged (a backfill may
         # reach further back); --since only narrows it.
-        logged = [s for s, _ in self.state.windows_written(query.name, target.key)]
+        logged = [s for s, _ in self.state.windows_written(name, target.key)]
         starts = [*logged, *([query.start] if query.start is not None else [])]
         since = windows.floor(min(starts, default=now - query.nr_retention), interval)
         if self.options.since is not None:
