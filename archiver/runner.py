@@ -168,6 +168,9 @@ class Runner:
         self.workers = max(1, workers)
         self.now = now
         self.stop = stop or threading.Event()
+        # Set by a refused credential: ends this run only. `stop` belongs to the caller (the
+        # scheduler's loop uses it too), and a rotated key may work at the next pass.
+        self._abort = threading.Event()
         self.progress = progress
         self.self_metrics = self_metrics
         self.lease_ttl = lease_ttl
@@ -272,7 +275,7 @@ class Runner:
         self, run_id: int, query: QueryDef, target: Target, backfill: Backfill | None
     ) -> JobResult:
         result = JobResult(query.name, target.key)
-        if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
+        if self._stopping():  # stopping: leave the jobs not yet begun to the next run
             result.status = "interrupted"
             return result
         started = time.monotonic()
@@ -290,7 +293,7 @@ class Runner:
             # A refused credential fails every query alike: stop the run, say it once.
             result.status, result.error = "failed", redact(str(exc))
             self._auth_failure = self._auth_failure or exc
-            self.stop.set()
+            self._abort.set()
         except ArchiverError as exc:
             result.status, result.error = "failed", redact(str(exc))
         except Exception as exc:  # a bug must fail this job only, with its type in the message
@@ -413,9 +416,12 @@ class Runner:
                 yield Window(since, until), lines, "ns"
 
     def _interrupted(self, result: JobResult) -> bool:
-        if self.stop.is_set():
+        if stopping := self._stopping():
             result.status = "interrupted"
-        return self.stop.is_set()
+        return stopping
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self._abort.is_set()
 
     # -- helpers ---------------------------------------------------------------------------
 
