@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from archiver.errors import (
     ConfigError,
     ExitCode,
     StateError,
+    exit_code_of,
 )
 from archiver.runner import Backfill, PlannedJob
 from archiver.state import State
@@ -80,20 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = commands.add_parser(
         "schedule",
         parents=[common],
-        help="run `run` at every tick of ARCHIVER_SCHEDULE (default '0 * * * *') until SIGTERM",
+        help="one pass at start, then one at every tick of ARCHIVER_SCHEDULE "
+        "(default '0 * * * *') until SIGTERM; no failure stops it",
     )
     schedule.add_argument(
         "--cron", metavar="EXPR", help="cron expression (default: $ARCHIVER_SCHEDULE)"
     )
-    schedule.add_argument(
-        "--run-at-start", action="store_true", help="also run one pass immediately"
+    at_start = schedule.add_mutually_exclusive_group()
+    at_start.add_argument(
+        "--run-at-start",
+        dest="run_at_start",
+        action="store_true",
+        default=True,
+        help="run one pass at start, before the first tick (the default)",
+    )
+    at_start.add_argument(
+        "--no-run-at-start",
+        dest="run_at_start",
+        action="store_false",
+        help="wait for the first tick before the first pass",
     )
     add_run_options(schedule, backfill=False)
 
     commands.add_parser(
         "health",
         parents=[common],
-        help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)",
+        help="exit 0 if the scheduler's heartbeat is fresh and its last pass did not fail "
+        "as a whole (HEALTHCHECK)",
     )
     return parser
 
@@ -191,35 +205,41 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
     return backfill
 
 
-def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
+NO_VALID_QUERY = "no valid query file to run"
+
+
+def load_and_report(settings: config.Settings, args: argparse.Namespace) -> queries.LoadResult:
+    """The selected queries; each broken file is logged in one line."""
     loaded = load_queries(settings, args.query, args.shard)
     for problem in loaded.problems:
         log.error("%s", problem)
+    return loaded
+
+
+def pass_options(args: argparse.Namespace) -> passes.PassOptions:
+    return passes.PassOptions(
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        requests_per_minute=args.requests_per_minute,
+        self_metrics=args.self_metrics,
+        output=getattr(args, "output", None),
+    )
+
+
+def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
+    loaded = load_and_report(settings, args)
     backfill = backfill_from(args, datetime.now(UTC))
     if getattr(args, "dry_run", False):
         print_plan(passes.plan_pass(settings, loaded, backfill))
         return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
     if not loaded.queries:
-        log.error("no valid query file to run")
+        log.error(NO_VALID_QUERY)
         return ExitCode.QUERY_FAILED
-    output = getattr(args, "output", None)
-    if output:
-        log.info("writing line protocol to %s instead of InfluxDB", output)
-    options = passes.PassOptions(
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        requests_per_minute=args.requests_per_minute,
-        self_metrics=args.self_metrics,
-        output=output,
-    )
+    options = pass_options(args)
+    if options.output:
+        log.info("writing line protocol to %s instead of InfluxDB", options.output)
     report = passes.run_pass(settings, loaded, backfill, options, stop)
-    log.info(
-        "run finished: %d targets ok, %d failed, %d query file problems, %d points written",
-        sum(job.status == "ok" for job in report.jobs),
-        sum(job.failed for job in report.jobs),
-        len(report.problems),
-        sum(job.points for job in report.jobs),
-    )
+    log.info("run finished: %s", passes.outcome_of(report).summary)
     return report.exit_code
 
 
@@ -282,15 +302,42 @@ def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
     stop = threading.Event()
     scheduler.install_signal_handlers(stop)
     cron = args.cron or settings.schedule
+    job = scheduled_pass(args, stop)
+    return scheduler.run_forever(cron, job, stop=stop, run_at_start=args.run_at_start)
 
-    def one_pass() -> int:
+
+def scheduled_pass(
+    args: argparse.Namespace, stop: threading.Event, env: Mapping[str, str] | None = None
+) -> Callable[[], scheduler.PassOutcome]:
+    """One incremental pass of `schedule`, as a job for `scheduler.run_forever`.
+
+    The settings (secret files included) and the query files are read afresh at every pass: a
+    key rotated through a mounted secret, or a query file fixed, is used at the next tick. No
+    failure ends the loop; the scheduler logs each pass's outcome in one line.
+    """
+
+    def one_pass() -> scheduler.PassOutcome:
         try:
-            return cmd_run(args, config.from_env(), stop)
+            settings = config.from_env(env)
+            loaded = load_and_report(settings, args)
+            if not loaded.queries:
+                reason = str(loaded.problems[0]) if loaded.problems else NO_VALID_QUERY
+                return scheduler.PassOutcome(
+                    exit_code=ExitCode.QUERY_FAILED,
+                    targets_ok=0,
+                    query_file_problems=len(loaded.problems),
+                    reason=reason,
+                )
+            report = passes.run_pass(settings, loaded, None, pass_options(args), stop)
+        except queries.NoQueryFiles as exc:
+            return scheduler.PassOutcome(
+                exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
+            )
         except ArchiverError as exc:
-            log.error("%s", exc)
-            return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.QUERY_FAILED
+            return scheduler.PassOutcome.failure(exit_code_of(exc), str(exc))
+        return passes.outcome_of(report)
 
-    return scheduler.run_forever(cron, one_pass, stop=stop, run_at_start=args.run_at_start)
+    return one_pass
 
 
 def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:

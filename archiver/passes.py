@@ -20,6 +20,7 @@ from archiver.limiter import Limiter
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.runner import Backfill, PlannedJob, Runner, RunReport
+from archiver.scheduler import PassOutcome
 from archiver.sinks import Sink, open_sink
 from archiver.state import State
 from archiver.windows import Window
@@ -62,6 +63,25 @@ def run_pass(
         return runner.run(loaded.queries, backfill, loaded.problems)
     finally:
         sink.close()
+
+
+def outcome_of(report: RunReport) -> PassOutcome:
+    """The pass as `run`'s summary line and the scheduler's heartbeat tell it."""
+    failed = [job for job in report.jobs if job.failed]
+    if report.problems:
+        reason: str | None = str(report.problems[0])
+    elif failed:
+        reason = f"{failed[0].query} → {failed[0].target}: {failed[0].error}"
+    else:
+        reason = None
+    return PassOutcome(
+        exit_code=int(report.exit_code),
+        targets_ok=sum(job.status == "ok" for job in report.jobs),
+        targets_failed=len(failed),
+        query_file_problems=len(report.problems),
+        points=sum(job.points for job in report.jobs),
+        reason=reason,
+    )
 
 
 def plan_pass(
