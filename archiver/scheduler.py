@@ -351,7 +351,16 @@ def _run_job(job: Callable[[], PassOutcome | int], clock: Clock) -> tuple[dateti
     else:
         level = logging.WARNING
     line = f"run finished with exit code {outcome.exit_code} in {_duration(ended - started)}"
-    log.log(level, "%s", f"{line}: {outcome.summary}" if outcome.summary else line)
+    fields: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "seconds": round((ended - started).total_seconds(), 3),
+    }
+    if outcome.targets_ok is not None:
+        fields["points"] = outcome.points
+    if outcome.reason:
+        fields["error"] = outcome.reason
+    message = f"{line}: {outcome.summary}" if outcome.summary else line
+    log.log(level, "%s", message, extra=fields)
     return ended, outcome
 
 

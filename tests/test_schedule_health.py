@@ -168,13 +168,22 @@ def test_a_refused_key_keeps_the_scheduler_ticking_and_health_failing_until_it_i
             id="only-query-file-broken",
         ),
         pytest.param(
-            {"INFLUX_URL": "ftp://influx.example"},
-            "exit 2) exported nothing: INFLUX_URL must be an http(s) URL, not 'ftp://",
-            id="unusable-configuration",
+            {"NEW_RELIC_API_KEY_FILE": "/run/secrets/unmounted"},
+            "exit 2) exported nothing: NEW_RELIC_API_KEY_FILE: cannot read /run/secrets/unmounted",
+            id="secret-file-gone",
+        ),
+        pytest.param(
+            {"ARCHIVER_DB_URL": "sqlite:////nonexistent/folder/state.db"},
+            "exit 2) exported nothing: ",
+            id="unusable-state-database",
         ),
     ],
 )
-def test_health_fails_while_every_pass_fails(env, heartbeat, queries_dir, broken, expected):
+def test_health_fails_while_every_pass_fails(
+    env, heartbeat, influx_db, queries_dir, broken, expected
+):
+    if "queries/broken.yaml" not in broken:
+        spec("requests", influx_db).write(queries_dir)
     for name, value in broken.items():
         if name.startswith("queries/"):
             (queries_dir / Path(name).name).write_text(value)
@@ -288,3 +297,40 @@ def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_star
     assert cli.main(["schedule", *argv]) == 0
 
     assert seen["run_at_start"] is run_at_start
+
+
+@pytest.mark.parametrize(
+    ("outcome", "healthy"),
+    [
+        pytest.param(scheduler.PassOutcome(0, targets_ok=3), True, id="all-ok"),
+        pytest.param(scheduler.PassOutcome(0, targets_ok=0), True, id="all-busy"),
+        pytest.param(scheduler.PassOutcome(1, 2, 1, reason="q → t: boom"), True, id="partial"),
+        pytest.param(scheduler.PassOutcome(1, 0, 3, reason="q → t: boom"), False, id="all-failed"),
+        pytest.param(
+            scheduler.PassOutcome(1, 0, 0, 1, reason="q.yaml: bad"), False, id="only-file-broken"
+        ),
+        pytest.param(
+            scheduler.PassOutcome.failure(1, "InfluxDB is unreachable, nothing was exported: …"),
+            False,
+            id="influxdb-unreachable",
+        ),
+        pytest.param(scheduler.PassOutcome.failure(2, "refused key"), False, id="exit-2"),
+        pytest.param(scheduler.PassOutcome(1), True, id="exit-code-only"),
+        pytest.param(scheduler.PassOutcome(130, targets_ok=1), True, id="interrupted"),
+        pytest.param(
+            scheduler.PassOutcome(2, reason="empty folder", nothing_to_do=True),
+            True,
+            id="nothing-to-do",
+        ),
+    ],
+)
+def test_health_fails_only_when_the_last_pass_failed_as_a_whole(heartbeat, outcome, healthy):
+    clock = FakeClock()
+    history = scheduler.History().after(clock(), outcome)
+    scheduler.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
+
+    ok, message = scheduler.check_health(heartbeat, clock())
+
+    assert ok is healthy, message
+    if outcome.reason:
+        assert outcome.reason in message
