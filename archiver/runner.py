@@ -257,9 +257,9 @@ class Runner:
             self.state.finish_run(run_id, int(report.exit_code), self.now())
             if self.progress is not None:
                 self.progress.close()
+        self._write_metrics()  # a refused key too: `failed` in the self-metrics is an alert
         if self._auth_failure is not None:
             raise self._auth_failure
-        self._write_metrics()
         return report
 
     def dry_run(

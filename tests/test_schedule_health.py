@@ -151,6 +151,11 @@ def test_a_refused_key_keeps_the_scheduler_ticking_and_health_failing_until_it_i
     assert len(causes) == 3, "one line with the cause at every refused tick"
     assert all(c.startswith("run finished with exit code 2 in ") for c in causes)
     assert influxd.query("SELECT count(requests) FROM nr_requests", db=influx_db)
+    self_metrics = influxd.query(
+        'SELECT failed FROM nr_archiver WHERE "query" = \'requests\' GROUP BY "status"',
+        db=influx_db,
+    )
+    assert {row["status"] for row in self_metrics} == {"failed", "ok"}
     record = json.loads(heartbeat.read_text())
     assert record["last_pass"]["exit_code"] == 0
     assert REVOKED_KEY not in caplog.text + heartbeat.read_text()
