@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from archiver.errors import (
     ConfigError,
     ExitCode,
     StateError,
+    exit_code_of,
 )
 from archiver.reset import reset_checkpoints
 from archiver.runner import Backfill, PlannedJob
@@ -137,15 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = commands.add_parser(
         "schedule",
         parents=[common],
-        help="run `run` at every tick of ARCHIVER_SCHEDULE (default '0 * * * *') until SIGTERM",
-        description="The container's loop: one incremental pass at every tick of the cron "
-        "schedule (UTC) until SIGTERM, with a heartbeat file for `health`.",
+        help="one pass at start, then one at every tick of ARCHIVER_SCHEDULE "
+        "(default '0 * * * *') until SIGTERM; no failure stops it",
+        description="The container's loop: one incremental pass at start, then one at every "
+        "tick of the cron schedule (UTC) until SIGTERM, with a heartbeat file for `health`. "
+        "Settings and secret files are read afresh at every pass; no failure stops the loop.",
     )
     schedule.add_argument(
         "--cron", metavar="EXPR", help="cron expression (default: $ARCHIVER_SCHEDULE)"
     )
-    schedule.add_argument(
-        "--run-at-start", action="store_true", help="also run one pass immediately"
+    at_start = schedule.add_mutually_exclusive_group()
+    at_start.add_argument(
+        "--run-at-start",
+        dest="run_at_start",
+        action="store_true",
+        default=True,
+        help="run one pass at start, before the first tick (the default)",
+    )
+    at_start.add_argument(
+        "--no-run-at-start",
+        dest="run_at_start",
+        action="store_false",
+        help="wait for the first tick before the first pass",
     )
     add_run_options(schedule, backfill=False)
 
@@ -162,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "health",
         parents=[common],
-        help="exit 0 if the scheduler's heartbeat is fresh (HEALTHCHECK)",
+        help="exit 0 if the scheduler's heartbeat is fresh and its last pass did not fail "
+        "as a whole (HEALTHCHECK)",
         description="Exit 0 while the heartbeat file of `schedule` (ARCHIVER_HEARTBEAT_FILE) "
-        "shows its next pass is not overdue; exit 1 otherwise. The Docker HEALTHCHECK.",
+        "shows its next pass is not overdue and its last pass exported something (or had "
+        "nothing to do); exit 1 otherwise, with the reason in one line. The Docker HEALTHCHECK.",
     )
     add_dashboard_commands(commands, common)
     return parser
@@ -373,36 +389,39 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
     return backfill
 
 
+def load_and_report(settings: config.Settings, args: argparse.Namespace) -> queries.LoadResult:
+    """The selected queries; each broken file is logged in one line."""
+    loaded = load_queries(settings, args.query, args.shard)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    return loaded
+
+
+def pass_options(args: argparse.Namespace) -> passes.PassOptions:
+    return passes.PassOptions(
+        workers=args.workers,
+        max_concurrent=args.max_concurrent,
+        requests_per_minute=args.requests_per_minute,
+        self_metrics=args.self_metrics,
+        output=getattr(args, "output", None),
+    )
+
+
 def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
     backfill = backfill_from(args, datetime.now(UTC))
     dry_run = getattr(args, "dry_run", False)
     kind = "backfill" if backfill else "incremental"
     record = not dry_run and not getattr(args, "output", None)
     with passes.recorded_failures(settings, kind, record=record):
-        loaded = load_queries(settings, args.query, args.shard)
-    for problem in loaded.problems:
-        log.error("%s", problem)
+        loaded = load_and_report(settings, args)
     if dry_run:
         print_plan(passes.plan_pass(settings, loaded, backfill))
         return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
-    output = getattr(args, "output", None)
-    if output:
-        log.info("writing line protocol to %s instead of InfluxDB", output)
-    options = passes.PassOptions(
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        requests_per_minute=args.requests_per_minute,
-        self_metrics=args.self_metrics,
-        output=output,
-    )
+    options = pass_options(args)
+    if options.output:
+        log.info("writing line protocol to %s instead of InfluxDB", options.output)
     report = passes.run_pass(settings, loaded, backfill, options, stop)
-    log.info(
-        "run finished: %s ok, %d failed, %s, %s written",
-        plural(sum(job.status == "ok" for job in report.jobs), "target"),
-        sum(job.failed for job in report.jobs),
-        plural(len(report.problems), "query file problem"),
-        plural(sum(job.points for job in report.jobs), "point"),
-    )
+    log.info("run finished: %s", passes.outcome_of(report).summary)
     return report.exit_code
 
 
@@ -515,15 +534,35 @@ def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
     stop = threading.Event()
     scheduler.install_signal_handlers(stop)
     cron = args.cron or settings.schedule
+    job = scheduled_pass(args, stop)
+    return scheduler.run_forever(cron, job, stop=stop, run_at_start=args.run_at_start)
 
-    def one_pass() -> int:
+
+def scheduled_pass(
+    args: argparse.Namespace, stop: threading.Event, env: Mapping[str, str] | None = None
+) -> Callable[[], scheduler.PassOutcome]:
+    """One incremental pass of `schedule`, as a job for `scheduler.run_forever`.
+
+    The settings (secret files included) and the query files are read afresh at every pass: a
+    key rotated through a mounted secret, or a query file fixed, is used at the next tick. No
+    failure ends the loop; the scheduler logs each pass's outcome in one line.
+    """
+
+    def one_pass() -> scheduler.PassOutcome:
         try:
-            return cmd_run(args, settings_from(args), stop)
+            settings = settings_from(args, env)
+            with passes.recorded_failures(settings, "incremental"):
+                loaded = load_and_report(settings, args)
+            report = passes.run_pass(settings, loaded, None, pass_options(args), stop)
+        except queries.NoQueryFiles as exc:
+            return scheduler.PassOutcome(
+                exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
+            )
         except ArchiverError as exc:
-            log.error("%s", exc)
-            return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.QUERY_FAILED
+            return scheduler.PassOutcome.failure(exit_code_of(exc), str(exc))
+        return passes.outcome_of(report)
 
-    return scheduler.run_forever(cron, one_pass, stop=stop, run_at_start=args.run_at_start)
+    return one_pass
 
 
 def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -532,10 +571,12 @@ def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
 
 
-def settings_from(args: argparse.Namespace) -> config.Settings:
+def settings_from(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> config.Settings:
     """The environment's settings; `--queries-dir` and `--db-url` win over it."""
     return config.from_env(
-        queries_dir=getattr(args, "queries_dir", None), db_url=getattr(args, "db_url", None)
+        env, queries_dir=getattr(args, "queries_dir", None), db_url=getattr(args, "db_url", None)
     )
 
 

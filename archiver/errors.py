@@ -67,3 +67,10 @@ class InfluxError(PermanentError):
 
 class StateError(ArchiverError):
     """The state database cannot be read or written (locked, read-only, wrong schema)."""
+
+
+def exit_code_of(exc: ArchiverError) -> ExitCode:
+    """The exit code a command ends with when `exc` ends it (see `cli.main`)."""
+    if isinstance(exc, ConfigError | StateError | AuthError):
+        return ExitCode.USAGE
+    return ExitCode.QUERY_FAILED

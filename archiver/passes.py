@@ -18,12 +18,11 @@ from archiver import queries
 from archiver.config import Settings
 from archiver.errors import (
     ArchiverError,
-    AuthError,
     ConfigError,
-    ExitCode,
     InfluxError,
     StateError,
     TransientError,
+    exit_code_of,
 )
 from archiver.insights import OTHER_REFUSED, InsightsClient
 from archiver.limiter import Limiter
@@ -31,6 +30,7 @@ from archiver.logs import redact
 from archiver.newrelic import NerdGraphClient
 from archiver.progress import Progress
 from archiver.runner import Backfill, PlannedJob, Runner, RunReport
+from archiver.scheduler import PassOutcome
 from archiver.sinks import Sink, open_sink
 from archiver.state import State
 from archiver.windows import Window
@@ -94,13 +94,6 @@ class NoQueries(ArchiverError):
     """Nothing to run: every query file is broken (or the selection is empty); exit 1."""
 
 
-def exit_code_for(exc: ArchiverError) -> ExitCode:
-    """The exit code `main()` gives this error (the README's contract)."""
-    if isinstance(exc, ConfigError | StateError | AuthError):
-        return ExitCode.USAGE
-    return ExitCode.QUERY_FAILED
-
-
 @contextmanager
 def recorded_failures(
     settings: Settings,
@@ -122,11 +115,30 @@ def recorded_failures(
             exc.recorded = True
             try:
                 State.open(settings.db_url).record_failed_pass(
-                    kind, now(), int(exit_code_for(exc)), redact(str(exc)), list(pairs)
+                    kind, now(), int(exit_code_of(exc)), redact(str(exc)), list(pairs)
                 )
             except StateError as state_error:
                 log.warning("the failed pass was not recorded: %s", state_error)
         raise
+
+
+def outcome_of(report: RunReport) -> PassOutcome:
+    """The pass as `run`'s summary line and the scheduler's heartbeat tell it."""
+    failed = [job for job in report.jobs if job.failed]
+    if report.problems:
+        reason: str | None = str(report.problems[0])
+    elif failed:
+        reason = f"{failed[0].query} → {failed[0].target}: {failed[0].error}"
+    else:
+        reason = None
+    return PassOutcome(
+        exit_code=int(report.exit_code),
+        targets_ok=sum(job.status == "ok" for job in report.jobs),
+        targets_failed=len(failed),
+        query_file_problems=len(report.problems),
+        points=sum(job.points for job in report.jobs),
+        reason=reason,
+    )
 
 
 def plan_pass(

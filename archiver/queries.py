@@ -1006,6 +1006,10 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class NoQueryFiles(ConfigError):
+    """The queries folder holds no query file at all: nothing to do (not a broken file)."""
+
+
 def load_dir(folder: Path, *, now: datetime | None = None) -> LoadResult:
     """Every `*.yaml` and `*.yml` file of `folder` (not hidden ones), in name order."""
     folder = Path(folder)
@@ -1023,7 +1027,7 @@ def load_dir(folder: Path, *, now: datetime | None = None) -> LoadResult:
     except OSError as exc:
         raise ConfigError(f"queries folder '{folder}' cannot be read: {exc.strerror}") from None
     if not paths:
-        raise ConfigError(f"queries folder '{folder}' has no *.yaml files")
+        raise NoQueryFiles(f"queries folder '{folder}' has no *.yaml files")
     return load_files(paths, now=now)
 
 

@@ -249,6 +249,9 @@ class Runner:
         self.workers = max(1, workers)
         self.now = now
         self.stop = stop or threading.Event()
+        # Set by a refused credential: ends this run only. `stop` belongs to the caller (the
+        # scheduler's loop uses it too), and a rotated key may work at the next pass.
+        self._abort = threading.Event()
         self.progress = progress
         self.self_metrics = self_metrics
         self.lease_ttl = lease_ttl
@@ -358,10 +361,10 @@ class Runner:
             self.state.finish_run(run_id, int(exit_code), self.now(), error)
             if self.progress is not None:
                 self.progress.close()
+        self._write_metrics()  # a refused key too: `failed` in the self-metrics is an alert
         if self._auth_failure is not None:
             self._auth_failure.recorded = True  # the run log has it: nobody records it again
             raise self._auth_failure
-        self._write_metrics()
         return report
 
     def dry_run(
@@ -393,7 +396,7 @@ class Runner:
             export_id = self.state.start_export(run_id, name, target.key, self.now())
             self.state.finish_export(export_id, status="failed", now=self.now(), error=result.error)
             return result
-        if self.stop.is_set():  # stopping: leave the jobs not yet begun to the next run
+        if self._stopping():  # stopping: leave the jobs not yet begun to the next run
             result.status = "interrupted"
             return result
         started = time.monotonic()
@@ -417,7 +420,7 @@ class Runner:
             # A refused credential fails every query alike: stop the run, say it once.
             result.status, result.error = "failed", redact(str(exc))
             self._auth_failure = self._auth_failure or exc
-            self.stop.set()
+            self._abort.set()
         except ArchiverError as exc:
             result.status, result.error = "failed", redact(str(exc))
         except Exception as exc:  # a bug must fail this job only, with its type in the message
@@ -676,9 +679,12 @@ class Runner:
                 yield Batch(Window(since, until), lines, "ns", spent)
 
     def _interrupted(self, result: JobResult) -> bool:
-        if self.stop.is_set():
+        if stopping := self._stopping():
             result.status = "interrupted"
-        return self.stop.is_set()
+        return stopping
+
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self._abort.is_set()
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -18,8 +18,10 @@ default 10 s stop timeout: set `stop_grace_period` (compose) or `docker stop --t
 A second SIGTERM or SIGINT acts as if no handler were installed (Ctrl-C twice aborts).
 
 Health. Before each wait the loop writes a heartbeat file (`ARCHIVER_HEARTBEAT_FILE`) with the
-schedule, the last completed run and the next one; `check_health` reports unhealthy once the
-next run is overdue by more than one schedule period plus a margin.
+schedule, the last completed run, how it went (`PassOutcome`) and the next one; `check_health`
+reports unhealthy once the next run is overdue by more than one schedule period plus a margin,
+or while the last pass exported nothing because of an error (a refused key, a broken only query
+file, an unusable configuration). `job` returns a `PassOutcome`, or just an exit code.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -41,6 +43,7 @@ from typing import Any
 from croniter import CroniterError, croniter
 
 from archiver.errors import ConfigError, ExitCode
+from archiver.logs import redact
 from archiver.timeparse import as_utc
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,79 @@ HEALTH_MARGIN = timedelta(minutes=5)
 # Event.wait measures time on the monotonic clock, which stops while a host sleeps and ignores
 # wall-clock corrections; waking up at least this often keeps the ticks on the wall clock.
 MAX_WAIT_SECONDS = 60.0
+MAX_REASON_CHARS = 500
 
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """How one pass went, as the heartbeat keeps it for `health`.
+
+    `targets_ok` is None when the job told only its exit code, and 0 when the pass failed
+    before any (query, target) was exported. `reason` is the first failure, one line,
+    redacted. `nothing_to_do`: the queries folder holds no query file at all.
+    """
+
+    exit_code: int
+    targets_ok: int | None = None
+    targets_failed: int = 0
+    query_file_problems: int = 0
+    points: int = 0
+    reason: str | None = None
+    nothing_to_do: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reason is not None:
+            object.__setattr__(self, "reason", one_line(self.reason))
+
+    @classmethod
+    def failure(cls, exit_code: int, reason: str) -> PassOutcome:
+        """A pass that ended before its targets: a refused key, an unusable configuration."""
+        return cls(exit_code=exit_code, targets_ok=0, reason=reason)
+
+    @property
+    def exported_nothing(self) -> bool:
+        """Failed as a whole: exit 2, or exit 1 without a single (query, target) ok."""
+        if self.nothing_to_do:
+            return False
+        if self.exit_code == ExitCode.USAGE:
+            return True
+        return self.exit_code == ExitCode.QUERY_FAILED and self.targets_ok == 0
+
+    @property
+    def summary(self) -> str:
+        """One line: the counts when the pass ran its targets, else why it could not."""
+        if self.nothing_to_do:
+            return f"nothing to do: {self.reason}"
+        if self.targets_ok is None:
+            return ""
+        if self.reason and not (self.targets_ok or self.targets_failed or self.query_file_problems):
+            return self.reason
+        return (
+            f"{self.targets_ok} targets ok, {self.targets_failed} failed, "
+            f"{self.query_file_problems} query file problems, {self.points} points written"
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Any) -> PassOutcome:
+        """Read back `to_record`; raises TypeError or ValueError when it is not one."""
+        if not isinstance(record, dict):
+            raise TypeError(f"expected the last pass as an object, got {record!r}")
+        known = {f.name for f in fields(cls)}
+        outcome = cls(**{k: v for k, v in record.items() if k in known})
+        if not isinstance(outcome.exit_code, int):
+            raise TypeError(f"expected an exit code, got {outcome.exit_code!r}")
+        return outcome
+
+
+def one_line(text: str) -> str:
+    """Redacted, on one line, at most MAX_REASON_CHARS long."""
+    text = " ".join(redact(str(text)).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -98,7 +172,7 @@ def parse_schedule(cron: str, now: datetime | None = None) -> Schedule:
 
 def run_forever(
     cron: str,
-    job: Callable[[], int],
+    job: Callable[[], PassOutcome | int],
     *,
     stop: threading.Event | None = None,
     clock: Clock = lambda: datetime.now(UTC),
@@ -107,23 +181,26 @@ def run_forever(
 ) -> int:
     """Run `job` at every tick of `cron` until `stop` is set; returns 0 on a clean stop.
 
+    Only `stop` ends the loop: a pass that fails, however it fails, is logged in one line and
+    recorded in the heartbeat, and the next tick runs again (a key rotated meanwhile is used).
     `heartbeat_file` defaults to `heartbeat_path()` (the environment's choice).
     """
     schedule = parse_schedule(cron, clock())
     stop = stop if stop is not None else threading.Event()
     heartbeat = Heartbeat(heartbeat_file or heartbeat_path(), schedule.expression)
-    last_completed: datetime | None = None
-    if run_at_start and not stop.is_set():
-        heartbeat.write(last_completed=None, next_run=clock(), now=clock())
-        last_completed = _run_job(job, clock)
-    due = schedule.next_after(clock())
+    history = History()
+    due = clock() if run_at_start else schedule.next_after(clock())
     while not stop.is_set():
-        heartbeat.write(last_completed=last_completed, next_run=due, now=clock())
-        log.info("next run at %s", _iso(due))
+        heartbeat.write(history, next_run=due, now=clock())
+        if due > clock():
+            log.info("next run at %s", _iso(due))
         if _wait_until(due, stop, clock):
             break
-        last_completed = _run_job(job, clock)
+        history = history.after(*_run_job(job, clock))
         if stop.is_set():
+            # Keep the last outcome readable; `next_run` stays the tick that ran, so `health`
+            # fails one period after the scheduler stopped, as it should.
+            heartbeat.write(history, next_run=due, now=clock())
             break
         due = _next_due(schedule, due, clock())
     log.info("scheduler stopped")
@@ -161,18 +238,37 @@ def heartbeat_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 @dataclass(frozen=True)
+class History:
+    """What the heartbeat says about past passes: the last one, and the last one that was ok."""
+
+    last_completed: datetime | None = None
+    last_pass: PassOutcome | None = None
+    last_ok: datetime | None = None
+
+    def after(self, ended: datetime, outcome: PassOutcome) -> History:
+        last_ok = self.last_ok if outcome.exported_nothing else ended
+        return History(last_completed=ended, last_pass=outcome, last_ok=last_ok)
+
+
+@dataclass(frozen=True)
 class Heartbeat:
-    """The file `nr-archiver health` reads: written atomically, so never seen half-written."""
+    """The file `nr-archiver health` reads: written atomically, so never seen half-written.
+
+    `last_pass` and `last_ok` are absent from the files of releases before them; `health`
+    then judges by the time alone, as those releases did.
+    """
 
     path: Path
     schedule: str
 
-    def write(self, *, last_completed: datetime | None, next_run: datetime, now: datetime) -> None:
+    def write(self, history: History, *, next_run: datetime, now: datetime) -> None:
         record = {
             "schedule": self.schedule,
             "updated": _iso(now),
-            "last_completed": _iso(last_completed) if last_completed else None,
+            "last_completed": _iso(history.last_completed) if history.last_completed else None,
             "next_run": _iso(next_run),
+            "last_pass": history.last_pass.to_record() if history.last_pass else None,
+            "last_ok": _iso(history.last_ok) if history.last_ok else None,
         }
         try:
             _write_atomically(self.path, json.dumps(record) + "\n")
@@ -181,7 +277,8 @@ class Heartbeat:
 
 
 def check_health(path: Path, now: datetime, max_age: timedelta | None = None) -> tuple[bool, str]:
-    """Healthy while the next run is overdue by at most `max_age`.
+    """Healthy while the next run is overdue by at most `max_age` and the last pass did not
+    fail as a whole (see `PassOutcome.exported_nothing`).
 
     `max_age` defaults to one period of the heartbeat's schedule plus HEALTH_MARGIN: a pass may
     run late or long for that much before the container is reported unhealthy.
@@ -192,6 +289,8 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
         schedule = Schedule(record["schedule"])
         if max_age is None:
             max_age = schedule.period_after(next_run) + HEALTH_MARGIN
+        last_pass = record.get("last_pass")
+        outcome = PassOutcome.from_record(last_pass) if last_pass is not None else None
     except FileNotFoundError:
         return False, f"no heartbeat file {path}: is `nr-archiver schedule` running?"
     except OSError as exc:
@@ -205,7 +304,27 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
             f"the run due at {_iso(next_run)} has not completed {_duration(overdue)} later "
             f"(limit {_duration(max_age)}); last completed run: {last}"
         )
-    return True, f"ok: last completed run {last}, next run at {_iso(next_run)}"
+    if outcome is None:  # no pass yet, or a heartbeat of a release before outcomes
+        return True, f"ok: last completed run {last}, next run at {_iso(next_run)}"
+    if outcome.exported_nothing:
+        last_ok = record.get("last_ok") or "never"
+        return False, (
+            f"the last pass (ended {last}, exit {outcome.exit_code}) exported nothing: "
+            f"{outcome.reason or 'no reason given'}; last good pass: {last_ok}, "
+            f"next run at {_iso(next_run)}"
+        )
+    if outcome.nothing_to_do:
+        return True, (
+            f"ok, but {outcome.summary}; last completed run {last}, next run at {_iso(next_run)}"
+        )
+    how = f"exit {outcome.exit_code}"
+    if outcome.targets_ok is not None:
+        how += f": {outcome.targets_ok} targets ok, {outcome.targets_failed} failed"
+        if outcome.query_file_problems:
+            how += f", {outcome.query_file_problems} query file problems"
+    if outcome.exit_code != ExitCode.OK and outcome.reason:
+        how += f"; first failure: {outcome.reason}"
+    return True, f"ok: last completed run {last} ({how}), next run at {_iso(next_run)}"
 
 
 def health(env: Mapping[str, str] | None = None, now: datetime | None = None) -> tuple[bool, str]:
@@ -221,22 +340,37 @@ def _wait_until(due: datetime, stop: threading.Event, clock: Clock) -> bool:
     return stop.is_set()
 
 
-def _run_job(job: Callable[[], int], clock: Clock) -> datetime:
-    """Run one pass; log its exit code or exception and duration; return when it ended."""
+def _run_job(job: Callable[[], PassOutcome | int], clock: Clock) -> tuple[datetime, PassOutcome]:
+    """Run one pass; log in one line how it went and how long it took; return when it ended."""
     started = clock()
     try:
-        exit_code = job()
+        result = job()
     except Exception as exc:  # the loop must outlive any one pass
         ended = clock()
-        log.error(
-            "run failed after %s: %s: %s", _duration(ended - started), type(exc).__name__, exc
-        )
+        cause = f"{type(exc).__name__}: {exc}"
+        log.error("run failed after %s: %s", _duration(ended - started), cause)
         log.debug("run failure traceback", exc_info=True)
-        return ended
+        return ended, PassOutcome.failure(ExitCode.QUERY_FAILED, cause)
     ended = clock()
-    level = logging.INFO if exit_code == ExitCode.OK else logging.WARNING
-    log.log(level, "run finished with exit code %s in %s", exit_code, _duration(ended - started))
-    return ended
+    outcome = result if isinstance(result, PassOutcome) else PassOutcome(exit_code=int(result))
+    if outcome.exported_nothing:
+        level = logging.ERROR
+    elif outcome.exit_code == ExitCode.OK and not outcome.nothing_to_do:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    line = f"run finished with exit code {outcome.exit_code} in {_duration(ended - started)}"
+    fields: dict[str, Any] = {
+        "exit_code": outcome.exit_code,
+        "seconds": round((ended - started).total_seconds(), 3),
+    }
+    if outcome.targets_ok is not None:
+        fields["points"] = outcome.points
+    if outcome.reason:
+        fields["error"] = outcome.reason
+    message = f"{line}: {outcome.summary}" if outcome.summary else line
+    log.log(level, "%s", message, extra=fields)
+    return ended, outcome
 
 
 def _next_due(schedule: Schedule, previous_due: datetime, now: datetime) -> datetime:

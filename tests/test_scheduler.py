@@ -25,6 +25,8 @@ import pytest
 
 from archiver import scheduler
 from archiver.errors import ConfigError
+from tests.e2e import ACCOUNT
+from tests.faults import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 4, 30, tzinfo=UTC)
@@ -305,12 +307,24 @@ def test_the_heartbeat_names_the_last_completed_and_the_next_run(clock, stop, he
             "updated": "2026-11-25T04:30:00Z",
             "last_completed": None,
             "next_run": "2026-11-25T05:00:00Z",
+            "last_pass": None,
+            "last_ok": None,
         },
         {
             "schedule": "0 * * * *",
             "updated": "2026-11-25T05:00:30Z",
             "last_completed": "2026-11-25T05:00:30Z",
             "next_run": "2026-11-25T06:00:00Z",
+            "last_pass": {
+                "exit_code": 0,
+                "targets_ok": None,
+                "targets_failed": 0,
+                "query_file_problems": 0,
+                "points": 0,
+                "reason": None,
+                "nothing_to_do": False,
+            },
+            "last_ok": "2026-11-25T05:00:30Z",
         },
     ]
     assert [p.name for p in heartbeat_file.parent.iterdir()] == [heartbeat_file.name]
@@ -329,7 +343,7 @@ def test_an_unwritable_heartbeat_is_a_warning_not_a_failure(clock, stop, tmp_pat
 
 def write_heartbeat(path: Path, next_run: datetime, schedule: str = "0 * * * *") -> None:
     beat = scheduler.Heartbeat(path, schedule)
-    beat.write(last_completed=next_run - timedelta(hours=1), next_run=next_run, now=START)
+    beat.write(scheduler.History(next_run - timedelta(hours=1)), next_run=next_run, now=START)
 
 
 @pytest.mark.parametrize(
@@ -575,7 +589,9 @@ def test_cli_schedule_exits_0_on_sigterm_while_waiting(start_process, tmp_path, 
 def test_cli_health_follows_the_running_scheduler(start_process, tmp_path, heartbeat_file):
     env = cli_env(tmp_path, heartbeat_file)
     process = start_process("-m", "archiver", "schedule", env=env)
-    OutputLines(process).wait_for("next run at ")
+    output = OutputLines(process)
+    output.wait_for("nothing to do: queries folder")  # the pass at start, on an empty folder
+    output.wait_for("next run at ")
 
     health = subprocess.run(
         [sys.executable, "-m", "archiver", "health"],
@@ -587,5 +603,72 @@ def test_cli_health_follows_the_running_scheduler(start_process, tmp_path, heart
     )
 
     assert health.returncode == 0, health.stdout + health.stderr
+    assert health.stdout.startswith("ok, but nothing to do: queries folder ")
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
+
+
+@cli_missing
+def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
+    start_process, tmp_path, heartbeat_file, fake_nr, influxd, influx_db
+):
+    env = cli_env(tmp_path, heartbeat_file)
+    del env["NEW_RELIC_API_KEY"]
+    key_file = tmp_path / "new_relic_api_key"
+    key_file.write_text("NRAK-REVOKED-0000\n")
+    (tmp_path / "queries" / "requests.yaml").write_text(
+        "nrql: SELECT count(*) AS requests FROM Transaction\n"
+        f"measurement: nr_requests\ndatabase: {influx_db}\ninterval: 1 hour\n"
+    )
+    env.update(
+        ARCHIVER_SCHEDULE="* * * * * *",  # a tick every second
+        NEW_RELIC_API_KEY_FILE=str(key_file),
+        NEW_RELIC_ACCOUNT_ID=str(ACCOUNT),
+        NEW_RELIC_NERDGRAPH_URL=fake_nr.url,
+        INFLUX_URL=influxd.url,
+    )
+    process = start_process("-m", "archiver", "schedule", env=env)
+    output = OutputLines(process)
+
+    def outcomes() -> list[str]:
+        assert process.poll() is None, f"schedule ended: {output.rest()}"
+        return [r.outcome for r in fake_nr.requests]
+
+    wait_until(lambda: outcomes().count("bad_api_key") >= 3, 60, "three refused passes")
+    health = cli_health(tmp_path, env)
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert "exported nothing: New Relic rejected the API key (HTTP 401)" in health.stdout
+
+    key_file.write_text(fake_nr.api_key + "\n")
+    wait_until(
+        lambda: any(r.outcome == "ok" for r in fake_nr.requests),
+        60,
+        "a request with the rotated key",
+    )
+    wait_until(
+        lambda: scheduler.check_health(heartbeat_file, datetime.now(UTC))[0], 60, "a good pass"
+    )
+    health = cli_health(tmp_path, env)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert influxd.query("SELECT count(requests) FROM nr_requests", db=influx_db)
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    lines = output.rest()
+    assert "scheduler stopped" in lines[-1]
+    assert not any("NRAK-REVOKED-0000" in line for line in lines)
+
+
+def healthy(heartbeat_file: Path) -> bool:
+    return scheduler.check_health(heartbeat_file, datetime.now(UTC))[0]
+
+
+def cli_health(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archiver", "health"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
