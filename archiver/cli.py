@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
+from archiver import __version__, config, logs, passes, queries, status
 from archiver.dashboards import grafana, importer
 from archiver.errors import (
     ArchiverError,
@@ -24,9 +24,11 @@ from archiver.errors import (
     StateError,
     exit_code_of,
 )
+from archiver.pipeline import sharding
+from archiver.pipeline.runner import Backfill, PlannedJob
 from archiver.reset import reset_checkpoints
-from archiver.runner import Backfill, PlannedJob
-from archiver.state import State
+from archiver.schedule import cron
+from archiver.state.store import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import Window
 from archiver.wording import plural
@@ -532,41 +534,41 @@ def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
     stop = threading.Event()
-    scheduler.install_signal_handlers(stop)
-    cron = args.cron or settings.schedule
+    cron.install_signal_handlers(stop)
+    expression = args.cron or settings.schedule
     job = scheduled_pass(args, stop)
-    return scheduler.run_forever(cron, job, stop=stop, run_at_start=args.run_at_start)
+    return cron.run_forever(expression, job, stop=stop, run_at_start=args.run_at_start)
 
 
 def scheduled_pass(
     args: argparse.Namespace, stop: threading.Event, env: Mapping[str, str] | None = None
-) -> Callable[[], scheduler.PassOutcome]:
-    """One incremental pass of `schedule`, as a job for `scheduler.run_forever`.
+) -> Callable[[], cron.PassOutcome]:
+    """One incremental pass of `schedule`, as a job for `cron.run_forever`.
 
     The settings (secret files included) and the query files are read afresh at every pass: a
     key rotated through a mounted secret, or a query file fixed, is used at the next tick. No
     failure ends the loop; the scheduler logs each pass's outcome in one line.
     """
 
-    def one_pass() -> scheduler.PassOutcome:
+    def one_pass() -> cron.PassOutcome:
         try:
             settings = settings_from(args, env)
             with passes.recorded_failures(settings, "incremental"):
                 loaded = load_and_report(settings, args)
             report = passes.run_pass(settings, loaded, None, pass_options(args), stop)
         except queries.NoQueryFiles as exc:
-            return scheduler.PassOutcome(
+            return cron.PassOutcome(
                 exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
             )
         except ArchiverError as exc:
-            return scheduler.PassOutcome.failure(exit_code_of(exc), str(exc))
+            return cron.PassOutcome.failure(exit_code_of(exc), str(exc))
         return passes.outcome_of(report)
 
     return one_pass
 
 
 def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
-    healthy, message = scheduler.health()
+    healthy, message = cron.health()
     print(message)
     return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
 
@@ -635,7 +637,7 @@ def program(args: argparse.Namespace) -> int:
     if args.command == "run":
         # SIGTERM (Kubernetes, docker stop): finish the window being written, release the leases.
         stop = threading.Event()
-        scheduler.install_signal_handlers(stop)
+        cron.install_signal_handlers(stop)
         return cmd_run(args, settings, stop)
     handlers = {
         "validate": cmd_validate,

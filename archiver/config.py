@@ -13,7 +13,7 @@ from pathlib import Path
 
 from archiver import logs
 from archiver.errors import ConfigError
-from archiver.scheduler import DEFAULT_SCHEDULE
+from archiver.schedule.cron import DEFAULT_SCHEDULE
 
 NERDGRAPH_URLS = {
     "US": "https://api.newrelic.com/graphql",

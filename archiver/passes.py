@@ -24,15 +24,15 @@ from archiver.errors import (
     TransientError,
     exit_code_of,
 )
-from archiver.insights import OTHER_REFUSED, InsightsClient
-from archiver.limiter import Limiter
 from archiver.logs import redact
-from archiver.newrelic import NerdGraphClient
-from archiver.progress import Progress
-from archiver.runner import Backfill, PlannedJob, Runner, RunReport
-from archiver.scheduler import PassOutcome
-from archiver.sinks import Sink, open_sink
-from archiver.state import State
+from archiver.newrelic.insights import OTHER_REFUSED, InsightsClient
+from archiver.newrelic.limiter import Limiter
+from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline.progress import Progress
+from archiver.pipeline.runner import Backfill, PlannedJob, Runner, RunReport
+from archiver.schedule.cron import PassOutcome
+from archiver.sinks.choose import Sink, open_sink
+from archiver.state.store import State
 from archiver.windows import Window
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from archiver.errors import ConfigError
-from archiver.events import epoch_ms, events_nrql
+from archiver.pipeline.events import epoch_ms, events_nrql
 from archiver.timeparse import (
     as_utc,
     format_duration,

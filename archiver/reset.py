@@ -12,7 +12,7 @@ from pathlib import Path
 
 from archiver import queries
 from archiver.errors import ConfigError
-from archiver.state import State
+from archiver.state.store import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import floor, iso
 

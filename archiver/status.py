@@ -15,9 +15,9 @@ from pathlib import Path
 
 from archiver import queries
 from archiver.errors import ConfigError, ExitCode
+from archiver.pipeline.runner import holder_is_dead
 from archiver.queries import QueryDef
-from archiver.runner import holder_is_dead
-from archiver.state import BackfillRecord, PassRecord, State, VerifyRecord
+from archiver.state.store import BackfillRecord, PassRecord, State, VerifyRecord
 from archiver.windows import iso
 
 

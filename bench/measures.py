@@ -14,9 +14,10 @@ from datetime import datetime, timedelta
 
 import requests
 
-from archiver import transform, windows
-from archiver.influx import GZIP_LEVEL  # the limit posts bodies compressed like the sink
+from archiver import windows
+from archiver.pipeline import transform
 from archiver.queries import QueryDef
+from archiver.sinks.influx_v1 import GZIP_LEVEL  # the limit posts bodies compressed like the sink
 from fakes import data
 
 BATCH_LINES = 5000  # the sink's batch size

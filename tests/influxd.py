@@ -1,7 +1,8 @@
 """A real InfluxDB 1.x server for tests: Debian's `/usr/bin/influxd` on free ports in a temp dir.
 
-`InfluxServer` is deliberately independent of `archiver.influx` (plain `requests`), so that the
-tests check the sink against InfluxDB itself rather than against the sink's own reading code.
+`InfluxServer` is deliberately independent of `archiver.sinks.influx_v1` (plain `requests`), so
+that the tests check the sink against InfluxDB itself rather than against the sink's own
+reading code.
 """
 
 from __future__ import annotations

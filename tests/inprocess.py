@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archiver import scheduler
+from archiver.schedule import cron
 from tests.e2e import Item, Spec, cli_env
 
 
@@ -20,7 +20,7 @@ def env(monkeypatch, fake_nr, influxd, queries_dir, state_path) -> dict[str, str
     )
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(scheduler, "install_signal_handlers", lambda stop: None)
+    monkeypatch.setattr(cron, "install_signal_handlers", lambda stop: None)
     return values
 
 

@@ -1,8 +1,8 @@
 """A line-protocol reader for tests: expected.lp files → points to compare with InfluxDB's.
 
-Written from InfluxDB 1.x's rules, independently of archiver.transform: in the measurement `,`
-and space are escaped; in tag keys, tag values and field keys `,`, `=` and space; in string
-field values `"` and `\\`. A backslash before any other character is kept as it is.
+Written from InfluxDB 1.x's rules, independently of archiver.pipeline.transform: in the
+measurement `,` and space are escaped; in tag keys, tag values and field keys `,`, `=` and
+space; in string field values `"` and `\\`. A backslash before any other character is kept as it is.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import signal
 from dataclasses import replace
 from datetime import timedelta
 
-from archiver.state import State
+from archiver.state.store import State
 from archiver.windows import iso
 from fakes import events
 from tests.e2e import (

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from archiver.cli import main
-from archiver.state import State
+from archiver.state.store import State
 from archiver.windows import iso
 from tests.e2e import Spec, actual_points, ago, expected_points, floor
 from tests.inprocess import env, tx  # noqa: F401 (env: the fixture below)

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from alembic import command
 
 from archiver import config
-from archiver import state as state_module
 from archiver.errors import ConfigError
-from archiver.state import State
+from archiver.state import store as state_module
+from archiver.state.store import State
 from archiver.windows import iso
 from fakes import events
 from fakes.nerdgraph import INSPECTED_PER_ROW, TOO_BIG_MESSAGE

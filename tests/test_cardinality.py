@@ -2,7 +2,7 @@
 
 import pytest
 
-from archiver.cardinality import CardinalityError, SeriesGuard
+from archiver.pipeline.cardinality import CardinalityError, SeriesGuard
 
 UUID = "3f2b8c1e-9a4d-4e7b-8c2a-1b2c3d4e5f60"
 

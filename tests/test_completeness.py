@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import responses
 
-from archiver import completeness, passes
+from archiver import passes
 from archiver.config import Settings
 from archiver.errors import NewRelicError
-from archiver.insights import InsightsClient
-from archiver.newrelic import GRAPHQL, GRAPHQL_WITH_OTHER, NerdGraphClient
+from archiver.newrelic.insights import InsightsClient
+from archiver.newrelic.nerdgraph import GRAPHQL, GRAPHQL_WITH_OTHER, NerdGraphClient
+from archiver.pipeline import completeness
+from archiver.pipeline.transform import to_lines
 from archiver.queries import (
     OTHER_TAG_VALUE,
     LoadResult,
@@ -25,7 +27,6 @@ from archiver.queries import (
     load_file,
     sample_counts,
 )
-from archiver.transform import to_lines
 from fakes.insights import FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import ACCOUNT
@@ -327,11 +328,11 @@ def test_both_apis_answer_the_sample_counts_and_give_the_same_points(both_apis):
 
 
 def test_the_runner_says_each_message_once_per_query(caplog):
-    from archiver.runner import JobResult, Runner
+    from archiver.pipeline.runner import JobResult, Runner
 
     runner = Runner(state=None, sink=None, client_factory=None, default_account=None)  # type: ignore[arg-type]
     first, second = JobResult("q", "db.a"), JobResult("q", "db.b")
-    with caplog.at_level(logging.WARNING, logger="archiver.runner"):
+    with caplog.at_level(logging.WARNING, logger="archiver.pipeline.runner"):
         runner._messages("q", first, ("m1", "m2"))
         runner._messages("q", first, ("m1",))
         runner._messages("q", second, ("m1",))
@@ -348,7 +349,7 @@ def test_the_runner_says_each_message_once_per_query(caplog):
 def test_every_self_metric_field_is_documented_under_monitoring():
     import re
 
-    from archiver import metrics
+    from archiver.pipeline import metrics
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     monitoring = readme.split("## Monitoring the archiver", 1)[1].split("\n## ", 1)[0]

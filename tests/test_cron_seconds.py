@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from archiver.errors import ConfigError
-from archiver.scheduler import parse_schedule
+from archiver.schedule.cron import parse_schedule
 
 NOW = datetime(2026, 11, 29, 8, 0, 0, tzinfo=UTC)
 

@@ -18,8 +18,8 @@ import yaml
 from croniter import croniter
 
 from archiver.cli import build_parser
+from archiver.pipeline.sharding import Shard
 from archiver.queries import load_files
-from archiver.sharding import Shard
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"

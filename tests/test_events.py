@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from archiver.errors import NewRelicError
-from archiver.events import (
+from archiver.pipeline.events import (
     MAX_ROWS,
     events_nrql,
     is_capped,
@@ -127,7 +127,7 @@ def test_plan_fetches_an_uncapped_range_once():
 def test_a_capped_second_is_yielded_with_a_warning(caplog):
     calls: list[tuple[datetime, datetime]] = []
     since = NOW - timedelta(seconds=3)
-    with caplog.at_level(logging.WARNING, logger="archiver.events"):
+    with caplog.at_level(logging.WARNING, logger="archiver.pipeline.events"):
         windows = list(
             plan_events(oracle_fetch("Busy6000Transaction", calls), since, NOW, label="busy → raw")
         )

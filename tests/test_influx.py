@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from archiver.errors import AuthError, InfluxError, TransientError
-from archiver.influx import InfluxV1Sink, RetentionPolicy
+from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy
 from tests.influxd import InfluxServer, free_port, running_influxd
 
 
@@ -201,7 +201,7 @@ def test_ensure_target_keeps_an_existing_policy(
 ) -> None:
     influxd.query(f'CREATE RETENTION POLICY "keep" ON "{database}" DURATION 3h REPLICATION 1')
 
-    with caplog.at_level(logging.WARNING, logger="archiver.influx"):
+    with caplog.at_level(logging.WARNING, logger="archiver.sinks.influx_v1"):
         policy = sink.ensure_target(database, "keep", "5h")
 
     assert policy == RetentionPolicy("keep", 3 * 3600, is_default=False)
@@ -229,7 +229,7 @@ def test_points_beyond_retention_are_counted_and_the_others_written(
         f"nr_ret,k=fresh value=4 {now}",
     ]
 
-    with caplog.at_level(logging.INFO, logger="archiver.influx"):
+    with caplog.at_level(logging.INFO, logger="archiver.sinks.influx_v1"):
         result = sink.write(database, "h1", lines)
 
     assert result.dropped_beyond_retention == 2
@@ -369,7 +369,7 @@ def test_user_without_write_privilege_is_an_auth_error(
         influxd_auth.query('DROP USER "reader"')
 
 
-# --- line-protocol escaping as influxd 1.6.7 parses it (documented in archiver/influx.py) -------
+# --- line-protocol escaping as influxd 1.6.7 parses it (documented in sinks/influx_v1.py) ---
 
 
 @pytest.mark.parametrize(

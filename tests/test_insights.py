@@ -16,15 +16,15 @@ import requests
 import responses
 
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.insights import (
+from archiver.newrelic.insights import (
     INSIGHTS_URLS,
     MAX_NRQL_BYTES,
     NRQL_AGGREGATOR_FUNCTIONS,
     InsightsClient,
     to_nerdgraph_rows,
 )
-from archiver.newrelic import NerdGraphClient
-from archiver.transform import to_lines
+from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.conftest import FakeTime

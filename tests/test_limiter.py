@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from archiver.limiter import Limiter
+from archiver.newrelic.limiter import Limiter
 
 WAIT = 5.0  # upper bound for a thread handoff that should be immediate
 

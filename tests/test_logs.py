@@ -92,12 +92,12 @@ def test_a_secret_never_reaches_a_log_line_in_any_form(secret, fmt):
 
 def test_json_lines_keep_their_keys_and_carry_the_fields_given():
     stream = log_to("json")
-    logging.getLogger("archiver.runner").info(
+    logging.getLogger("archiver.pipeline.runner").info(
         "q → t: done", extra={"query": "q", "target": "t", "points": 12, "seconds": 0.5}
     )
     entry = json.loads(stream.getvalue())
     assert list(entry)[:4] == ["time", "level", "logger", "message"]
-    assert entry["level"] == "INFO" and entry["logger"] == "archiver.runner"
+    assert entry["level"] == "INFO" and entry["logger"] == "archiver.pipeline.runner"
     assert entry["message"] == "q → t: done"
     assert (entry["query"], entry["target"], entry["points"], entry["seconds"]) == (
         "q",
@@ -149,7 +149,7 @@ def test_a_key_pasted_with_a_space_and_a_cr_works_and_never_shows(
 @pytest.mark.parametrize("flag", [["--json"], []], ids=["json", "table"])
 def test_status_redacts_a_secret_stored_by_an_older_release(flag, tmp_path, monkeypatch, capsys):
     from archiver.cli import main
-    from archiver.state import State
+    from archiver.state.store import State
 
     secret = f"NRAK-OLD{uuid.uuid4().hex}"  # not registered yet, as in the release that ran
     db_url = f"sqlite:///{tmp_path / 'state.db'}"

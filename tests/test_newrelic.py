@@ -20,8 +20,8 @@ import urllib3.exceptions
 
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.limiter import Limiter
-from archiver.newrelic import GRAPHQL, POLL_GRAPHQL, NerdGraphClient, NrqlResult
+from archiver.newrelic.limiter import Limiter
+from archiver.newrelic.nerdgraph import GRAPHQL, POLL_GRAPHQL, NerdGraphClient, NrqlResult
 from tests.conftest import FakeTime
 from tests.e2e import ACCOUNT
 
@@ -415,7 +415,7 @@ def test_each_retry_is_logged_as_a_warning(
     nr.post(URL, status=502, body="")
     nr.post(URL, json=nrql_answer(ROWS))
 
-    with caplog.at_level(logging.WARNING, logger="archiver.newrelic"):
+    with caplog.at_level(logging.WARNING, logger="archiver.newrelic.nerdgraph"):
         client.query(ACCOUNT, NRQL)
 
     [record] = caplog.records

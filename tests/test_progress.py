@@ -1,7 +1,7 @@
 import io
 import logging
 
-from archiver.progress import Progress
+from archiver.pipeline.progress import Progress
 
 
 class FakeClock:
@@ -17,7 +17,7 @@ def test_log_lines_when_not_on_a_terminal(caplog):
     progress = Progress(stream=io.StringIO(), clock=clock, log_every=30)
     progress.plan(3600)
     progress.plan(3 * 3600)
-    with caplog.at_level(logging.INFO, logger="archiver.progress"):
+    with caplog.at_level(logging.INFO, logger="archiver.pipeline.progress"):
         clock.now = 10
         progress.advance(3600, 5000)  # before log_every: silent
         clock.now = 40

@@ -5,7 +5,7 @@ from contextlib import closing
 
 import pytest
 
-from archiver.readahead import read_ahead
+from archiver.pipeline.readahead import read_ahead
 
 
 def test_items_arrive_in_order_from_another_thread():

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from archiver.runner import READ_AHEAD_WINDOWS
-from archiver.state import State
+from archiver.pipeline.runner import READ_AHEAD_WINDOWS
+from archiver.state.store import State
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph
 from tests.conftest import fresh_postgres_database

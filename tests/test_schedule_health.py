@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from archiver import cli, scheduler
-from archiver.state import State
+from archiver import cli
+from archiver.schedule import cron
+from archiver.state.store import State
 from archiver.status import collect
 from tests.e2e import Spec, cli_env
 from tests.test_scheduler import FakeClock, FakeTimeEvent
@@ -92,7 +93,7 @@ class Ticks:
         self.job = cli.scheduled_pass(args, self.stop, env)
         self.healths: list[tuple[bool, str]] = []
 
-    def __call__(self) -> scheduler.PassOutcome | int:
+    def __call__(self) -> cron.PassOutcome | int:
         n = len(self.healths)
         self.healths.append(self.health())
         if n in self.before:
@@ -103,10 +104,10 @@ class Ticks:
         return outcome
 
     def health(self) -> tuple[bool, str]:
-        return scheduler.check_health(self.heartbeat, self.clock())
+        return cron.check_health(self.heartbeat, self.clock())
 
     def run(self) -> int:
-        exit_code = scheduler.run_forever(
+        exit_code = cron.run_forever(
             HOURLY,
             self,
             stop=self.stop,
@@ -280,7 +281,7 @@ def test_health_reads_a_heartbeat_of_the_previous_release(heartbeat):
     )
     clock = FakeClock()
 
-    assert scheduler.check_health(heartbeat, clock()) == (
+    assert cron.check_health(heartbeat, clock()) == (
         True,
         "ok: last completed run 2026-11-25T04:00:03Z, next run at 2026-11-25T05:00:00Z",
     )
@@ -296,8 +297,8 @@ def test_health_reads_a_heartbeat_of_the_previous_release(heartbeat):
 )
 def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_start):
     seen: dict = {}
-    monkeypatch.setattr(scheduler, "install_signal_handlers", lambda stop: None)
-    monkeypatch.setattr(scheduler, "run_forever", lambda cron, job, **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(cron, "install_signal_handlers", lambda stop: None)
+    monkeypatch.setattr(cron, "run_forever", lambda cron, job, **kw: seen.update(kw) or 0)
 
     assert cli.main(["schedule", *argv]) == 0
 
@@ -307,23 +308,23 @@ def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_star
 @pytest.mark.parametrize(
     ("outcome", "healthy"),
     [
-        pytest.param(scheduler.PassOutcome(0, targets_ok=3), True, id="all-ok"),
-        pytest.param(scheduler.PassOutcome(0, targets_ok=0), True, id="all-busy"),
-        pytest.param(scheduler.PassOutcome(1, 2, 1, reason="q → t: boom"), True, id="partial"),
-        pytest.param(scheduler.PassOutcome(1, 0, 3, reason="q → t: boom"), False, id="all-failed"),
+        pytest.param(cron.PassOutcome(0, targets_ok=3), True, id="all-ok"),
+        pytest.param(cron.PassOutcome(0, targets_ok=0), True, id="all-busy"),
+        pytest.param(cron.PassOutcome(1, 2, 1, reason="q → t: boom"), True, id="partial"),
+        pytest.param(cron.PassOutcome(1, 0, 3, reason="q → t: boom"), False, id="all-failed"),
         pytest.param(
-            scheduler.PassOutcome(1, 0, 0, 1, reason="q.yaml: bad"), False, id="only-file-broken"
+            cron.PassOutcome(1, 0, 0, 1, reason="q.yaml: bad"), False, id="only-file-broken"
         ),
         pytest.param(
-            scheduler.PassOutcome.failure(1, "InfluxDB is unreachable, nothing was exported: …"),
+            cron.PassOutcome.failure(1, "InfluxDB is unreachable, nothing was exported: …"),
             False,
             id="influxdb-unreachable",
         ),
-        pytest.param(scheduler.PassOutcome.failure(2, "refused key"), False, id="exit-2"),
-        pytest.param(scheduler.PassOutcome(1), True, id="exit-code-only"),
-        pytest.param(scheduler.PassOutcome(130, targets_ok=1), True, id="interrupted"),
+        pytest.param(cron.PassOutcome.failure(2, "refused key"), False, id="exit-2"),
+        pytest.param(cron.PassOutcome(1), True, id="exit-code-only"),
+        pytest.param(cron.PassOutcome(130, targets_ok=1), True, id="interrupted"),
         pytest.param(
-            scheduler.PassOutcome(2, reason="empty folder", nothing_to_do=True),
+            cron.PassOutcome(2, reason="empty folder", nothing_to_do=True),
             True,
             id="nothing-to-do",
         ),
@@ -331,10 +332,10 @@ def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_star
 )
 def test_health_fails_only_when_the_last_pass_failed_as_a_whole(heartbeat, outcome, healthy):
     clock = FakeClock()
-    history = scheduler.History().after(clock(), outcome)
-    scheduler.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
+    history = cron.History().after(clock(), outcome)
+    cron.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
 
-    ok, message = scheduler.check_health(heartbeat, clock())
+    ok, message = cron.check_health(heartbeat, clock())
 
     assert ok is healthy, message
     if outcome.reason:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver import scheduler
 from archiver.errors import ConfigError
+from archiver.schedule import cron
 from tests.e2e import ACCOUNT
 from tests.faults import wait_until
 
@@ -109,14 +109,18 @@ def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
 
 
 def run(
-    cron: str, job: Callable[[], int], stop: threading.Event, clock: FakeClock, heartbeat: Path
+    expression: str,
+    job: Callable[[], int],
+    stop: threading.Event,
+    clock: FakeClock,
+    heartbeat: Path,
 ) -> int:
-    return scheduler.run_forever(cron, job, stop=stop, clock=clock, heartbeat_file=heartbeat)
+    return cron.run_forever(expression, job, stop=stop, clock=clock, heartbeat_file=heartbeat)
 
 
 def test_job_runs_once_per_tick(clock, stop, heartbeat_file, caplog):
     job = RecordingJob(clock, stop, runs=3)
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     assert run("0 * * * *", job, stop, clock, heartbeat_file) == 0
 
@@ -142,7 +146,7 @@ def test_run_at_start_runs_once_before_the_first_tick(clock, stop, heartbeat_fil
         heartbeats.append(json.loads(heartbeat_file.read_text())["next_run"])
         return job()
 
-    scheduler.run_forever(
+    cron.run_forever(
         "0 * * * *",
         job_reading_the_heartbeat,
         stop=stop,
@@ -159,7 +163,7 @@ def test_a_failing_job_is_logged_in_one_line_and_the_loop_goes_on(
     clock, stop, heartbeat_file, caplog
 ):
     job = RecordingJob(clock, stop, runs=3, failures={0: RuntimeError("influxd went away")})
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     assert run("0 * * * *", job, stop, clock, heartbeat_file) == 0
 
@@ -173,7 +177,7 @@ def test_a_failing_job_is_logged_in_one_line_and_the_loop_goes_on(
 
 def test_a_nonzero_exit_code_is_logged_as_a_warning(clock, stop, heartbeat_file, caplog):
     job = RecordingJob(clock, stop, runs=1, exit_code=1)
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     run("0 * * * *", job, stop, clock, heartbeat_file)
 
@@ -185,7 +189,7 @@ def test_ticks_missed_during_a_long_run_are_skipped_not_caught_up(
     clock, stop, heartbeat_file, caplog
 ):
     job = RecordingJob(clock, stop, runs=2, durations={0: timedelta(hours=2, minutes=30)})
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     run("0 * * * *", job, stop, clock, heartbeat_file)
 
@@ -195,7 +199,7 @@ def test_ticks_missed_during_a_long_run_are_skipped_not_caught_up(
 
 def test_a_run_ending_before_the_next_tick_skips_nothing(clock, stop, heartbeat_file, caplog):
     job = RecordingJob(clock, stop, runs=2, durations={0: timedelta(minutes=59, seconds=59)})
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     run("0 * * * *", job, stop, clock, heartbeat_file)
 
@@ -207,7 +211,7 @@ def test_stop_during_a_run_lets_it_finish_and_returns_without_waiting(
     clock, stop, heartbeat_file, caplog
 ):
     job = RecordingJob(clock, stop, runs=1)
-    caplog.set_level(logging.INFO, logger="archiver.scheduler")
+    caplog.set_level(logging.INFO, logger="archiver.schedule.cron")
 
     assert run("0 * * * *", job, stop, clock, heartbeat_file) == 0
 
@@ -223,7 +227,7 @@ def test_stop_before_start_returns_at_once(clock, stop, heartbeat_file):
     stop.set()
     job = RecordingJob(clock, stop, runs=1)
 
-    result = scheduler.run_forever(
+    result = cron.run_forever(
         "0 * * * *", job, stop=stop, clock=clock, run_at_start=True, heartbeat_file=heartbeat_file
     )
 
@@ -250,7 +254,7 @@ def test_stop_during_the_real_wait_returns_promptly(heartbeat_file):
 
     def loop() -> None:
         result.append(
-            scheduler.run_forever(
+            cron.run_forever(
                 FAR_AWAY_TICK,
                 lambda: jobs_run.append(1) or 0,
                 stop=stop,
@@ -342,8 +346,8 @@ def test_an_unwritable_heartbeat_is_a_warning_not_a_failure(clock, stop, tmp_pat
 
 
 def write_heartbeat(path: Path, next_run: datetime, schedule: str = "0 * * * *") -> None:
-    beat = scheduler.Heartbeat(path, schedule)
-    beat.write(scheduler.History(next_run - timedelta(hours=1)), next_run=next_run, now=START)
+    beat = cron.Heartbeat(path, schedule)
+    beat.write(cron.History(next_run - timedelta(hours=1)), next_run=next_run, now=START)
 
 
 @pytest.mark.parametrize(
@@ -358,7 +362,7 @@ def write_heartbeat(path: Path, next_run: datetime, schedule: str = "0 * * * *")
 def test_health_allows_one_period_plus_a_margin_after_the_due_run(heartbeat_file, now, healthy):
     write_heartbeat(heartbeat_file, next_run=at(5))
 
-    ok, message = scheduler.check_health(heartbeat_file, now)
+    ok, message = cron.check_health(heartbeat_file, now)
 
     assert ok is healthy
     if healthy:
@@ -373,15 +377,15 @@ def test_health_allows_one_period_plus_a_margin_after_the_due_run(heartbeat_file
 def test_health_uses_the_period_of_the_heartbeat_schedule(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5), schedule="*/10 * * * *")
 
-    assert scheduler.check_health(heartbeat_file, at(5, 15))[0] is True
-    assert scheduler.check_health(heartbeat_file, at(5, 16))[0] is False
+    assert cron.check_health(heartbeat_file, at(5, 15))[0] is True
+    assert cron.check_health(heartbeat_file, at(5, 16))[0] is False
 
 
 def test_health_takes_an_explicit_max_age(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5))
 
-    assert scheduler.check_health(heartbeat_file, at(5, 1), timedelta(minutes=2))[0] is True
-    assert scheduler.check_health(heartbeat_file, at(5, 3), timedelta(minutes=2))[0] is False
+    assert cron.check_health(heartbeat_file, at(5, 1), timedelta(minutes=2))[0] is True
+    assert cron.check_health(heartbeat_file, at(5, 3), timedelta(minutes=2))[0] is False
 
 
 @pytest.mark.parametrize(
@@ -402,7 +406,7 @@ def test_a_missing_or_broken_heartbeat_is_unhealthy(heartbeat_file, content, exp
         heartbeat_file.parent.mkdir(parents=True)
         heartbeat_file.write_text(content)
 
-    ok, message = scheduler.check_health(heartbeat_file, START)
+    ok, message = cron.check_health(heartbeat_file, START)
 
     assert ok is False
     assert str(heartbeat_file) in message
@@ -413,10 +417,10 @@ def test_health_reads_the_file_named_by_the_environment(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5))
     env = {"ARCHIVER_HEARTBEAT_FILE": str(heartbeat_file)}
 
-    assert scheduler.heartbeat_path(env) == heartbeat_file
-    assert scheduler.heartbeat_path({}) == Path("/tmp/nr-archiver.heartbeat")
-    assert scheduler.health(env, now=at(5, 30))[0] is True
-    assert scheduler.health(env, now=at(7))[0] is False
+    assert cron.heartbeat_path(env) == heartbeat_file
+    assert cron.heartbeat_path({}) == Path("/tmp/nr-archiver.heartbeat")
+    assert cron.health(env, now=at(5, 30))[0] is True
+    assert cron.health(env, now=at(7))[0] is False
 
 
 @pytest.fixture
@@ -432,7 +436,7 @@ def restore_signal_handlers() -> Iterator[None]:
 def test_a_signal_sets_the_stop_event_and_restores_the_previous_handlers(signum):
     previous = signal.getsignal(signum)
     stop = threading.Event()
-    scheduler.install_signal_handlers(stop)
+    cron.install_signal_handlers(stop)
 
     os.kill(os.getpid(), signum)
 
@@ -445,11 +449,12 @@ SCHEDULE_SCRIPT = textwrap.dedent(
     """
     import sys, threading
     from pathlib import Path
-    from archiver import logs, scheduler
+    from archiver import logs
+    from archiver.schedule import cron
 
     logs.setup("INFO")
     stop = threading.Event()
-    scheduler.install_signal_handlers(stop)
+    cron.install_signal_handlers(stop)
 
     def job() -> int:
         print("job started", flush=True)
@@ -457,7 +462,7 @@ SCHEDULE_SCRIPT = textwrap.dedent(
         print(f"job finished, stop seen: {stopped}", flush=True)
         return 0
 
-    sys.exit(scheduler.run_forever(
+    sys.exit(cron.run_forever(
         sys.argv[1], job, stop=stop, run_at_start=sys.argv[2] == "now",
         heartbeat_file=Path(sys.argv[3]),
     ))
@@ -645,9 +650,7 @@ def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
         60,
         "a request with the rotated key",
     )
-    wait_until(
-        lambda: scheduler.check_health(heartbeat_file, datetime.now(UTC))[0], 60, "a good pass"
-    )
+    wait_until(lambda: cron.check_health(heartbeat_file, datetime.now(UTC))[0], 60, "a good pass")
     health = cli_health(tmp_path, env)
     assert health.returncode == 0, health.stdout + health.stderr
     assert influxd.query("SELECT count(requests) FROM nr_requests", db=influx_db)
@@ -660,7 +663,7 @@ def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
 
 
 def healthy(heartbeat_file: Path) -> bool:
-    return scheduler.check_health(heartbeat_file, datetime.now(UTC))[0]
+    return cron.check_health(heartbeat_file, datetime.now(UTC))[0]
 
 
 def cli_health(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

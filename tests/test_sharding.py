@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from archiver.cli import build_parser
+from archiver.pipeline.sharding import Shard, parse_shard, shard_of
 from archiver.queries import QueryFileProblem
-from archiver.sharding import Shard, parse_shard, shard_of
 from tests.e2e import Cli, cli_env
 
 NAMES = [f"q{i:03d}" for i in range(200)] + ["transaction_duration", "logins", "Zürich ☃"]

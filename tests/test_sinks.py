@@ -11,9 +11,9 @@ import requests
 
 from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
-from archiver.influx import InfluxV1Sink, RetentionPolicy, WriteResult
-from archiver.influx_v2 import InfluxClientSink
-from archiver.sinks import FileSink, open_sink
+from archiver.sinks.choose import FileSink, open_sink
+from archiver.sinks.influx_client import InfluxClientSink
+from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy, WriteResult
 from tests.influxd import InfluxServer, free_port
 from tests.test_influx_v2 import ORG, TOKEN, FakeInflux2, serving
 

@@ -8,9 +8,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from archiver import state as state_module
 from archiver.errors import StateError
-from archiver.state import State
+from archiver.state import store as state_module
+from archiver.state.store import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

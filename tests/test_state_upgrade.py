@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from archiver import state as state_module
-from archiver.state import State
+from archiver.state import store as state_module
+from archiver.state.store import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

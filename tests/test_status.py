@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archiver import sinks, status
+from archiver import status
 from archiver.cli import main
-from archiver.state import State
+from archiver.sinks import choose
+from archiver.state.store import State
 from archiver.windows import iso
 from tests.e2e import ago, floor
 from tests.inprocess import env, tx  # noqa: F401 (env: the fixture below)
@@ -33,7 +34,7 @@ def test_status_shows_an_influxdb_outage(influx_db, queries_dir, monkeypatch, ca
     tx(influx_db, start=iso(floor(ago(hours=1), 60))).write(queries_dir)
     assert main(["run"]) == 0
     monkeypatch.setenv("INFLUX_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setitem(sinks.open_sink.__kwdefaults__, "sleep", lambda seconds: None)
+    monkeypatch.setitem(choose.open_sink.__kwdefaults__, "sleep", lambda seconds: None)
 
     assert main(["run"]) == 1
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from archiver import transform
 from archiver.errors import NewRelicError
+from archiver.pipeline import transform
 from tests.transform import golden
 
 

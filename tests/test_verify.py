@@ -310,7 +310,7 @@ def test_events_are_compared_at_nanosecond_precision(cli, influxd, influx_db, qu
 def test_a_target_a_run_holds_is_not_verified(cli, influxd, influx_db, queries_dir, state_path):
     from datetime import timedelta
 
-    from archiver.state import State
+    from archiver.state.store import State
 
     spec = tx_spec(influx_db)
     spec.write(queries_dir)

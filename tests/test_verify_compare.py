@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from archiver import transform
+from archiver.pipeline import transform
 from archiver.verify.compare import LineError, Point, compare, parse_line, tag_set
 
 S = 1_000_000_000

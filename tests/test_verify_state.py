@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from archiver import state as state_module
-from archiver.state import State, VerifyRecord
+from archiver.state import store as state_module
+from archiver.state.store import State, VerifyRecord
 
 NOW = datetime(2026, 11, 29, 3, 30, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from archiver import metrics
+from archiver.pipeline import metrics
 from archiver.queries import QueryDef, SelectItem, Target, select_items
 from archiver.timeparse import format_duration
 

@@ -25,7 +25,7 @@ from archiver import queries
 from archiver.config import Settings
 from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import ConfigError
-from archiver.newrelic import NerdGraphClient
+from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.timeparse import format_duration
 
 DEFAULT_DATABASE = "newrelic"

@@ -5,5 +5,5 @@
   back, compare, repair, prune);
 - `report`: what it found, as a table, JSON and the `nr_archiver` self-metric.
 
-Reading back and deleting are the sinks' (`archiver.readback` for InfluxQL).
+Reading back and deleting are the sinks' (`archiver.sinks.readback` for InfluxQL).
 """

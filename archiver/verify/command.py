@@ -25,14 +25,12 @@ from typing import Protocol
 from archiver import queries, windows
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError
-from archiver.influx import Precision, RetentionPolicy, duration_seconds
-from archiver.limiter import Limiter
 from archiver.logs import redact
-from archiver.newrelic import NerdGraphClient
+from archiver.newrelic.limiter import Limiter
+from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.passes import connect_sink, new_relic_client_factory
-from archiver.readahead import read_ahead
-from archiver.readback import Deleted, Series
-from archiver.runner import (
+from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.runner import (
     READ_AHEAD_WINDOWS,
     JobResult,
     PlannedJob,
@@ -41,9 +39,11 @@ from archiver.runner import (
     holder_is_dead,
     utcnow,
 )
-from archiver.sinks import Sink
-from archiver.state import State, VerifyRecord
-from archiver.transform import escape_key
+from archiver.pipeline.transform import escape_key
+from archiver.sinks.choose import Sink
+from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
+from archiver.sinks.readback import Deleted, Series
+from archiver.state.store import State, VerifyRecord
 from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
 from archiver.verify.report import (
     EXAMPLES,

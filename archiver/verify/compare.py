@@ -2,11 +2,11 @@ r"""Points as InfluxDB stores them, and their comparison. Pure functions, no I/O
 
 A point is identified by measurement, tag set and timestamp; its content is its field set and
 values. `parse_line` reads the line protocol `run` writes exactly as InfluxDB 1.x parses it
-(see `archiver.influx`): in measurement, tag keys, tag values and field keys a backslash escapes
-only a following `,`, `=` or space (the byte before a delimiter decides) and is otherwise kept;
-in string fields `\"` and `\\` are escapes. Values are typed as InfluxDB types them: a float is
-a float (`14.0` and `14` are the same float), `14i` an integer, `"…"` a string, `true` a
-boolean; a float never equals an integer of the same value.
+(see `archiver.sinks.influx_v1`): in measurement, tag keys, tag values and field keys a
+backslash escapes only a following `,`, `=` or space (the byte before a delimiter decides) and
+is otherwise kept; in string fields `\"` and `\\` are escapes. Values are typed as InfluxDB
+types them: a float is a float (`14.0` and `14` are the same float), `14i` an integer, `"…"`
+a string, `true` a boolean; a float never equals an integer of the same value.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from archiver.errors import ExitCode
-from archiver.transform import escape_key, format_field
+from archiver.pipeline.transform import escape_key, format_field
 from archiver.verify.compare import Difference, Point
 from archiver.windows import iso
 

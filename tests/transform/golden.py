@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from archiver import events, transform
 from archiver.funnels import funnel_steps
-from archiver.insights import to_nerdgraph_rows
+from archiver.newrelic.insights import to_nerdgraph_rows
+from archiver.pipeline import events, transform
 
 CASES = Path(__file__).parent / "cases"
 

@@ -6,7 +6,7 @@
 - `api="v1"`: `InfluxV1Sink` (`/write` + InfluxQL), without asking the server anything;
 - `api="auto"` (the default): the `X-Influxdb-Version` of `GET /ping` decides: 1.x before 1.8
   → `InfluxV1Sink`; 1.8+ → `InfluxClientSink` in 1.8 mode; 2.x → buckets + DBRP mappings;
-  3.x → one database per target (see `archiver.influx_v2` for the names);
+  3.x → one database per target (see `archiver.sinks.influx_client` for the names);
 - `api="v2"`: `InfluxClientSink` whatever the version, in the mode the version gives (2.x when
   it cannot be read).
 """
@@ -24,10 +24,16 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from archiver.config import Settings
 from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
-from archiver.influx import DEFAULT_RP, InfluxV1Sink, Precision, RetentionPolicy, WriteResult
+from archiver.sinks.influx_v1 import (
+    DEFAULT_RP,
+    InfluxV1Sink,
+    Precision,
+    RetentionPolicy,
+    WriteResult,
+)
 
 if TYPE_CHECKING:
-    from archiver.influx_v2 import Flavour
+    from archiver.sinks.influx_client import Flavour
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ def open_sink(
         return v1
     v1.close()
     log.info("InfluxDB %s at %s: writing with /api/v2/write", version, v1.display_url)
-    from archiver.influx_v2 import InfluxClientSink  # only when needed: a slow import
+    from archiver.sinks.influx_client import InfluxClientSink  # only when needed: a slow import
 
     return InfluxClientSink(
         settings.influx_url,
@@ -187,7 +193,7 @@ def _server_version(v1: InfluxV1Sink, settings: Settings, sleep: Callable[[float
     except AuthError:
         if not settings.influx_token:
             raise
-    from archiver.influx_v2 import InfluxClientSink
+    from archiver.sinks.influx_client import InfluxClientSink
 
     with InfluxClientSink(
         settings.influx_url,

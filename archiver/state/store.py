@@ -185,7 +185,7 @@ def migrations_dir() -> Path:
     """
     if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
         return Path(configured)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # archiver/
     installed = package / "migrations"
     return installed if installed.is_dir() else package.parent / "migrations"
 

@@ -21,17 +21,18 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from archiver import completeness, events, funnels, metrics, transform, windows
-from archiver.cardinality import SeriesGuard
+from archiver import funnels, windows
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
-from archiver.influx import Precision, RetentionPolicy
 from archiver.logs import redact
-from archiver.newrelic import NerdGraphClient, NrqlResult
-from archiver.progress import Progress
+from archiver.newrelic.nerdgraph import NerdGraphClient, NrqlResult
+from archiver.pipeline import completeness, events, metrics, transform
+from archiver.pipeline.cardinality import SeriesGuard
+from archiver.pipeline.progress import Progress
+from archiver.pipeline.readahead import read_ahead
 from archiver.queries import QueryDef, QueryFileProblem, Target
-from archiver.readahead import read_ahead
-from archiver.sinks import Sink
-from archiver.state import State, WindowCosts
+from archiver.sinks.choose import Sink
+from archiver.sinks.influx_v1 import Precision, RetentionPolicy
+from archiver.state.store import State, WindowCosts
 from archiver.timeparse import parse_time, time_spec
 from archiver.windows import Range, Window, iso
 from archiver.wording import plural

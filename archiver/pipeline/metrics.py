@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from archiver.transform import escape_key, format_field
+from archiver.pipeline.transform import escape_key, format_field
 
 MEASUREMENT = "nr_archiver"
 

@@ -13,7 +13,8 @@ retention policies are read: a point that another policy holds at the same serie
 never deleted (it is reported as kept), since the statement would delete that one too.
 
 InfluxDB 2.x and 3.x answer the same InfluxQL on `/query` (2.x through the DBRP mapping);
-2.x deletes through its delete API instead (`archiver.influx_v2`), with `delete_predicate`.
+2.x deletes through its delete API instead (`archiver.sinks.influx_client`), with
+`delete_predicate`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from archiver.influx import InfluxV1Sink, quote_identifier
+from archiver.sinks.influx_v1 import InfluxV1Sink, quote_identifier
 from archiver.verify.compare import Point, Value, tag_set
 
 DELETES_PER_REQUEST = 200

@@ -51,11 +51,11 @@ from typing import Any
 
 import requests
 
-from archiver import completeness, logs
+from archiver import logs
 from archiver.config import INSIGHTS_URLS
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.limiter import Limiter
-from archiver.newrelic import (
+from archiver.newrelic.limiter import Limiter
+from archiver.newrelic.nerdgraph import (
     NerdGraphClient,
     NrqlResult,
     excerpt,
@@ -63,6 +63,7 @@ from archiver.newrelic import (
     json_body,
     raise_for_status,
 )
+from archiver.pipeline import completeness
 from archiver.retry import retry_after_seconds
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]

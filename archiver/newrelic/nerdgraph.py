@@ -26,9 +26,10 @@ import urllib3.exceptions
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from archiver import completeness, logs
+from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.limiter import Limiter
+from archiver.newrelic.limiter import Limiter
+from archiver.pipeline import completeness
 from archiver.retry import retry_after_seconds
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
-    from archiver.readback import Deleted, Series
+    from archiver.sinks.readback import Deleted, Series
     from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
@@ -209,16 +209,16 @@ class InfluxV1Sink:
         since_ns: int,
         until_ns: int,
     ) -> list[Point]:
-        """The points of one query's series in [since_ns, until_ns) (`archiver.readback`)."""
-        from archiver import readback
+        """The points of one query's series in [since_ns, until_ns) (`archiver.sinks.readback`)."""
+        from archiver.sinks import readback
 
         return readback.read_points(self, database, retention_policy, series, since_ns, until_ns)
 
     def delete_points(
         self, database: str, retention_policy: str | None, series: Series, points: list[Point]
     ) -> Deleted:
-        """Delete exactly these points, never another policy's (`archiver.readback`)."""
-        from archiver import readback
+        """Delete exactly these points, never another policy's (`archiver.sinks.readback`)."""
+        from archiver.sinks import readback
 
         return readback.delete_points(self, database, retention_policy, series, points)
 

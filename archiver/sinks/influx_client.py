@@ -16,7 +16,7 @@ Writes are SYNCHRONOUS: one request per batch that raises on failure, so `write(
 means InfluxDB acknowledged every line and a checkpoint may move (batching mode would lose data
 on close and report failures only through callbacks). influxdb-client's own retries stay off
 (`retries=False` on its urllib3 pool, and the synchronous path adds none): the one retry policy
-is tenacity's, here. Errors are classified as in `archiver.influx`.
+is tenacity's, here. Errors are classified as in `archiver.sinks.influx_v1`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from influxdb_client.service.dbr_ps_service import DBRPsService
 
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
-from archiver.influx import (
+from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.sinks.influx_v1 import (
     DEFAULT_RP,
     InfluxV1Sink,
     Precision,
@@ -52,10 +53,9 @@ from archiver.influx import (
     duration_seconds,
     without_userinfo,
 )
-from archiver.retry import RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
-    from archiver.readback import Deleted, Series
+    from archiver.sinks.readback import Deleted, Series
     from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ class InfluxClientSink:
     def delete_points(
         self, database: str, retention_policy: str | None, series: Series, points: list[Point]
     ) -> Deleted:
-        """1.8: InfluxQL DELETE (`archiver.readback`); 2.x: the delete API, point by point."""
+        """1.8: InfluxQL DELETE (`archiver.sinks.readback`); 2.x: the delete API, point by point."""
         if self.flavour == "1.8":
             return self._reader().delete_points(database, retention_policy, series, points)
         if self.flavour == "3.x":
@@ -222,7 +222,7 @@ class InfluxClientSink:
                 "InfluxDB 3 has no delete of single points: --prune cannot remove extra "
                 "points there (drop them with a new database, or leave out --prune)"
             )
-        from archiver import readback
+        from archiver.sinks import readback
 
         bucket = bucket_name(database, retention_policy)
         deleted, kept = [], []

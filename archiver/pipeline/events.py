@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from archiver.errors import NewRelicError
+from archiver.pipeline.transform import escape_key, escape_measurement, format_field
 from archiver.timeparse import as_utc
-from archiver.transform import escape_key, escape_measurement, format_field
 from archiver.windows import EPOCH, iso
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def to_lines(
 
     Tags: the static tags, then one per tag attribute with a non-empty value (an attribute's
     value wins over a static tag of the same name). Fields: every other attribute but
-    `timestamp`, as `archiver.transform` formats them, in key order; a nested object (a
+    `timestamp`, as `archiver.pipeline.transform` formats them, in key order; a nested object (a
     dimensional Metric's `"newrelic.internal.usage": {"count": 49500, "type": "count"}`) gives
     one field per entry, `<key>.<subkey>`, as in aggregate mode. Keys whose value has no
     line-protocol form (lists) are added to `dropped`.

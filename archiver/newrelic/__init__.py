@@ -1,0 +1,1 @@
+"""New Relic clients: NerdGraph and the legacy Insights API, their limiter."""

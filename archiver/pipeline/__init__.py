@@ -1,0 +1,1 @@
+"""The data's way: plan, fetch, transform, write, advance; one module per step."""

@@ -1,0 +1,1 @@
+"""The container's loop: cron ticks, heartbeat, health."""

@@ -1,0 +1,1 @@
+"""The state database: checkpoints, run log, backfills, leases."""
