@@ -384,3 +384,37 @@ def test_a_target_never_exported_is_reported_not_verified(cli, influx_db, querie
     code, (row,) = verify(cli)
     assert code == 0
     assert row["status"] == "not exported" and row["windows"] == 0 and row["since"] is None
+
+
+def test_verify_checks_each_account_of_an_account_ids_file_on_its_own(
+    cli, fake_nr, influxd, influx_db, queries_dir
+):
+    other = 2222222
+    fake_nr.accounts.add(other)
+    spec = tx_spec(influx_db, tags={})
+    spec = replace(spec, extra={**spec.extra, "account_ids": [ACCOUNT, other]})
+    spec.write(queries_dir)
+    assert cli("run").returncode == 0
+
+    clean, rows = verify(cli)
+    assert clean == 0
+    assert {(row["query"], row["account_id"]) for row in rows} == {
+        (f"tx_by_app@{ACCOUNT}", ACCOUNT),
+        (f"tx_by_app@{other}", other),
+    }
+    assert all(row["checked"] > 0 and row["remaining"] == 0 for row in rows)
+
+    # Only the other account's series are lost: only its verify sees them missing.
+    influxd.query(f'DROP SERIES FROM "nr_tx" WHERE "account_id" = \'{other}\'', influx_db)
+    damaged, rows = verify(cli)
+    assert damaged == 1
+    by_account = {row["account_id"]: row for row in rows}
+    assert by_account[ACCOUNT]["missing"] == 0
+    assert by_account[other]["missing"] == by_account[other]["checked"] > 0
+
+    repaired, rows = verify(cli, "--repair")
+    assert repaired == 0
+    assert {row["account_id"]: row["repaired"] for row in rows} == {
+        ACCOUNT: 0,
+        other: by_account[other]["checked"],
+    }
