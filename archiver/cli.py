@@ -13,8 +13,9 @@ import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from archiver import __version__, config, logs, passes, queries, scheduler, sharding, status
+from archiver import __version__, config, logs, scheduler, sharding
 from archiver.errors import (
     ArchiverError,
     AuthError,
@@ -22,11 +23,15 @@ from archiver.errors import (
     ExitCode,
     StateError,
 )
-from archiver.runner import Backfill, PlannedJob
-from archiver.state import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import Window, iso
 from archiver.wording import plural
+
+# Imported where a command needs them, so that `--help`, `health` and `validate` start without
+# SQLAlchemy, Alembic or the HTTP clients (bench/README.md: start-up).
+if TYPE_CHECKING:
+    from archiver import queries
+    from archiver.runner import Backfill, PlannedJob
 
 log = logging.getLogger("archiver")
 
@@ -221,6 +226,8 @@ def shard_argument(text: str) -> sharding.Shard:
 def load_queries(
     settings: config.Settings, names: Sequence[str], shard: sharding.Shard | None = None
 ) -> queries.LoadResult:
+    from archiver import queries
+
     loaded = queries.load_dir(settings.queries_dir)
     selected = queries.select(loaded.queries, names) if names else loaded.queries
     problems = [p for p in loaded.problems if not names or p.query in names]
@@ -230,6 +237,8 @@ def load_queries(
 
 
 def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
+    from archiver.runner import Backfill
+
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if since is None:
         if until is not None:
@@ -245,6 +254,8 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
 
 
 def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
+    from archiver import passes
+
     loaded = load_queries(settings, args.query, args.shard)
     for problem in loaded.problems:
         log.error("%s", problem)
@@ -291,6 +302,8 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
+    from archiver import queries
+
     loaded = (
         queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
     )
@@ -304,6 +317,9 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from archiver import queries, status
+    from archiver.state import State
+
     known = queries.load_dir(settings.queries_dir).queries if settings.queries_dir.is_dir() else []
     rows = status.collect(State.open(settings.db_url), known, datetime.now(UTC))
     # errors are stored redacted; this also covers those stored by an older release
@@ -312,6 +328,9 @@ def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
+    from archiver import queries
+    from archiver.state import State
+
     now = datetime.now(UTC)
     query = queries.select(queries.load_dir(settings.queries_dir).queries, [args.query])[0]
     keys = [t.key for t in query.targets]
@@ -330,6 +349,8 @@ def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
+    from archiver.state import State
+
     State.open(settings.db_url)
     print("state database is at the latest schema")
     return ExitCode.OK
