@@ -8,6 +8,7 @@ an exception message, a log line or a repr.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import socket
@@ -56,6 +57,9 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # The HTTP read timeout outlasts the NRQL timeout, so that New Relic's own TIMEOUT answer
 # (with its message) arrives before we give up on the connection.
 NRQL_TIMEOUT_MARGIN_SECONDS = 5.0
+# Parsed answers are exempt from garbage collection (`parse_answer`); past this many exempt
+# objects, one full collection frees any cyclic garbage that was exempted with them.
+FROZEN_OBJECTS_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -271,13 +275,35 @@ def raise_for_status(
 
 def json_body(response: requests.Response) -> Any:
     try:
-        return orjson.loads(response.content)
+        return parse_answer(response.content)
     except orjson.JSONDecodeError:
         content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
         raise TransientError(
             f"New Relic answered HTTP {response.status_code} with {content_type}, not JSON: "
             f"{excerpt(response.text)!r} (a proxy in the way?)"
         ) from None
+
+
+def parse_answer(content: bytes) -> Any:
+    """The JSON of an answer, parsed with the garbage collector off, then frozen.
+
+    A 20,000-row answer is up to 40,000 containers (a dict per row, a list per multi-facet
+    key) that hold no cycle: collections triggered while they are alive scanned them over and
+    over (a fifth of the archiver's CPU on two-facet queries). Frozen, they are never scanned;
+    reference counting still frees them when the window is written.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        body = orjson.loads(content)
+    finally:
+        if enabled:
+            gc.enable()
+    if gc.get_freeze_count() > FROZEN_OBJECTS_LIMIT:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
+    return body
 
 
 def _nrql_object(body: Any) -> dict[str, Any]:
