@@ -68,6 +68,6 @@ def test_garbage_frozen_with_the_rows_is_collected_past_the_bound(monkeypatch):
     newrelic.json_body(response({"results": ROWS}))  # freezes the cycle with the rows
     gc.collect()
     assert gone() is not None  # frozen: a collection does not see it
-    monkeypatch.setattr(newrelic, "FROZEN_OBJECTS_LIMIT", 0)
+    monkeypatch.setattr(newrelic, "ANSWERS_PER_FULL_COLLECTION", 1)
     newrelic.json_body(response({"results": []}))
     assert gone() is None
