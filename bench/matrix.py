@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
+MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 LATENCY_SECONDS = 0.3  # row (g)
@@ -45,13 +46,13 @@ class Shape:
 
 
 SHAPES = (
-    Shape("a", "1 facet x 100 plain values, 2 aggregates", {"nrql": A_NRQL}, 7 * DAY, 2 * HOUR),
+    Shape("a", "1 facet x 100 plain values, 2 aggregates", {"nrql": A_NRQL}, 7 * DAY, 30 * MINUTE),
     Shape(
         "b",
         "2 facets x 100 values needing escaping, average + count",
         {"nrql": B_NRQL},
         2 * DAY,
-        2 * HOUR,
+        30 * MINUTE,
     ),
     Shape(
         "c",
@@ -61,14 +62,14 @@ SHAPES = (
             "percentile(duration, 50, 95, 99) FROM BenchEscaped FACET appName, host, name"
         },
         2 * DAY,
-        2 * HOUR,
+        30 * MINUTE,
     ),
     Shape(
         "d",
         "5,000 facets (LIMIT MAX) at 1 minute",
         {"nrql": "SELECT average(duration), count(*) FROM Bench5000 FACET name"},
         3 * HOUR,  # the first window is 60 buckets (the runner's guess), the next ones 4
-        5 * timedelta(minutes=1),
+        5 * MINUTE,
     ),
     Shape(
         "e",
@@ -80,7 +81,7 @@ SHAPES = (
             "FROM Bench"
         },
         30 * DAY,
-        DAY,
+        6 * HOUR,
     ),
     Shape(
         "f",
@@ -91,14 +92,14 @@ SHAPES = (
             "tag_attributes": ["appName", "host"],
         },
         HOUR,
-        3 * timedelta(minutes=1),
+        2 * MINUTE,
     ),
     Shape(
         "g",
         f"(b) with {LATENCY_SECONDS * 1000:.0f} ms answer latency",
         {"nrql": B_NRQL},
         2 * DAY,
-        2 * HOUR,
+        30 * MINUTE,
         latency=LATENCY_SECONDS,
     ),
     Shape(
@@ -106,10 +107,10 @@ SHAPES = (
         "(a) over 30 days, live answers (fake's CPU included)",
         {"nrql": A_NRQL},
         30 * DAY,
-        8 * HOUR,
+        2 * HOUR,
         live=True,
         limit_span=7 * DAY,
-        short_limit_span=2 * HOUR,
+        short_limit_span=30 * MINUTE,
     ),
 )
 KEYS = tuple(shape.key for shape in SHAPES)

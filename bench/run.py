@@ -404,7 +404,8 @@ def summary_lines(figures: Figures) -> list[str]:
     if figures.rss_ratio is not None:
         ok = figures.rss_ratio <= TARGET_RSS_RATIO
         lines.append(
-            f"peak RSS live / (a) (30 days / 7 days; --short: 8 h / 2 h): {figures.rss_ratio:.2f} "
+            "peak RSS live / (a) (30 days / 7 days; --short: 2 h / 30 min): "
+            f"{figures.rss_ratio:.2f} "
             f"(target <= {TARGET_RSS_RATIO:.2f}: {verdict(ok)})"
         )
     if figures.transform_rows_per_second is not None:
