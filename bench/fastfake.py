@@ -3,13 +3,16 @@
 The fake builds every row in Python (about 4 s of CPU per million rows). On a small machine
 that CPU would be taken from the archiver and influxd, so the benchmark would measure the fake.
 Real New Relic does that work on its own machines: for a throughput figure the expected
-requests are answered ahead (`precompute`), and anything else is answered live as usual.
+requests are answered ahead (`prepare`, then `load` before each try), and anything else is
+answered live as usual.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
+
+import orjson
 
 from fakes.nerdgraph import FakeNerdGraph, GraphqlRequest, Reply
 
@@ -21,12 +24,18 @@ class PrecomputedNerdGraph(FakeNerdGraph):
         self._ready_lock = threading.Lock()
         self.precomputed_hits = 0
 
-    def precompute(self, account_id: int, nrqls: Iterable[str]) -> None:
-        """Answer each of `nrqls` now; the first request for it gets this answer."""
-        for nrql in nrqls:
-            reply = super()._answer(self.api_key, GraphqlRequest(account_id, nrql))
-            with self._ready_lock:
-                self._ready[nrql] = reply
+    def prepare(self, account_id: int, nrql: str) -> tuple[Reply, dict[str, object]]:
+        """The reply the fake gives to `nrql` now, and its `nrql` object (results, metadata)."""
+        reply = super()._answer(self.api_key, GraphqlRequest(account_id, nrql))
+        if reply.outcome != "ok":
+            raise ValueError(f"the fake refuses {nrql!r}: {reply.body[:300]!r}")
+        return reply, orjson.loads(reply.body)["data"]["actor"]["account"]["nrql"]
+
+    def load(self, replies: Mapping[str, Reply]) -> None:
+        """Answer each NRQL of `replies` with its reply, once (the first request for it)."""
+        with self._ready_lock:
+            self._ready = dict(replies)
+            self.precomputed_hits = 0
 
     def forget_precomputed(self) -> int:
         """Drop the answers nobody asked for; returns how many there were."""

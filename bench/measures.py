@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import requests
 
-from archiver import windows
-from archiver.pipeline import transform
+from archiver.pipeline import events, transform
+from archiver.pipeline.runner import PlannedJob, Runner, WindowSizer
 from archiver.queries import QueryDef
 from archiver.sinks.influx_v1 import GZIP_LEVEL  # the limit posts bodies compressed like the sink
+from bench.harness import ACCOUNT
 from fakes import data
 
 BATCH_LINES = 5000  # the sink's batch size
@@ -31,23 +32,45 @@ class Answer:
     facets: Sequence[str]
 
 
-def planned_nrql(
-    query: QueryDef, since: datetime, until: datetime, rows_per_bucket: int
-) -> Iterator[str]:
-    """The NRQL of each window a fresh backfill of [since, until) requests.
+def runner_answers(
+    query: QueryDef, since: datetime, until: datetime, ask: Callable[[str], Answer]
+) -> Iterator[Answer]:
+    """The answers a fresh backfill of [since, until) writes, in order; `ask` answers each NRQL.
 
-    Mirrors the runner's window sizing (a first guess, then sized from the rows per bucket the
-    first answer had) with the same `windows` functions, for a query whose every bucket holds
-    `rows_per_bucket` rows. Should the runner size differently, the precomputed answers are
-    not asked for and the fake answers live: `precomputed_hits` in the results tells.
+    The windows come from the runner's own planning (`Runner.windows_of` with its
+    `WindowSizer`, and `events.plan_events` for raw events, which asks again for the halves of
+    a capped window), so the requests are the ones the archiver will send. `ask` is called for
+    every request, capped event answers included; only the answers that get written are
+    yielded. Should the runner plan differently, the precomputed answers are not asked for
+    and the fake answers live: `precomputed_answers` in the results tells.
     """
-    interval = query.targets[0].interval
-    seen: float | None = None
-    while since < until:
-        buckets = windows.buckets_per_request(has_facets=bool(query.facets), rows_per_bucket=seen)
-        window = windows.next_window(since, until, interval, buckets)
-        yield query.nrql_for(window.since, window.until, interval)
-        seen, since = rows_per_bucket, window.until
+    target = query.targets[0]
+    job = PlannedJob(query, target, ACCOUNT, [(since, until)], [])
+    sizer = WindowSizer(target.interval)
+    planner = Runner(state=None, sink=None, client_factory=None, default_account=ACCOUNT)  # type: ignore[arg-type]
+
+    def rows(window_since: datetime, window_until: datetime) -> list[dict[str, object]]:
+        return ask(query.nrql_for(window_since, window_until, target.interval)).rows
+
+    for window in planner.windows_of(job, sizer):
+        if query.mode == "events":
+            for part in events.plan_events(rows, window.since, window.until):
+                yield Answer(list(part.rows), ())
+        else:
+            answer = ask(query.nrql_for(window.since, window.until, target.interval))
+            sizer.learn(window, len(answer.rows))
+            yield answer
+
+
+def lines_of(query: QueryDef, answer: Answer) -> list[str]:
+    """The line protocol the archiver writes for `answer`."""
+    if query.mode == "events":
+        return events.to_lines(answer.rows, query.measurement, query.tag_attributes, query.tags)
+    return transform.to_lines(answer.rows, answer.facets, query.measurement, query.tags)
+
+
+def precision_of(query: QueryDef) -> str:
+    return "ns" if query.mode == "events" else "s"
 
 
 def answers(nrqls: Iterable[str], *, retention: timedelta) -> Iterator[Answer]:
@@ -72,11 +95,11 @@ def transform_rate(query: QueryDef, sample: list[Answer], repeats: int = 3) -> t
     return rows, best
 
 
-def gzipped_batches(query: QueryDef, source: Iterator[Answer]) -> tuple[list[bytes], int]:
+def gzipped_batches(query: QueryDef, source: Iterable[Answer]) -> tuple[list[bytes], int]:
     """Every window's lines cut into 5,000-line gzipped bodies, as the sink sends them."""
     bodies, points = [], 0
     for answer in source:
-        lines = transform.to_lines(answer.rows, answer.facets, query.measurement, query.tags)
+        lines = lines_of(query, answer)
         points += len(lines)
         for start in range(0, len(lines), BATCH_LINES):
             body = "\n".join(lines[start : start + BATCH_LINES]).encode()
@@ -84,10 +107,12 @@ def gzipped_batches(query: QueryDef, source: Iterator[Answer]) -> tuple[list[byt
     return bodies, points
 
 
-def post_batches(influx_url: str, database: str, bodies: list[bytes]) -> float:
+def post_batches(
+    influx_url: str, database: str, bodies: list[bytes], precision: str = "s"
+) -> float:
     """Seconds InfluxDB takes to acknowledge every body, sent one after another."""
     headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Encoding": "gzip"}
-    params = {"db": database, "precision": "s"}
+    params = {"db": database, "precision": precision}
     with requests.Session() as session:
         created = session.post(
             f"{influx_url}/query", params={"q": f'CREATE DATABASE "{database}"'}, timeout=30

@@ -53,8 +53,16 @@ STEPS = (
     ("read-ahead waits for room", "read_ahead.<locals>.offer"),
 )
 IN_A_JOB = ("Runner._job", "read_ahead.<locals>.produce")
-# Leaf frames that mean "blocked": waiting on a socket, a lock or another thread.
-WAITING = ("SocketIO.readinto", "Condition.wait", "Event.wait", "Thread.join", "Lock.acquire")
+# Leaf frames that mean "blocked": waiting on a socket, a lock or another thread (`_worker`:
+# an idle thread of a pool, waiting in C for its next task).
+WAITING = (
+    "SocketIO.readinto",
+    "Condition.wait",
+    "Event.wait",
+    "Thread.join",
+    "Lock.acquire",
+    "_worker (concurrent/futures/thread.py)",
+)
 
 
 def summarize_py_spy(raw_output: Path) -> str:

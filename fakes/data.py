@@ -72,6 +72,8 @@ _ENTITIES: dict[str, tuple[dict[str, str], ...]] = {
 GENERIC_VALUES = ("value 1", "value 2", "value 3")
 BENCH = re.compile(r"Bench(\d*)")
 BENCH_DEFAULT_FACETS = 100
+# `BenchEscaped<N>`: N facet values (100 by default) that need escaping in line protocol
+BENCH_ESCAPED = re.compile(r"BenchEscaped(\d*)")
 
 _MASK = (1 << 64) - 1
 _UNIT = 1.0 / (1 << 53)
@@ -123,6 +125,11 @@ def _facet_values(event_type: str, attributes: tuple[str, ...]) -> tuple[FacetVa
     if bench := BENCH.fullmatch(event_type):
         count = int(bench.group(1) or BENCH_DEFAULT_FACETS)
         return tuple((f"facet-{i:03d}",) * len(attributes) for i in range(count))
+    if escaped := BENCH_ESCAPED.fullmatch(event_type):
+        count = int(escaped.group(1) or BENCH_DEFAULT_FACETS)
+        return tuple(
+            tuple(f'{a} {i:03d}, a="b" Zürich ☃' for a in attributes) for i in range(count)
+        )
     entities = _ENTITIES.get(event_type)
     if entities is None:
         return tuple((value,) * len(attributes) for value in GENERIC_VALUES)

@@ -351,6 +351,19 @@ def test_facet_limit_default_explicit_and_max_with_ordering(fake):
     assert [totals[f] for f in ranking(everything)] == sorted(totals.values(), reverse=True)
 
 
+def test_bench_escaped_has_n_facet_values_that_need_escaping(fake):
+    window = f"{hours(1)} TIMESERIES 10 minutes"
+    rows, _ = nrql_result(
+        fake, f"SELECT count(*) FROM BenchEscaped7 FACET appName, host LIMIT MAX {window}"
+    )
+    facets = {tuple(row["facet"]) for row in rows}
+    assert len(facets) == 7
+    assert all(row["facet"] == [row["appName"], row["host"]] for row in rows)
+    for app, host in facets:
+        assert app.startswith("appName ") and host.startswith("host ")
+        assert all(char in app for char in ' ,="☃')
+
+
 def test_benchmark_sized_query_is_answered_quickly(fake):
     nrql = (
         "SELECT count(*), average(duration) FROM Bench FACET name LIMIT MAX"

@@ -10,6 +10,7 @@ an exception message, a log line or a repr.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import socket
@@ -106,6 +107,11 @@ DEFAULT_NRQL_TIMEOUT_SECONDS = 60  # New Relic's own default is 5 s; 120 s is th
 ASYNC_MAX_SECONDS = 660.0
 ASYNC_DEADLINE_MARGIN_SECONDS = 1.0  # poll at least this long before New Relic's retryDeadline
 ASYNC_DEFAULT_RETRY_AFTER_SECONDS = 1.0
+# Parsed answers are exempt from garbage collection (`parse_answer`); every this many answers,
+# one full collection frees any cyclic garbage that was exempted with them. (A count, not
+# gc.get_freeze_count(), which walks every frozen object: 2 ms a call.)
+ANSWERS_PER_FULL_COLLECTION = 1000
+_frozen = {"answers": 0}
 
 
 @dataclass(frozen=True)
@@ -412,13 +418,37 @@ def raise_for_status(
 
 def json_body(response: requests.Response) -> Any:
     try:
-        return orjson.loads(response.content)
+        return parse_answer(response.content)
     except orjson.JSONDecodeError:
         content_type = response.headers.get("Content-Type", "no content type").split(";")[0]
         raise TransientError(
             f"New Relic answered HTTP {response.status_code} with {content_type}, not JSON: "
             f"{excerpt(response.text)!r} (a proxy in the way?)"
         ) from None
+
+
+def parse_answer(content: bytes) -> Any:
+    """The JSON of an answer, parsed with the garbage collector off, then frozen.
+
+    A 20,000-row answer is up to 40,000 containers (a dict per row, a list per multi-facet
+    key) that hold no cycle: collections triggered while they are alive scanned them over and
+    over (a fifth of the archiver's CPU on two-facet queries). Frozen, they are never scanned;
+    reference counting still frees them when the window is written.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        body = orjson.loads(content)
+    finally:
+        if enabled:
+            gc.enable()
+    _frozen["answers"] += 1
+    if _frozen["answers"] >= ANSWERS_PER_FULL_COLLECTION:
+        _frozen["answers"] = 0
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()
+    return body
 
 
 def _nrql_object(body: Any, field: str = "nrql") -> dict[str, Any]:

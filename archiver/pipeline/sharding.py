@@ -14,8 +14,10 @@ import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from archiver.queries import QueryDef, QueryFileProblem
+if TYPE_CHECKING:  # not at run time: `--help` parses --shard without pydantic
+    from archiver.queries import QueryDef, QueryFileProblem
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 

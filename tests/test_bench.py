@@ -1,0 +1,32 @@
+"""`bench/run.py --short`: the bench itself works and reports every row of the matrix.
+
+No timing threshold: the figures of a short run on a shared machine mean nothing. What is
+checked is that every row ran, wrote the points its limit was measured with (the bench
+refuses otherwise), and that every request was one the bench planned (its windows come from
+the runner's own sizing, so a change there cannot silently make the fake answer live).
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import matrix, run
+
+
+def test_short_bench_reports_every_row_with_sane_figures(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert run.main(["--short", "--output", str(output)]) == 0
+    document = json.loads(output.read_text())
+    assert list(document["rows"]) == list(matrix.KEYS)
+    for key, row in document["rows"].items():
+        best = row["best"]
+        assert best["points"] == row["limit_points"] * (1 if key != "live" else 4), key
+        assert row["points_per_second"] > 0 and row["limit_points_per_second"] > 0, key
+        assert row["ratio"] == row["points_per_second"] / row["limit_points_per_second"]
+        assert row["archiver_us_per_point"] > 0 and row["influxd_us_per_point"] >= 0, key
+        assert 0 < row["peak_rss_bytes"] < 2**30, key
+        planned = 0 if key == "live" else best["nr_requests"]
+        assert best["precomputed_answers"] == planned, key
+    assert document["rss_ratio_live_30d_a_7d"] > 0
+    printed = capsys.readouterr().out
+    assert all(f"\n{key} " in printed for key in matrix.KEYS)
