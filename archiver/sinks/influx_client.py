@@ -50,9 +50,9 @@ from archiver.sinks.influx_v1 import (
     check_retention_duration,
     classify_bad_request,
     connection_reason,
-    duration_seconds,
     without_userinfo,
 )
+from archiver.timeparse import influxdb_duration_seconds
 
 if TYPE_CHECKING:
     from archiver.sinks.readback import Deleted, Series
@@ -277,7 +277,7 @@ class InfluxClientSink:
                 name,
                 retention_duration,
             )
-        seconds = duration_seconds(retention_duration) if retention_duration else None
+        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
         return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
 
     def _bucket_target(
@@ -294,7 +294,10 @@ class InfluxClientSink:
                 )
             bucket = self._create_bucket(name, retention_duration)
         seconds = _bucket_seconds(bucket)
-        if retention_duration is not None and duration_seconds(retention_duration) != seconds:
+        if (
+            retention_duration is not None
+            and influxdb_duration_seconds(retention_duration) != seconds
+        ):
             log.warning(
                 'bucket "%s" exists with another retention and is kept as it is '
                 "(retention_duration %s only applies when creating it)",
@@ -313,7 +316,7 @@ class InfluxClientSink:
         return next((bucket for bucket in found or [] if bucket.name == name), None)
 
     def _create_bucket(self, name: str, retention_duration: str | None) -> Bucket:
-        seconds = duration_seconds(retention_duration) if retention_duration else None
+        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
         rules = [BucketRetentionRules(type="expire", every_seconds=seconds)] if seconds else []
         org_id = self._organization_id()
         bucket, _ = self._with_retries(

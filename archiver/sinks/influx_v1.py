@@ -45,6 +45,7 @@ import requests
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.timeparse import influxdb_duration_seconds
 
 if TYPE_CHECKING:
     from archiver.sinks.readback import Deleted, Series
@@ -64,11 +65,6 @@ FIELD_TYPE_CONFLICT = re.compile(
     r"is type (?P<new>\w+), already exists as type (?P<old>\w+)"
 )
 INFLUXQL_DURATION = re.compile(r"(?:\d+(?:ns|u|µ|ms|s|m|h|d|w))+|INF", re.IGNORECASE)
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|u|µ|ms|s|m|h|d|w)")
-UNIT_SECONDS = {
-    "ns": 1e-9, "u": 1e-6, "µ": 1e-6, "us": 1e-6, "µs": 1e-6, "ms": 1e-3,
-    "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
-}  # fmt: skip
 
 
 Precision = Literal["s", "ms", "us", "ns"]  # of the timestamps in the lines
@@ -93,14 +89,6 @@ def quote_identifier(name: str) -> str:
     """An InfluxQL identifier in double quotes, with `\\` and `"` escaped."""
     escaped = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def duration_seconds(text: str) -> int | None:
-    """Seconds in an InfluxQL (`104w`, `1h30m`) or Go (`720h0m0s`) duration; None for INF/0s."""
-    if text.upper() == "INF":
-        return None
-    seconds = sum(float(n) * UNIT_SECONDS[unit] for n, unit in DURATION_PART.findall(text))
-    return round(seconds) or None
 
 
 class InfluxV1Sink:
@@ -231,7 +219,9 @@ class InfluxV1Sink:
     def retention_policies(self, database: str) -> list[RetentionPolicy]:
         rows = self.query(f"SHOW RETENTION POLICIES ON {quote_identifier(database)}")
         return [
-            RetentionPolicy(row["name"], duration_seconds(row["duration"]), bool(row["default"]))
+            RetentionPolicy(
+                row["name"], influxdb_duration_seconds(row["duration"]), bool(row["default"])
+            )
             for row in rows
         ]
 
@@ -466,7 +456,7 @@ def _warn_if_duration_differs(
 ) -> None:
     if retention_duration is None:
         return
-    if duration_seconds(retention_duration) != policy.duration_seconds:
+    if influxdb_duration_seconds(retention_duration) != policy.duration_seconds:
         log.warning(
             'retention policy "%s" on "%s" exists with another duration and is kept as it is '
             "(retention_duration %s only applies when creating it; use ALTER RETENTION POLICY)",

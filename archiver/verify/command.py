@@ -41,9 +41,10 @@ from archiver.pipeline.runner import (
 )
 from archiver.pipeline.transform import escape_key
 from archiver.sinks.choose import Sink
-from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
+from archiver.sinks.influx_v1 import Precision, RetentionPolicy
 from archiver.sinks.readback import Deleted, Series
 from archiver.state.store import State, VerifyRecord
+from archiver.timeparse import influxdb_duration_seconds
 from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
 from archiver.verify.report import (
     EXAMPLES,
@@ -271,7 +272,7 @@ class Verifier:
         if policy is not None:
             seconds = policy.duration_seconds
         else:
-            seconds = duration_seconds(target.retention_duration or "INF")
+            seconds = influxdb_duration_seconds(target.retention_duration or "INF")
         rng = windows.clamp(
             since,
             until,
