@@ -40,7 +40,7 @@ from influxdb_client.service.dbr_ps_service import DBRPsService
 
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
-from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
 from archiver.sinks.influx_v1 import (
     DEFAULT_RP,
     InfluxV1Sink,
@@ -49,7 +49,6 @@ from archiver.sinks.influx_v1 import (
     WriteResult,
     check_retention_duration,
     classify_bad_request,
-    connection_reason,
     without_userinfo,
 )
 from archiver.timeparse import influxdb_duration_seconds
@@ -400,7 +399,9 @@ class InfluxClientSink:
 
     def _with_retries(self, action: Callable[[], T], what: str) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        return self._retry.call(lambda: self._classified(action, what))
+        return self._retry.call(
+            lambda: self._classified(action, what), what=f"InfluxDB {what} at {self.display_url}"
+        )
 
     def _classified(self, action: Callable[[], T], what: str) -> T:
         """`action()` with influxdb-client's and urllib3's errors turned into the archiver's."""
@@ -423,7 +424,7 @@ class InfluxClientSink:
         if isinstance(exc, urllib3.exceptions.SSLError | urllib3.exceptions.LocationValueError):
             return InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}")
         return TransientError(
-            f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
+            f"cannot reach InfluxDB at {self.display_url}: {connection_cause(exc)}"
         )
 
     def _api_error(self, exc: InfluxDBError, what: str) -> Exception:

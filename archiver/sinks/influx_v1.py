@@ -44,7 +44,7 @@ import requests
 
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
-from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
 from archiver.timeparse import influxdb_duration_seconds
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ class InfluxV1Sink:
 
     def _with_retries(self, action: Callable[[], T]) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        return self._retry.call(action)
+        return self._retry.call(action, what=f"InfluxDB request to {self.display_url}")
 
     def _send(self, method: str, path: str, **kwargs: object) -> requests.Response:
         """One HTTP request; transport failures, 429 and 5xx raise TransientError."""
@@ -287,7 +287,7 @@ class InfluxV1Sink:
             ) from None
         except requests.ConnectionError as exc:
             raise TransientError(
-                f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
+                f"cannot reach InfluxDB at {self.display_url}: {connection_cause(exc)}"
             ) from None
         except requests.RequestException as exc:
             raise InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}") from None
@@ -484,12 +484,6 @@ def check_retention_duration(retention_duration: str | None) -> None:
             f"retention_duration {retention_duration!r} is not an InfluxQL duration "
             "such as 30d, 104w or INF"
         )
-
-
-def connection_reason(exc: BaseException) -> str:
-    """`Connection refused` rather than urllib3's whole pool message."""
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return found.group(1).strip() if found else type(exc).__name__
 
 
 def without_userinfo(url: str) -> str:
