@@ -26,8 +26,8 @@ from archiver import queries, windows
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError
 from archiver.logs import redact
+from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.limiter import Limiter
-from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.passes import connect_sink, new_relic_client_factory
 from archiver.pipeline.readahead import read_ahead
 from archiver.pipeline.runner import (
@@ -114,7 +114,7 @@ class Verifier:
         *,
         state: State,
         sink: ReadableSink,
-        client_factory: Callable[[], NerdGraphClient],
+        client_factory: Callable[[], NewRelicClient],
         default_account: int | None,
         options: VerifyOptions,
         now: Callable[[], datetime] = utcnow,
