@@ -25,6 +25,7 @@ from archiver.errors import (
     exit_code_of,
 )
 from archiver.logs import redact
+from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.insights import OTHER_REFUSED, InsightsClient
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
@@ -187,23 +188,23 @@ def connect_sink(settings: Settings, output: str | None) -> Sink:
     return sink
 
 
-def new_relic_client_factory(settings: Settings, limiter: Limiter) -> Callable[[], NerdGraphClient]:
+def new_relic_client_factory(settings: Settings, limiter: Limiter) -> Callable[[], NewRelicClient]:
     """NerdGraph with a user key; the legacy Insights API when only a query key is given."""
     key = settings.require_new_relic_key()
     if settings.new_relic_api_key:
-        url, client = settings.nerdgraph_url, NerdGraphClient
-        nerdgraph_options = {
-            "nrql_timeout": settings.query_timeout,
-            "async_queries": settings.async_queries,
-        }
-    else:
-        url, client = settings.insights_url, InsightsClient
-        nerdgraph_options = {}
-    return lambda: client(
-        url,
+        return lambda: NerdGraphClient(
+            settings.nerdgraph_url,
+            key,
+            timeout=settings.nerdgraph_timeout,
+            nrql_timeout=settings.query_timeout,
+            async_queries=settings.async_queries,
+            limiter=limiter,
+            backoff_base=settings.retry_base_seconds,
+        )
+    return lambda: InsightsClient(
+        settings.insights_url,
         key,
         timeout=settings.nerdgraph_timeout,
         limiter=limiter,
         backoff_base=settings.retry_base_seconds,
-        **nerdgraph_options,
     )

@@ -28,9 +28,16 @@ _SECONDS_PER_UNIT = {
     **dict.fromkeys(("d", "day", "days"), 86400),
     **dict.fromkeys(("w", "week", "weeks"), 7 * 86400),
 }
+# InfluxDB's spellings: InfluxQL literals (`104w`, `1h30m`) and Go's (`720h0m0s`, `1.5µs`).
+_INFLUXDB_SECONDS_PER_UNIT = {
+    "ns": Fraction(1, 10**9),
+    **dict.fromkeys(("u", "µ", "us", "µs"), Fraction(1, 10**6)),
+    "ms": Fraction(1, 1000),
+    **{unit: _SECONDS_PER_UNIT[unit] for unit in ("s", "m", "h", "d", "w")},
+}
 _NUMBER = r"\d+(?:\.\d+)?"
-_PART = re.compile(rf"({_NUMBER})\s*([a-z]+)")
-_DURATION = re.compile(rf"([+-]?)\s*((?:{_NUMBER}\s*[a-z]+\s*)+|{_NUMBER})")
+_PART = re.compile(rf"({_NUMBER})\s*([a-zµ]+)")
+_DURATION = re.compile(rf"([+-]?)\s*((?:{_NUMBER}\s*[a-zµ]+\s*)+|{_NUMBER})")
 _EPOCH = re.compile(rf"[+-]?{_NUMBER}")
 _EPOCH_MILLISECONDS_FROM = 10**11  # epoch seconds this large are in the year 5138
 
@@ -58,7 +65,9 @@ def parse_duration(text: str | int | float | timedelta, *, allow_zero: bool = Fa
     return timedelta(seconds=int(seconds))
 
 
-def _duration_seconds(text: str | int | float | timedelta) -> Fraction:
+def _duration_seconds(
+    text: str | int | float | timedelta, units: dict[str, int | Fraction] = _SECONDS_PER_UNIT
+) -> Fraction:
     if isinstance(text, timedelta):
         return Fraction(text // timedelta(microseconds=1), 1_000_000)
     if isinstance(text, int | float) and not isinstance(text, bool):
@@ -75,9 +84,9 @@ def _duration_seconds(text: str | int | float | timedelta) -> Fraction:
     else:
         seconds = Fraction(0)
         for number, unit in _PART.findall(body):
-            if unit not in _SECONDS_PER_UNIT:
+            if unit not in units:
                 raise not_a_duration
-            seconds += Fraction(number) * _SECONDS_PER_UNIT[unit]
+            seconds += Fraction(number) * units[unit]
     return -seconds if sign == "-" else seconds
 
 
@@ -213,3 +222,11 @@ def influx_duration_seconds(text: str | int | float | timedelta) -> int | None:
             f"use at least '1h', or 'INF' to keep data forever"
         )
     return duration // timedelta(seconds=1)
+
+
+def influxdb_duration_seconds(text: str) -> int | None:
+    """Whole seconds of a duration as InfluxDB writes it, InfluxQL (`104w`, `1h30m`) or Go
+    (`720h0m0s`, what SHOW RETENTION POLICIES answers); None for INF and `0s` (infinite)."""
+    if text.strip().upper() == INFINITE:
+        return None
+    return round(_duration_seconds(text, _INFLUXDB_SECONDS_PER_UNIT)) or None

@@ -252,7 +252,7 @@ def test_connection_refused_is_retried_then_transient() -> None:
 
     assert len(sleep.waits) == 2
     assert 1 <= sleep.waits[0] < sleep.waits[1]
-    assert f"cannot reach InfluxDB at {url}: Connection refused" in str(error.value)
+    assert f"cannot reach InfluxDB at {url}: connection refused" in str(error.value)
     assert "gave up after 3 attempts" in str(error.value)
 
 

@@ -23,6 +23,7 @@ from archiver.newrelic.insights import (
     InsightsClient,
     to_nerdgraph_rows,
 )
+from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
@@ -729,3 +730,29 @@ def test_a_funnel_answer_keeps_its_steps_for_the_transform():
     assert rows == [
         {"funnel.session": {"steps": [112, 94, 8]}, "beginTimeSeconds": 1, "endTimeSeconds": 61}
     ]
+
+
+def test_every_insights_request_passes_the_shared_limiter_retries_included(
+    fake_time: FakeTime,
+) -> None:
+    entered: list[str] = []
+
+    class RecordingLimiter(Limiter):
+        def __enter__(self) -> Limiter:
+            entered.append("enter")
+            return super().__enter__()
+
+    with responses.RequestsMock() as mock:
+        mock.get(QUERY_URL, status=500, body="")
+        mock.get(QUERY_URL, json={"results": [{"count": 5}], "metadata": {"contents": [COUNT]}})
+        client = InsightsClient(
+            BASE,
+            QUERY_KEY,
+            limiter=RecordingLimiter(),
+            sleep=fake_time.sleep,
+            clock=fake_time.clock,
+        )
+        result = client.query(ACCOUNT, NRQL)
+
+    assert (result.requests, result.retries) == (2, 1)
+    assert entered == ["enter", "enter"] and len(fake_time.sleeps) == 1

@@ -20,8 +20,9 @@ import urllib3.exceptions
 
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
+from archiver.newrelic.client import NrqlResult
 from archiver.newrelic.limiter import Limiter
-from archiver.newrelic.nerdgraph import GRAPHQL, POLL_GRAPHQL, NerdGraphClient, NrqlResult
+from archiver.newrelic.nerdgraph import GRAPHQL, POLL_GRAPHQL, NerdGraphClient
 from tests.conftest import FakeTime
 from tests.e2e import ACCOUNT
 
@@ -415,7 +416,7 @@ def test_each_retry_is_logged_as_a_warning(
     nr.post(URL, status=502, body="")
     nr.post(URL, json=nrql_answer(ROWS))
 
-    with caplog.at_level(logging.WARNING, logger="archiver.newrelic.nerdgraph"):
+    with caplog.at_level(logging.WARNING, logger="archiver.retry"):
         client.query(ACCOUNT, NRQL)
 
     [record] = caplog.records
@@ -795,3 +796,51 @@ def test_an_async_query_that_never_completes_gives_up(
     with pytest.raises(TransientError, match="q-1f3a did not complete within 660 s"):
         async_client.query(ACCOUNT, NRQL)
     assert sum(fake_time.sleeps) <= 720
+
+
+class CountingLimiter(Limiter):
+    """Counts the requests that passed, and proves none was sent outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = 0
+        self.inside = False
+
+    def __enter__(self) -> Limiter:
+        self.entered += 1
+        self.inside = True
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.inside = False
+        super().__exit__(*exc_info)
+
+
+def test_every_request_of_an_async_query_passes_the_limiter_polls_and_retries_included(
+    fake_time: FakeTime, nr: responses.RequestsMock
+) -> None:
+    limiter = CountingLimiter()
+    inside_at_send: list[bool] = []
+
+    def answer(status: int, body: dict[str, Any] | None) -> Any:
+        def reply(request: Any) -> tuple[int, dict[str, str], str]:
+            inside_at_send.append(limiter.inside)
+            return status, {}, json.dumps(body) if body is not None else ""
+
+        return reply
+
+    for status, body in [
+        (200, running()),
+        (503, None),
+        (200, running("nrqlQueryProgress")),
+        (200, done()),
+    ]:
+        nr.add_callback(responses.POST, URL, callback=answer(status, body))
+    client = NerdGraphClient(
+        URL, KEY, async_queries=True, limiter=limiter, sleep=fake_time.sleep, clock=fake_time.clock
+    )
+
+    result = client.query(ACCOUNT, NRQL)
+
+    assert (result.requests, result.retries) == (4, 1)
+    assert limiter.entered == 4 and inside_at_send == [True] * 4

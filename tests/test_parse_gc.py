@@ -13,7 +13,7 @@ import orjson
 import pytest
 import requests
 
-from archiver.newrelic import nerdgraph
+from archiver.newrelic import transport
 
 
 def response(payload: object) -> requests.Response:
@@ -35,7 +35,7 @@ def thawed():
 
 def test_parsed_rows_are_frozen_and_collection_stays_on():
     gc.unfreeze()
-    body = nerdgraph.json_body(response({"results": ROWS}))
+    body = transport.json_body(response({"results": ROWS}))
     assert body == {"results": ROWS}
     assert gc.isenabled()
     assert gc.get_freeze_count() >= len(ROWS)  # the rows' dicts and lists are never scanned
@@ -43,13 +43,13 @@ def test_parsed_rows_are_frozen_and_collection_stays_on():
 
 def test_collection_left_off_by_the_caller_stays_off():
     gc.disable()
-    nerdgraph.json_body(response({"results": ROWS}))
+    transport.json_body(response({"results": ROWS}))
     assert not gc.isenabled()
 
 
 def test_frozen_rows_are_freed_when_dropped():
     gc.unfreeze()
-    body = nerdgraph.json_body(response({"results": ROWS}))
+    body = transport.json_body(response({"results": ROWS}))
     frozen = gc.get_freeze_count()
     del body
     assert gc.get_freeze_count() <= frozen - 2 * len(ROWS)
@@ -65,9 +65,9 @@ def test_garbage_frozen_with_the_rows_is_collected_past_the_bound(monkeypatch):
     garbage = Cycle()
     gone = weakref.ref(garbage)
     del garbage
-    nerdgraph.json_body(response({"results": ROWS}))  # freezes the cycle with the rows
+    transport.json_body(response({"results": ROWS}))  # freezes the cycle with the rows
     gc.collect()
     assert gone() is not None  # frozen: a collection does not see it
-    monkeypatch.setattr(nerdgraph, "ANSWERS_PER_FULL_COLLECTION", 1)
-    nerdgraph.json_body(response({"results": []}))
+    monkeypatch.setattr(transport, "ANSWERS_PER_FULL_COLLECTION", 1)
+    transport.json_body(response({"results": []}))
     assert gone() is None

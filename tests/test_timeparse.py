@@ -8,6 +8,7 @@ from archiver.timeparse import (
     format_duration,
     influx_duration,
     influx_duration_seconds,
+    influxdb_duration_seconds,
     nrql_timeseries,
     parse_duration,
     parse_time,
@@ -212,3 +213,27 @@ def test_influx_duration_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError) as error:
         influx_duration(text)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        pytest.param("104w", 104 * 7 * 86400, id="InfluxQL weeks"),
+        pytest.param("1h30m", 5400, id="InfluxQL 1h30m"),
+        pytest.param("168h0m0s", 7 * 86400, id="Go, as SHOW RETENTION POLICIES answers"),
+        pytest.param("1h0m0.5s", 3600, id="Go fraction rounds"),
+        pytest.param("1500ms", 2, id="milliseconds"),
+        pytest.param("2000000µs", 2, id="microseconds"),
+        pytest.param("3000000000ns", 3, id="nanoseconds"),
+        pytest.param("0s", None, id="0s is infinite"),
+        pytest.param("INF", None, id="INF"),
+        pytest.param("inf", None, id="inf"),
+    ],
+)
+def test_influxdb_duration_seconds(text: str, seconds: int | None) -> None:
+    assert influxdb_duration_seconds(text) == seconds
+
+
+def test_influxdb_duration_seconds_rejects_what_is_not_a_duration() -> None:
+    with pytest.raises(ValueError, match="'30 years' is not a duration"):
+        influxdb_duration_seconds("30 years")

@@ -1,7 +1,8 @@
 """The legacy Insights query API, for accounts that only have a query key (NEW_RELIC_QUERY_KEY).
 
-`InsightsClient` is a drop-in for `NerdGraphClient`: the same `query(account_id, nrql) ->
-NrqlResult`, limiter, retry policy and error classes. It sends
+`InsightsClient` implements the same `client.NewRelicClient` interface as `NerdGraphClient`
+(`query(account_id, nrql) -> NrqlResult`), with the same transport, limiter, retry policy and
+error classes. It sends
 `GET {base}/v1/accounts/{id}/query?nrql=<urlencoded>` with the `X-Query-Key` header, and
 `to_nerdgraph_rows` turns the legacy answer into exactly the rows NerdGraph gives for the same
 query, so `transform.to_lines` writes the same points whichever API was asked.
@@ -54,14 +55,15 @@ import requests
 from archiver import logs
 from archiver.config import INSIGHTS_URLS
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
+from archiver.newrelic.client import NewRelicClient, NrqlResult, inspected_count
 from archiver.newrelic.limiter import Limiter
-from archiver.newrelic.nerdgraph import (
-    NerdGraphClient,
-    NrqlResult,
+from archiver.newrelic.transport import (
     excerpt,
-    inspected_count,
     json_body,
+    limited,
     raise_for_status,
+    retry_policy,
+    with_retries,
 )
 from archiver.pipeline import completeness
 from archiver.retry import retry_after_seconds
@@ -69,6 +71,8 @@ from archiver.retry import retry_after_seconds
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 
 MAX_NRQL_BYTES = 4000  # the API takes NRQL strictly under this size
+CONNECT_TIMEOUT_SECONDS = 10.0
+MIN_READ_TIMEOUT_SECONDS = 5.0
 BAD_KEY_HINT = "check NEW_RELIC_QUERY_KEY (an Insights query key of this account)"
 # Error texts that New Relic sends for an overloaded service, not for a bad query.
 TRANSIENT_ERROR = re.compile(r"timed out|heavy load|try again", re.IGNORECASE)
@@ -93,9 +97,10 @@ OTHER_REFUSED = (
 Row = dict[str, Any]
 
 
-class InsightsClient(NerdGraphClient):
-    """Runs NRQL through the Insights query API; shares NerdGraphClient's session, limiter,
-    timeouts and retry policy (only the request and the shape of the answer differ)."""
+class InsightsClient(NewRelicClient):
+    """Runs NRQL through the Insights query API (a `client.NewRelicClient`); share one between
+    threads so its limiter is shared. `timeout` bounds each HTTP request (connecting takes at
+    most 10 s of it); the other arguments are NerdGraphClient's."""
 
     def __init__(
         self,
@@ -111,26 +116,18 @@ class InsightsClient(NerdGraphClient):
         session: requests.Session | None = None,
         backoff_base: float = 1.0,
     ) -> None:
-        base = url_base.rstrip("/")
-        # No NRQL timeout travels with the request: the HTTP read timeout is `timeout` alone.
-        super().__init__(
-            base,
-            query_key,
-            timeout=timeout,
-            nrql_timeout=0,
-            limiter=limiter,
-            max_attempts=max_attempts,
-            max_total_seconds=max_total_seconds,
-            sleep=sleep,
-            clock=clock,
-            session=session,
-            backoff_base=backoff_base,
+        logs.register_secret(query_key)
+        self._base = url_base.rstrip("/")
+        headers = {"Accept": "application/json", "X-Query-Key": query_key}
+        # No NRQL timeout travels with the request: the HTTP read timeout is `timeout` (≥ 5 s).
+        http_timeout = (
+            min(timeout, CONNECT_TIMEOUT_SECONDS),
+            max(timeout, MIN_READ_TIMEOUT_SECONDS),
         )
-        self._base = base
-        self._headers = {"Accept": "application/json", "X-Query-Key": query_key}
-
-    def __repr__(self) -> str:
-        return f"InsightsClient(url={self.url!r})"
+        super().__init__(
+            limited(self._base, headers, http_timeout, session, limiter),
+            retry_policy(max_attempts, max_total_seconds, backoff_base, sleep, clock),
+        )
 
     def query(
         self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
@@ -145,9 +142,10 @@ class InsightsClient(NerdGraphClient):
                 f"{MAX_NRQL_BYTES:,} bytes: shorten the query, or use NerdGraph (NEW_RELIC_API_KEY)"
             )
         url = f"{self._base}/v1/accounts/{account_id}/query"
-        body, attempts = self._with_retries(
+        body, attempts = with_retries(
+            self._retry,
             account_id,
-            lambda: _classify(self._request("GET", url, params={"nrql": nrql}), self.url),
+            lambda: _classify(self._transport.request("GET", url, params={"nrql": nrql}), self.url),
             shrinkable=shrinkable,
         )
         rows, facets = to_nerdgraph_rows(body)

@@ -12,6 +12,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
+
+    from archiver.newrelic.transport import Transport
 
 WINDOW_SECONDS = 60.0
 
@@ -76,3 +82,20 @@ class Limiter:
                 self._recent_starts.append(now)
                 return 0.0
             return self._recent_starts[0] + WINDOW_SECONDS - now
+
+
+class LimitedTransport:
+    """A Transport whose every request (each retry and each poll included) passes the limiter;
+    the waits between retries happen outside it."""
+
+    def __init__(self, transport: Transport, limiter: Limiter) -> None:
+        self._transport = transport
+        self.limiter = limiter
+        self.url = transport.url
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        with self.limiter:
+            return self._transport.request(method, url, **kwargs)
+
+    def close(self) -> None:
+        self._transport.close()

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from archiver import funnels, windows
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
 from archiver.logs import redact
-from archiver.newrelic.nerdgraph import NerdGraphClient, NrqlResult
+from archiver.newrelic.client import NewRelicClient, NrqlResult
 from archiver.pipeline import completeness, events, metrics, transform
 from archiver.pipeline.cardinality import SeriesGuard
 from archiver.pipeline.progress import Progress
@@ -234,7 +234,7 @@ class Runner:
         *,
         state: State,
         sink: Sink | None,
-        client_factory: Callable[[], NerdGraphClient] | None,
+        client_factory: Callable[[], NewRelicClient] | None,
         default_account: int | None,
         workers: int = 4,
         now: Callable[[], datetime] = utcnow,
@@ -513,7 +513,7 @@ class Runner:
         self,
         job: PlannedJob,
         result: JobResult,
-        client: NerdGraphClient,
+        client: NewRelicClient,
         sizer: WindowSizer | None = None,
     ) -> Iterator[Batch]:
         """Every window of the job as New Relic answers it, transformed.
@@ -525,7 +525,7 @@ class Runner:
         return self._aggregate_batches(job, result, client, sizer or self.sizer(job))
 
     def _aggregate_batches(
-        self, job: PlannedJob, result: JobResult, client: NerdGraphClient, sizer: WindowSizer
+        self, job: PlannedJob, result: JobResult, client: NewRelicClient, sizer: WindowSizer
     ) -> Iterator[Batch]:
         """TIMESERIES windows: one request each, sized by the rows the last answers had.
 
@@ -564,7 +564,7 @@ class Runner:
         job: PlannedJob,
         window: Window,
         result: JobResult,
-        client: NerdGraphClient,
+        client: NewRelicClient,
         sizer: WindowSizer,
     ) -> NrqlResult | None:
         """New Relic's answer for `window`, or None after a QueryTooBig shrank the sizer.
@@ -643,7 +643,7 @@ class Runner:
             log.warning(message, *args)
 
     def _event_batches(
-        self, job: PlannedJob, result: JobResult, client: NerdGraphClient
+        self, job: PlannedJob, result: JobResult, client: NewRelicClient
     ) -> Iterator[Batch]:
         """Raw events: windows of `interval`, halved while New Relic caps the answer."""
         query, target = job.query, job.target
@@ -719,7 +719,7 @@ class Runner:
             sizer.max_buckets = self.state.bucket_cap(job.name, job.target.key)
         return sizer
 
-    def _client(self) -> NerdGraphClient:
+    def _client(self) -> NewRelicClient:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = self.client_factory()

@@ -40,7 +40,7 @@ from influxdb_client.service.dbr_ps_service import DBRPsService
 
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
-from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
 from archiver.sinks.influx_v1 import (
     DEFAULT_RP,
     InfluxV1Sink,
@@ -49,10 +49,9 @@ from archiver.sinks.influx_v1 import (
     WriteResult,
     check_retention_duration,
     classify_bad_request,
-    connection_reason,
-    duration_seconds,
     without_userinfo,
 )
+from archiver.timeparse import influxdb_duration_seconds
 
 if TYPE_CHECKING:
     from archiver.sinks.readback import Deleted, Series
@@ -277,7 +276,7 @@ class InfluxClientSink:
                 name,
                 retention_duration,
             )
-        seconds = duration_seconds(retention_duration) if retention_duration else None
+        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
         return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
 
     def _bucket_target(
@@ -294,7 +293,10 @@ class InfluxClientSink:
                 )
             bucket = self._create_bucket(name, retention_duration)
         seconds = _bucket_seconds(bucket)
-        if retention_duration is not None and duration_seconds(retention_duration) != seconds:
+        if (
+            retention_duration is not None
+            and influxdb_duration_seconds(retention_duration) != seconds
+        ):
             log.warning(
                 'bucket "%s" exists with another retention and is kept as it is '
                 "(retention_duration %s only applies when creating it)",
@@ -313,7 +315,7 @@ class InfluxClientSink:
         return next((bucket for bucket in found or [] if bucket.name == name), None)
 
     def _create_bucket(self, name: str, retention_duration: str | None) -> Bucket:
-        seconds = duration_seconds(retention_duration) if retention_duration else None
+        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
         rules = [BucketRetentionRules(type="expire", every_seconds=seconds)] if seconds else []
         org_id = self._organization_id()
         bucket, _ = self._with_retries(
@@ -397,7 +399,9 @@ class InfluxClientSink:
 
     def _with_retries(self, action: Callable[[], T], what: str) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        return self._retry.call(lambda: self._classified(action, what))
+        return self._retry.call(
+            lambda: self._classified(action, what), what=f"InfluxDB {what} at {self.display_url}"
+        )
 
     def _classified(self, action: Callable[[], T], what: str) -> T:
         """`action()` with influxdb-client's and urllib3's errors turned into the archiver's."""
@@ -420,7 +424,7 @@ class InfluxClientSink:
         if isinstance(exc, urllib3.exceptions.SSLError | urllib3.exceptions.LocationValueError):
             return InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}")
         return TransientError(
-            f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
+            f"cannot reach InfluxDB at {self.display_url}: {connection_cause(exc)}"
         )
 
     def _api_error(self, exc: InfluxDBError, what: str) -> Exception:

@@ -44,7 +44,8 @@ import requests
 
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
-from archiver.retry import RetryPolicy, retry_after_seconds
+from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
+from archiver.timeparse import influxdb_duration_seconds
 
 if TYPE_CHECKING:
     from archiver.sinks.readback import Deleted, Series
@@ -64,11 +65,6 @@ FIELD_TYPE_CONFLICT = re.compile(
     r"is type (?P<new>\w+), already exists as type (?P<old>\w+)"
 )
 INFLUXQL_DURATION = re.compile(r"(?:\d+(?:ns|u|µ|ms|s|m|h|d|w))+|INF", re.IGNORECASE)
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|u|µ|ms|s|m|h|d|w)")
-UNIT_SECONDS = {
-    "ns": 1e-9, "u": 1e-6, "µ": 1e-6, "us": 1e-6, "µs": 1e-6, "ms": 1e-3,
-    "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
-}  # fmt: skip
 
 
 Precision = Literal["s", "ms", "us", "ns"]  # of the timestamps in the lines
@@ -93,14 +89,6 @@ def quote_identifier(name: str) -> str:
     """An InfluxQL identifier in double quotes, with `\\` and `"` escaped."""
     escaped = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def duration_seconds(text: str) -> int | None:
-    """Seconds in an InfluxQL (`104w`, `1h30m`) or Go (`720h0m0s`) duration; None for INF/0s."""
-    if text.upper() == "INF":
-        return None
-    seconds = sum(float(n) * UNIT_SECONDS[unit] for n, unit in DURATION_PART.findall(text))
-    return round(seconds) or None
 
 
 class InfluxV1Sink:
@@ -231,7 +219,9 @@ class InfluxV1Sink:
     def retention_policies(self, database: str) -> list[RetentionPolicy]:
         rows = self.query(f"SHOW RETENTION POLICIES ON {quote_identifier(database)}")
         return [
-            RetentionPolicy(row["name"], duration_seconds(row["duration"]), bool(row["default"]))
+            RetentionPolicy(
+                row["name"], influxdb_duration_seconds(row["duration"]), bool(row["default"])
+            )
             for row in rows
         ]
 
@@ -283,7 +273,7 @@ class InfluxV1Sink:
 
     def _with_retries(self, action: Callable[[], T]) -> tuple[T, int]:
         """`action()` under the retry policy; returns its result and the attempts it took."""
-        return self._retry.call(action)
+        return self._retry.call(action, what=f"InfluxDB request to {self.display_url}")
 
     def _send(self, method: str, path: str, **kwargs: object) -> requests.Response:
         """One HTTP request; transport failures, 429 and 5xx raise TransientError."""
@@ -297,7 +287,7 @@ class InfluxV1Sink:
             ) from None
         except requests.ConnectionError as exc:
             raise TransientError(
-                f"cannot reach InfluxDB at {self.display_url}: {connection_reason(exc)}"
+                f"cannot reach InfluxDB at {self.display_url}: {connection_cause(exc)}"
             ) from None
         except requests.RequestException as exc:
             raise InfluxError(f"INFLUX_URL {self.display_url} is unusable: {exc}") from None
@@ -466,7 +456,7 @@ def _warn_if_duration_differs(
 ) -> None:
     if retention_duration is None:
         return
-    if duration_seconds(retention_duration) != policy.duration_seconds:
+    if influxdb_duration_seconds(retention_duration) != policy.duration_seconds:
         log.warning(
             'retention policy "%s" on "%s" exists with another duration and is kept as it is '
             "(retention_duration %s only applies when creating it; use ALTER RETENTION POLICY)",
@@ -494,12 +484,6 @@ def check_retention_duration(retention_duration: str | None) -> None:
             f"retention_duration {retention_duration!r} is not an InfluxQL duration "
             "such as 30d, 104w or INF"
         )
-
-
-def connection_reason(exc: BaseException) -> str:
-    """`Connection refused` rather than urllib3's whole pool message."""
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return found.group(1).strip() if found else type(exc).__name__
 
 
 def without_userinfo(url: str) -> str:

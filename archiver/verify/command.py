@@ -26,8 +26,8 @@ from archiver import queries, windows
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError
 from archiver.logs import redact
+from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.limiter import Limiter
-from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.passes import connect_sink, new_relic_client_factory
 from archiver.pipeline.readahead import read_ahead
 from archiver.pipeline.runner import (
@@ -41,9 +41,10 @@ from archiver.pipeline.runner import (
 )
 from archiver.pipeline.transform import escape_key
 from archiver.sinks.choose import Sink
-from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
+from archiver.sinks.influx_v1 import Precision, RetentionPolicy
 from archiver.sinks.readback import Deleted, Series
 from archiver.state.store import State, VerifyRecord
+from archiver.timeparse import influxdb_duration_seconds
 from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
 from archiver.verify.report import (
     EXAMPLES,
@@ -113,7 +114,7 @@ class Verifier:
         *,
         state: State,
         sink: ReadableSink,
-        client_factory: Callable[[], NerdGraphClient],
+        client_factory: Callable[[], NewRelicClient],
         default_account: int | None,
         options: VerifyOptions,
         now: Callable[[], datetime] = utcnow,
@@ -271,7 +272,7 @@ class Verifier:
         if policy is not None:
             seconds = policy.duration_seconds
         else:
-            seconds = duration_seconds(target.retention_duration or "INF")
+            seconds = influxdb_duration_seconds(target.retention_duration or "INF")
         rng = windows.clamp(
             since,
             until,
