@@ -11,9 +11,11 @@ import requests
 
 from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
-from archiver.sinks.choose import FileSink, open_sink
+from archiver.sinks.base import RetentionPolicy, WriteResult
+from archiver.sinks.choose import open_sink
+from archiver.sinks.file import FileSink
 from archiver.sinks.influx_client import InfluxClientSink
-from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy, WriteResult
+from archiver.sinks.influx_v1 import InfluxV1Sink
 from tests.influxd import InfluxServer, free_port
 from tests.test_influx_v2 import ORG, TOKEN, FakeInflux2, serving
 

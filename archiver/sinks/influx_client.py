@@ -3,7 +3,8 @@
 Where each flavour keeps a target (database, retention_policy) of a query file:
 
 - 1.8 (up to 1.12): bucket `db/rp` (`db` alone for the default RP), token `user:password`, org
-  `-`. Databases and RPs are made with InfluxQL, exactly as for 1.x (`InfluxV1Sink.ensure_target`).
+  `-`. Databases and RPs are made with InfluxQL, exactly as for 1.x
+  (`InfluxQLClient.ensure_target`).
 - 2.x: one bucket per target, named `db` for the default retention policy and `db/rp` otherwise
   (the names `influxd upgrade` gives the buckets it makes from 1.x databases). A missing bucket is
   created with `retention_duration` as its retention (infinite when none is given for the
@@ -16,7 +17,8 @@ Writes are SYNCHRONOUS: one request per batch that raises on failure, so `write(
 means InfluxDB acknowledged every line and a checkpoint may move (batching mode would lose data
 on close and report failures only through callbacks). influxdb-client's own retries stay off
 (`retries=False` on its urllib3 pool, and the synchronous path adds none): the one retry policy
-is tenacity's, here. Errors are classified as in `archiver.sinks.influx_v1`.
+is tenacity's, here. Errors are classified as in `archiver.sinks.influx_v1`, with the rules
+both share from `archiver.sinks.base`.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ from influxdb_client.service.dbr_ps_service import DBRPsService
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, retry_after_seconds
-from archiver.sinks.influx_v1 import (
+from archiver.sinks import readback
+from archiver.sinks.base import (
+    BATCH_SIZE,
     DEFAULT_RP,
-    InfluxV1Sink,
+    Deleted,
     Precision,
     RetentionPolicy,
+    Series,
     WriteResult,
     check_retention_duration,
     classify_bad_request,
@@ -53,9 +58,9 @@ from archiver.sinks.influx_v1 import (
     duration_seconds,
     without_userinfo,
 )
+from archiver.sinks.influxql import InfluxQLClient
 
 if TYPE_CHECKING:
-    from archiver.sinks.readback import Deleted, Series
     from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
@@ -77,7 +82,7 @@ def bucket_name(database: str, retention_policy: str | None) -> str:
 
 
 class InfluxClientSink:
-    """Writes line protocol through influxdb-client; same interface as `InfluxV1Sink`."""
+    """Writes line protocol through influxdb-client; a `ReadableSink` (`archiver.sinks.base`)."""
 
     def __init__(
         self,
@@ -89,7 +94,7 @@ class InfluxClientSink:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
-        batch_size: int = 5000,
+        batch_size: int = BATCH_SIZE,
         max_attempts: int = 6,
         max_total_seconds: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -99,11 +104,11 @@ class InfluxClientSink:
         self.flavour = flavour
         self.timeout = timeout
         self.batch_size = batch_size
-        self._influxql: InfluxV1Sink | None = None
+        self._influxql: InfluxQLClient | None = None
         if flavour == "1.8":
             token = f"{username}:{password or ''}" if username else None
             org = "-"
-            self._influxql = InfluxV1Sink(
+            self._influxql = InfluxQLClient(
                 url, username, password, timeout=timeout, sleep=sleep,
                 max_attempts=max_attempts, max_total_seconds=max_total_seconds,
             )  # fmt: skip
@@ -114,7 +119,7 @@ class InfluxClientSink:
             logs.register_secret(secret or "")
         self.org = org or "-"
         self._token, self._sleep = token, sleep
-        self._query_sink: InfluxV1Sink | None = None  # InfluxQL reads for verify (2.x, 3.x)
+        self._query_sink: InfluxQLClient | None = None  # InfluxQL reads for verify (2.x, 3.x)
         self.credentials = (
             "INFLUX_USERNAME / INFLUX_PASSWORD" if flavour == "1.8" else "INFLUX_TOKEN"
         )
@@ -199,7 +204,9 @@ class InfluxClientSink:
     ) -> list[Point]:
         """The points of one query's series in [since_ns, until_ns), read with InfluxQL."""
         database, retention_policy = self._influxql_names(database, retention_policy)
-        return self._reader().read_points(database, retention_policy, series, since_ns, until_ns)
+        return readback.read_points(
+            self._reader(), database, retention_policy, series, since_ns, until_ns
+        )
 
     def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
         if self.flavour == "1.8":
@@ -216,14 +223,14 @@ class InfluxClientSink:
     ) -> Deleted:
         """1.8: InfluxQL DELETE (`archiver.sinks.readback`); 2.x: the delete API, point by point."""
         if self.flavour == "1.8":
-            return self._reader().delete_points(database, retention_policy, series, points)
+            return readback.delete_points(
+                self._reader(), database, retention_policy, series, points
+            )
         if self.flavour == "3.x":
             raise InfluxError(
                 "InfluxDB 3 has no delete of single points: --prune cannot remove extra "
                 "points there (drop them with a new database, or leave out --prune)"
             )
-        from archiver.sinks import readback
-
         bucket = bucket_name(database, retention_policy)
         deleted, kept = [], []
         for point in points:
@@ -244,7 +251,7 @@ class InfluxClientSink:
                 f'deleting a point from "{bucket}"',
             )
             deleted.append(point)
-        return readback.Deleted(deleted, kept)
+        return Deleted(deleted, kept)
 
     def _influxql_names(
         self, database: str, retention_policy: str | None
@@ -253,13 +260,13 @@ class InfluxClientSink:
             return bucket_name(database, retention_policy), None
         return database, retention_policy
 
-    def _reader(self) -> InfluxV1Sink:
+    def _reader(self) -> InfluxQLClient:
         """1.8: the InfluxQL sink it already has; 2.x, 3.x: one on /query with the token."""
         if self._influxql is not None:
             return self._influxql
         with self._org_lock:
             if self._query_sink is None:
-                self._query_sink = InfluxV1Sink(
+                self._query_sink = InfluxQLClient(
                     self.url, timeout=self.timeout, token=self._token, sleep=self._sleep
                 )
             return self._query_sink
