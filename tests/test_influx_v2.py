@@ -30,7 +30,8 @@ from influxdb_client import InfluxDBClient
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.sinks.base import RetentionPolicy
-from archiver.sinks.influx_client import InfluxClientSink, bucket_name
+from archiver.sinks.buckets import bucket_name
+from archiver.sinks.influx_client import InfluxClientSink
 from tests.influxd import InfluxServer, free_port
 
 TOKEN = "tok-" + secrets.token_hex(8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import threading
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import archiver.sinks
 from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
 from archiver.sinks.base import RetentionPolicy, WriteResult
@@ -194,3 +196,36 @@ def test_output_wins_over_any_server(tmp_path: Path) -> None:
     sink = open_sink(Settings(influx_url="http://127.0.0.1:1"), output=str(tmp_path / "a.lp"))
     assert isinstance(sink, FileSink)
     sink.close()
+
+
+# --- the shape of sinks/ -----------------------------------------------------------------------
+
+IMPLEMENTATIONS = {"influx_v1", "influx_client", "file"}
+SHARED = {"base", "influxql", "readback", "buckets"}
+
+
+def sink_imports(module: str) -> set[str]:
+    """The `archiver.sinks.*` modules `module` imports, at the top or inside a function."""
+    tree = ast.parse((Path(archiver.sinks.__file__).parent / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "archiver.sinks":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("archiver.sinks."):
+            found.add(node.module.removeprefix("archiver.sinks."))
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(IMPLEMENTATIONS))
+def test_a_sink_imports_only_the_base_and_shared_modules_never_another_sink(module: str) -> None:
+    assert sink_imports(module) <= SHARED
+
+
+def test_the_file_sink_needs_nothing_of_influxdb() -> None:
+    assert sink_imports("file") == {"base"}
+
+
+def test_the_shared_modules_import_no_sink_and_base_imports_nothing() -> None:
+    assert sink_imports("base") == set()
+    for module in SHARED - {"base"}:
+        assert sink_imports(module) <= SHARED, module
