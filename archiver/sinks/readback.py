@@ -1,5 +1,8 @@
 """Reading points back from InfluxDB 1.x, and deleting some, with InfluxQL (for `verify`).
 
+Both InfluxDB sinks' `read_points` / `delete_points` come here with an `InfluxQLClient`
+(`archiver.sinks.influxql`); the file sink has nothing to read back.
+
 Facet values are data anyone can send to New Relic, so every value in a statement is an
 InfluxQL string literal (`\\` and `'` escaped) and every name a quoted identifier: a tag value
 like `x' OR "host" =~ /.*/ OR 'y` selects and deletes only its own series.
