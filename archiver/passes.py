@@ -32,7 +32,8 @@ from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.runner import Backfill, PlannedJob, Runner, RunReport
 from archiver.schedule.cron import PassOutcome
-from archiver.sinks.choose import Sink, open_sink
+from archiver.sinks.base import Sink
+from archiver.sinks.choose import open_sink
 from archiver.state.store import State
 from archiver.windows import Window
 

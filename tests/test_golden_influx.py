@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator
 import pytest
 import requests
 
-from archiver.sinks.influx_v1 import InfluxV1Sink, quote_identifier
+from archiver.sinks.influx_v1 import InfluxV1Sink
+from archiver.sinks.influxql import quote_identifier
 from tests import lineprotocol
 from tests.influxd import InfluxServer, unique_database_name
 from tests.transform import golden

@@ -12,7 +12,8 @@ import pytest
 import requests
 
 from archiver.errors import AuthError, InfluxError, TransientError
-from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy
+from archiver.sinks.base import RetentionPolicy
+from archiver.sinks.influx_v1 import InfluxV1Sink
 from tests.influxd import InfluxServer, free_port, running_influxd
 
 
@@ -201,7 +202,7 @@ def test_ensure_target_keeps_an_existing_policy(
 ) -> None:
     influxd.query(f'CREATE RETENTION POLICY "keep" ON "{database}" DURATION 3h REPLICATION 1')
 
-    with caplog.at_level(logging.WARNING, logger="archiver.sinks.influx_v1"):
+    with caplog.at_level(logging.WARNING, logger="archiver.sinks.influxql"):
         policy = sink.ensure_target(database, "keep", "5h")
 
     assert policy == RetentionPolicy("keep", 3 * 3600, is_default=False)

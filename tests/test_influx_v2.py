@@ -29,8 +29,9 @@ from influxdb_client import InfluxDBClient
 
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
-from archiver.sinks.influx_client import InfluxClientSink, bucket_name
-from archiver.sinks.influx_v1 import RetentionPolicy
+from archiver.sinks.base import RetentionPolicy
+from archiver.sinks.buckets import bucket_name
+from archiver.sinks.influx_client import InfluxClientSink
 from tests.influxd import InfluxServer, free_port
 
 TOKEN = "tok-" + secrets.token_hex(8)

@@ -1,7 +1,8 @@
-"""The line-protocol file sink, and which sink `open_sink` picks for which server."""
+"""The line-protocol file sink, which sink `open_sink` picks, and who imports whom in sinks/."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import threading
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 import requests
 
+import archiver.sinks
 from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
-from archiver.sinks.choose import FileSink, open_sink
+from archiver.sinks.base import RetentionPolicy, WriteResult
+from archiver.sinks.choose import open_sink
+from archiver.sinks.file import FileSink
 from archiver.sinks.influx_client import InfluxClientSink
-from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy, WriteResult
+from archiver.sinks.influx_v1 import InfluxV1Sink
 from tests.influxd import InfluxServer, free_port
 from tests.test_influx_v2 import ORG, TOKEN, FakeInflux2, serving
 
@@ -192,3 +196,37 @@ def test_output_wins_over_any_server(tmp_path: Path) -> None:
     sink = open_sink(Settings(influx_url="http://127.0.0.1:1"), output=str(tmp_path / "a.lp"))
     assert isinstance(sink, FileSink)
     sink.close()
+
+
+# --- the shape of sinks/ -----------------------------------------------------------------------
+
+IMPLEMENTATIONS = {"influx_v1": set(), "influx_client": {"buckets"}, "file": set()}  # own modules
+SHARED = {"base", "influxql", "readback"}
+
+
+def sink_imports(module: str) -> set[str]:
+    """The `archiver.sinks.*` modules `module` imports, at the top or inside a function."""
+    tree = ast.parse((Path(archiver.sinks.__file__).parent / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "archiver.sinks":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("archiver.sinks."):
+            found.add(node.module.removeprefix("archiver.sinks."))
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(IMPLEMENTATIONS))
+def test_a_sink_imports_only_the_base_and_shared_modules_never_another_sink(module: str) -> None:
+    assert sink_imports(module) <= SHARED | IMPLEMENTATIONS[module]
+
+
+def test_the_file_sink_needs_nothing_of_influxdb() -> None:
+    assert sink_imports("file") == {"base"}
+
+
+def test_the_shared_modules_import_no_sink_and_base_imports_nothing() -> None:
+    assert sink_imports("base") == set()
+    assert sink_imports("buckets") == {"base"}
+    for module in SHARED - {"base"}:
+        assert sink_imports(module) <= SHARED, module

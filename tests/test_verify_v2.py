@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from archiver.errors import InfluxError
+from archiver.sinks.base import Series
 from archiver.sinks.influx_client import InfluxClientSink
-from archiver.sinks.readback import Series
 from archiver.verify.compare import Point, tag_set
 from tests.test_influx_v2 import ORG, TOKEN, FakeInflux2, Recorded, serving
 

@@ -30,8 +30,7 @@ from archiver.pipeline.cardinality import SeriesGuard
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.readahead import read_ahead
 from archiver.queries import QueryDef, QueryFileProblem, Target
-from archiver.sinks.choose import Sink
-from archiver.sinks.influx_v1 import Precision, RetentionPolicy
+from archiver.sinks.base import Precision, RetentionPolicy, Sink
 from archiver.state.store import State, WindowCosts
 from archiver.timeparse import parse_time, time_spec
 from archiver.windows import Range, Window, iso

@@ -1,8 +1,9 @@
-"""Where the points go: the `Sink` interface, its choice from settings, and a line-protocol file.
+"""Which sink the points go to: the choice from settings (`Sink` is in `archiver.sinks.base`).
 
 `open_sink` picks the sink once per run:
 
-- `output` (`FILE.lp` or `-` for stdout): `FileSink`, the exact line protocol, nothing sent;
+- `output` (`FILE.lp` or `-` for stdout): `FileSink` (`archiver.sinks.file`), the exact line
+  protocol, nothing sent;
 - `api="v1"`: `InfluxV1Sink` (`/write` + InfluxQL), without asking the server anything;
 - `api="auto"` (the default): the `X-Influxdb-Version` of `GET /ping` decides: 1.x before 1.8
   → `InfluxV1Sink`; 1.8+ → `InfluxClientSink` in 1.8 mode; 2.x → buckets + DBRP mappings;
@@ -14,23 +15,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from archiver.config import Settings
-from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
-from archiver.sinks.influx_v1 import (
-    DEFAULT_RP,
-    InfluxV1Sink,
-    Precision,
-    RetentionPolicy,
-    WriteResult,
-)
+from archiver.errors import AuthError, ConfigError, InfluxError
+from archiver.sinks.base import Sink
+from archiver.sinks.file import FileSink
+from archiver.sinks.influx_v1 import InfluxV1Sink
 
 if TYPE_CHECKING:
     from archiver.sinks.influx_client import Flavour
@@ -38,105 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_CHOICES = ("auto", "v1", "v2")
-STDOUT = "-"
 VERSION = re.compile(r"v?(\d+)\.(\d+)")
-
-
-class Sink(Protocol):
-    """What the runner needs from wherever the points go."""
-
-    def ping(self) -> str: ...
-
-    def ensure_target(
-        self, database: str, retention_policy: str | None, retention_duration: str | None
-    ) -> RetentionPolicy: ...
-
-    def write(
-        self,
-        database: str,
-        retention_policy: str | None,
-        lines: Sequence[str],
-        precision: Precision = "s",
-    ) -> WriteResult: ...
-
-    def close(self) -> None: ...
-
-
-class FileSink:
-    """Line protocol into a file or stdout instead of InfluxDB: one line a point, one run a file.
-
-    Several jobs write at once: each `write()` appends its lines whole, under a lock, and is
-    flushed (and fsynced for a file) before it returns, so a checkpoint never passes data that
-    is not in the file.
-    """
-
-    def __init__(self, stream: BinaryIO, *, name: str, is_file: bool) -> None:
-        self.name = name
-        self._stream = stream
-        self._is_file = is_file
-        self._lock = threading.Lock()
-        self._precision: Precision | None = None
-
-    @classmethod
-    def open(cls, output: str) -> FileSink:
-        """`-` is stdout; any other name must end in `.lp` and is truncated."""
-        if output == STDOUT:
-            return cls(sys.stdout.buffer, name="stdout", is_file=False)
-        if not output.endswith(".lp"):
-            raise ConfigError(f"--output {output}: give a file name ending in .lp, or - for stdout")
-        try:
-            stream = open(output, "wb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise ConfigError(f"--output {output}: cannot write it: {exc.strerror}") from None
-        return cls(stream, name=output, is_file=True)
-
-    def ping(self) -> str:
-        return "file"
-
-    def ensure_target(
-        self, database: str, retention_policy: str | None, retention_duration: str | None
-    ) -> RetentionPolicy:
-        return RetentionPolicy(retention_policy or DEFAULT_RP, None, retention_policy is None)
-
-    def write(
-        self,
-        database: str,
-        retention_policy: str | None,
-        lines: Sequence[str],
-        precision: Precision = "s",
-    ) -> WriteResult:
-        data = "".join(f"{line}\n" for line in lines).encode()
-        with self._lock:
-            # A line-protocol file has one precision (`influx write --precision`).
-            if self._precision not in (None, precision):
-                raise PermanentError(
-                    f"{self.name} already holds timestamps in {self._precision}, not {precision}:"
-                    " write events queries and aggregate queries to separate files (--query)"
-                )
-            self._precision = precision
-            try:
-                self._stream.write(data)
-                self._stream.flush()
-                if self._is_file:
-                    os.fsync(self._stream.fileno())
-            except OSError as exc:
-                raise PermanentError(
-                    f"cannot write line protocol to {self.name}: {exc.strerror or exc}"
-                ) from None
-        return WriteResult(len(lines), dropped_beyond_retention=0, requests=0, retries=0)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._is_file:
-                self._stream.close()
-            else:
-                self._stream.flush()
-
-    def __enter__(self) -> FileSink:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def open_sink(

@@ -3,12 +3,13 @@
 Where each flavour keeps a target (database, retention_policy) of a query file:
 
 - 1.8 (up to 1.12): bucket `db/rp` (`db` alone for the default RP), token `user:password`, org
-  `-`. Databases and RPs are made with InfluxQL, exactly as for 1.x (`InfluxV1Sink.ensure_target`).
+  `-`. Databases and RPs are made with InfluxQL, exactly as for 1.x
+  (`InfluxQLClient.ensure_target`).
 - 2.x: one bucket per target, named `db` for the default retention policy and `db/rp` otherwise
   (the names `influxd upgrade` gives the buckets it makes from 1.x databases). A missing bucket is
   created with `retention_duration` as its retention (infinite when none is given for the
   default RP), and a DBRP mapping (db, rp or `autogen`) → bucket is added, so InfluxQL and
-  Grafana's InfluxQL mode keep reading the data as `"db"."rp"`.
+  Grafana's InfluxQL mode keep reading the data as `"db"."rp"` (`archiver.sinks.buckets`).
 - 3.x: one database per target, named like the 2.x buckets (3.x maps a v1 `rp` to `db/rp` too).
   3.x creates it on the first write; its retention is the server's business.
 
@@ -16,45 +17,45 @@ Writes are SYNCHRONOUS: one request per batch that raises on failure, so `write(
 means InfluxDB acknowledged every line and a checkpoint may move (batching mode would lose data
 on close and report failures only through callbacks). influxdb-client's own retries stay off
 (`retries=False` on its urllib3 pool, and the synchronous path adds none): the one retry policy
-is tenacity's, here. Errors are classified as in `archiver.sinks.influx_v1`.
+is tenacity's, here. Errors are classified as in `archiver.sinks.influx_v1`, with the rules
+both share from `archiver.sinks.base`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import urllib3
-from influxdb_client import BucketRetentionRules, InfluxDBClient, WritePrecision
+from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.domain.bucket import Bucket
-from influxdb_client.domain.dbrp_create import DBRPCreate
 from influxdb_client.rest import ApiException
-from influxdb_client.service.dbr_ps_service import DBRPsService
 
 from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
-from archiver.sinks.influx_v1 import (
+from archiver.sinks import readback
+from archiver.sinks.base import (
+    BATCH_SIZE,
     DEFAULT_RP,
-    InfluxV1Sink,
+    Deleted,
     Precision,
     RetentionPolicy,
+    Series,
     WriteResult,
     check_retention_duration,
     classify_bad_request,
     without_userinfo,
 )
-from archiver.timeparse import influxdb_duration_seconds
+from archiver.sinks.buckets import Targets, bucket_name, bucket_seconds
+from archiver.sinks.influxql import InfluxQLClient
 
 if TYPE_CHECKING:
-    from archiver.sinks.readback import Deleted, Series
     from archiver.verify.compare import Point
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,10 @@ WRITE_PRECISION = {
     "us": WritePrecision.US,
     "ns": WritePrecision.NS,
 }
-ORG_ID = re.compile(r"[0-9a-f]{16}")
-
-
-def bucket_name(database: str, retention_policy: str | None) -> str:
-    """`db` for the default retention policy, else `db/rp` (the names `influxd upgrade` gives)."""
-    return f"{database}/{retention_policy}" if retention_policy else database
 
 
 class InfluxClientSink:
-    """Writes line protocol through influxdb-client; same interface as `InfluxV1Sink`."""
+    """Writes line protocol through influxdb-client; a `ReadableSink` (`archiver.sinks.base`)."""
 
     def __init__(
         self,
@@ -88,7 +83,7 @@ class InfluxClientSink:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
-        batch_size: int = 5000,
+        batch_size: int = BATCH_SIZE,
         max_attempts: int = 6,
         max_total_seconds: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -98,11 +93,11 @@ class InfluxClientSink:
         self.flavour = flavour
         self.timeout = timeout
         self.batch_size = batch_size
-        self._influxql: InfluxV1Sink | None = None
+        self._influxql: InfluxQLClient | None = None
         if flavour == "1.8":
             token = f"{username}:{password or ''}" if username else None
             org = "-"
-            self._influxql = InfluxV1Sink(
+            self._influxql = InfluxQLClient(
                 url, username, password, timeout=timeout, sleep=sleep,
                 max_attempts=max_attempts, max_total_seconds=max_total_seconds,
             )  # fmt: skip
@@ -113,7 +108,7 @@ class InfluxClientSink:
             logs.register_secret(secret or "")
         self.org = org or "-"
         self._token, self._sleep = token, sleep
-        self._query_sink: InfluxV1Sink | None = None  # InfluxQL reads for verify (2.x, 3.x)
+        self._query_sink: InfluxQLClient | None = None  # InfluxQL reads for verify (2.x, 3.x)
         self.credentials = (
             "INFLUX_USERNAME / INFLUX_PASSWORD" if flavour == "1.8" else "INFLUX_TOKEN"
         )
@@ -122,8 +117,11 @@ class InfluxClientSink:
             enable_gzip=True, retries=False, connection_pool_maxsize=16,
         )  # fmt: skip
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
-        self._org_id: str | None = None
-        self._org_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._targets = Targets(
+            self._client, org=self.org, display_url=self.display_url,
+            with_retries=self._with_retries,
+        )  # fmt: skip
         self._retry = RetryPolicy(
             max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )
@@ -160,8 +158,8 @@ class InfluxClientSink:
             return self._influxql.ensure_target(database, retention_policy, retention_duration)
         check_retention_duration(retention_duration)
         if self.flavour == "3.x":
-            return self._database_target(database, retention_policy, retention_duration)
-        return self._bucket_target(database, retention_policy, retention_duration)
+            return self._targets.database_target(database, retention_policy, retention_duration)
+        return self._targets.bucket_target(database, retention_policy, retention_duration)
 
     def write(
         self,
@@ -198,31 +196,33 @@ class InfluxClientSink:
     ) -> list[Point]:
         """The points of one query's series in [since_ns, until_ns), read with InfluxQL."""
         database, retention_policy = self._influxql_names(database, retention_policy)
-        return self._reader().read_points(database, retention_policy, series, since_ns, until_ns)
+        return readback.read_points(
+            self._reader(), database, retention_policy, series, since_ns, until_ns
+        )
 
     def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None:
         if self.flavour == "1.8":
             return self._reader().existing_policy(database, name)
         if self.flavour == "3.x":  # made by the first write; its retention is the server's
             return RetentionPolicy(name or DEFAULT_RP, None, name is None)
-        bucket = self._find_bucket(bucket_name(database, name))
+        bucket = self._targets.find_bucket(bucket_name(database, name))
         if bucket is None:
             return None
-        return RetentionPolicy(name or DEFAULT_RP, _bucket_seconds(bucket), name is None)
+        return RetentionPolicy(name or DEFAULT_RP, bucket_seconds(bucket), name is None)
 
     def delete_points(
         self, database: str, retention_policy: str | None, series: Series, points: list[Point]
     ) -> Deleted:
         """1.8: InfluxQL DELETE (`archiver.sinks.readback`); 2.x: the delete API, point by point."""
         if self.flavour == "1.8":
-            return self._reader().delete_points(database, retention_policy, series, points)
+            return readback.delete_points(
+                self._reader(), database, retention_policy, series, points
+            )
         if self.flavour == "3.x":
             raise InfluxError(
                 "InfluxDB 3 has no delete of single points: --prune cannot remove extra "
                 "points there (drop them with a new database, or leave out --prune)"
             )
-        from archiver.sinks import readback
-
         bucket = bucket_name(database, retention_policy)
         deleted, kept = [], []
         for point in points:
@@ -243,7 +243,7 @@ class InfluxClientSink:
                 f'deleting a point from "{bucket}"',
             )
             deleted.append(point)
-        return readback.Deleted(deleted, kept)
+        return Deleted(deleted, kept)
 
     def _influxql_names(
         self, database: str, retention_policy: str | None
@@ -252,129 +252,16 @@ class InfluxClientSink:
             return bucket_name(database, retention_policy), None
         return database, retention_policy
 
-    def _reader(self) -> InfluxV1Sink:
+    def _reader(self) -> InfluxQLClient:
         """1.8: the InfluxQL sink it already has; 2.x, 3.x: one on /query with the token."""
         if self._influxql is not None:
             return self._influxql
-        with self._org_lock:
+        with self._lock:
             if self._query_sink is None:
-                self._query_sink = InfluxV1Sink(
+                self._query_sink = InfluxQLClient(
                     self.url, timeout=self.timeout, token=self._token, sleep=self._sleep
                 )
             return self._query_sink
-
-    # --- targets -----------------------------------------------------------------------------
-
-    def _database_target(
-        self, database: str, retention_policy: str | None, retention_duration: str | None
-    ) -> RetentionPolicy:
-        name = bucket_name(database, retention_policy)
-        if retention_duration is not None:
-            log.info(
-                'InfluxDB 3 database "%s": retention_duration %s only limits what is exported; '
-                "set the database's own retention in InfluxDB",
-                name,
-                retention_duration,
-            )
-        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
-        return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
-
-    def _bucket_target(
-        self, database: str, retention_policy: str | None, retention_duration: str | None
-    ) -> RetentionPolicy:
-        name = bucket_name(database, retention_policy)
-        bucket = self._find_bucket(name)
-        if bucket is None:
-            if retention_policy is not None and retention_duration is None:
-                raise InfluxError(
-                    f'bucket "{name}" (database "{database}", retention policy '
-                    f'"{retention_policy}") does not exist on {self.display_url}: create it, '
-                    "or give retention_duration in the query file"
-                )
-            bucket = self._create_bucket(name, retention_duration)
-        seconds = _bucket_seconds(bucket)
-        if (
-            retention_duration is not None
-            and influxdb_duration_seconds(retention_duration) != seconds
-        ):
-            log.warning(
-                'bucket "%s" exists with another retention and is kept as it is '
-                "(retention_duration %s only applies when creating it)",
-                name,
-                retention_duration,
-            )
-        self._ensure_dbrp(database, retention_policy, bucket.id)
-        return RetentionPolicy(retention_policy or DEFAULT_RP, seconds, retention_policy is None)
-
-    def _find_bucket(self, name: str) -> Bucket | None:
-        org_id = self._organization_id()
-        found, _ = self._with_retries(
-            lambda: self._client.buckets_api().find_buckets(name=name, org_id=org_id).buckets,
-            f'looking up bucket "{name}"',
-        )
-        return next((bucket for bucket in found or [] if bucket.name == name), None)
-
-    def _create_bucket(self, name: str, retention_duration: str | None) -> Bucket:
-        seconds = influxdb_duration_seconds(retention_duration) if retention_duration else None
-        rules = [BucketRetentionRules(type="expire", every_seconds=seconds)] if seconds else []
-        org_id = self._organization_id()
-        bucket, _ = self._with_retries(
-            lambda: self._client.buckets_api().create_bucket(
-                bucket_name=name, retention_rules=rules, org=org_id
-            ),
-            f'creating bucket "{name}"',
-        )
-        log.info('created bucket "%s" (retention %s)', name, retention_duration or "INF")
-        return bucket
-
-    def _ensure_dbrp(self, database: str, retention_policy: str | None, bucket_id: str) -> None:
-        """Map `"db"."rp"` to the bucket for InfluxQL, unless a mapping for it exists."""
-        rp = retention_policy or DEFAULT_RP
-        org_id = self._organization_id()
-        service = DBRPsService(self._client.api_client)
-        mappings, _ = self._with_retries(
-            lambda: service.get_dbr_ps(org_id=org_id, db=database).content or [],
-            f'reading the DBRP mappings of "{database}"',
-        )
-        existing = next((m for m in mappings if m.retention_policy == rp), None)
-        if existing is not None:
-            if existing.bucket_id != bucket_id:
-                log.warning(
-                    'InfluxQL "%s"."%s" is mapped to another bucket (%s) and is kept as it is',
-                    database,
-                    rp,
-                    existing.bucket_id,
-                )
-            return
-        default = retention_policy is None and not any(m.default for m in mappings)
-        mapping = DBRPCreate(
-            org_id=org_id, bucket_id=bucket_id, database=database, retention_policy=rp,
-            default=default,
-        )  # fmt: skip
-        self._with_retries(
-            lambda: service.post_dbrp(mapping), f'creating the DBRP mapping "{database}"."{rp}"'
-        )
-        log.info('mapped InfluxQL "%s"."%s" to bucket %s', database, rp, bucket_id)
-
-    def _organization_id(self) -> str:
-        with self._org_lock:
-            if self._org_id is None:
-                self._org_id = self._find_organization_id()
-            return self._org_id
-
-    def _find_organization_id(self) -> str:
-        if ORG_ID.fullmatch(self.org):
-            return self.org
-        orgs, _ = self._with_retries(
-            lambda: self._client.organizations_api().find_organizations(org=self.org),
-            f'INFLUX_ORG "{self.org}"',
-        )
-        if not orgs:
-            raise ConfigError(
-                f'INFLUX_ORG "{self.org}" is not an organization INFLUX_TOKEN can read '
-                f"on {self.display_url}"
-            )
-        return orgs[0].id
 
     # --- writing and errors ------------------------------------------------------------------
 
@@ -489,9 +376,3 @@ def _partial_write(message: str) -> str:
     """2.x wraps 1.x's `partial write: ...` in `failure writing points to database: ...`."""
     start = message.find("partial write")
     return message[start:] if start > 0 else message
-
-
-def _bucket_seconds(bucket: Bucket) -> int | None:
-    """The bucket's retention in seconds; None for infinite (no rule, or everySeconds 0)."""
-    seconds = [rule.every_seconds for rule in bucket.retention_rules or [] if rule.every_seconds]
-    return min(seconds) if seconds else None

@@ -1,5 +1,8 @@
 """Reading points back from InfluxDB 1.x, and deleting some, with InfluxQL (for `verify`).
 
+Both InfluxDB sinks' `read_points` / `delete_points` come here with an `InfluxQLClient`
+(`archiver.sinks.influxql`); the file sink has nothing to read back.
+
 Facet values are data anyone can send to New Relic, so every value in a statement is an
 InfluxQL string literal (`\\` and `'` escaped) and every name a quoted identifier: a tag value
 like `x' OR "host" =~ /.*/ OR 'y` selects and deletes only its own series.
@@ -19,36 +22,15 @@ InfluxDB 2.x and 3.x answer the same InfluxQL on `/query` (2.x through the DBRP 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from archiver.sinks.influx_v1 import InfluxV1Sink, quote_identifier
+from archiver.sinks.base import Deleted, Series
+from archiver.sinks.influxql import InfluxQLClient, quote_identifier
 from archiver.verify.compare import Point, Value, tag_set
 
 DELETES_PER_REQUEST = 200
 FIELD_TYPES = {"float": float, "integer": int, "string": str, "boolean": bool}
-
-
-@dataclass(frozen=True)
-class Series:
-    """The series of one query: its measurement, static tags and every tag key it writes."""
-
-    measurement: str
-    static_tags: Mapping[str, str]  # as InfluxDB stores them
-    tag_keys: frozenset[str]  # static and facet tag keys, as InfluxDB stores them
-
-    def matches(self, tags: Mapping[str, str]) -> bool:
-        present = {k: v for k, v in tags.items() if v}
-        return present.keys() <= self.tag_keys and all(
-            present.get(k) == v for k, v in self.static_tags.items()
-        )
-
-
-@dataclass(frozen=True)
-class Deleted:
-    deleted: list[Point]
-    kept: list[tuple[Point, str]]  # with the reason it was not deleted
 
 
 def quote_string(value: str) -> str:
@@ -85,7 +67,11 @@ def delete_statement(measurement: str, tag_keys: Iterable[str], point: Point) ->
 
 
 def series_at(
-    sink: InfluxV1Sink, database: str, retention_policy: str | None, measurement: str, point: Point
+    sink: InfluxQLClient,
+    database: str,
+    retention_policy: str | None,
+    measurement: str,
+    point: Point,
 ) -> list[str]:
     """Other series with (at least) the point's tags that have a point at its time."""
     conditions = [f"{quote_identifier(k)} = {quote_string(v)}" for k, v in point.tags]
@@ -122,13 +108,13 @@ def typed(value: object, field_type: str | None) -> Value:
     return value  # type: ignore[return-value]
 
 
-def field_types(sink: InfluxV1Sink, database: str, rp: str | None, measurement: str) -> dict:
+def field_types(sink: InfluxQLClient, database: str, rp: str | None, measurement: str) -> dict:
     rows = sink.query(f"SHOW FIELD KEYS FROM {source(database, rp, measurement)}", database)
     return {row["fieldKey"]: row["fieldType"] for row in rows}
 
 
 def read_points(
-    sink: InfluxV1Sink,
+    sink: InfluxQLClient,
     database: str,
     retention_policy: str | None,
     series: Series,
@@ -157,7 +143,7 @@ def read_points(
 
 
 def delete_points(
-    sink: InfluxV1Sink,
+    sink: InfluxQLClient,
     database: str,
     retention_policy: str | None,
     series: Series,

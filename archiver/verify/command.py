@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from archiver import queries, windows
 from archiver.config import Settings
@@ -40,9 +39,12 @@ from archiver.pipeline.runner import (
     utcnow,
 )
 from archiver.pipeline.transform import escape_key
-from archiver.sinks.choose import Sink
-from archiver.sinks.influx_v1 import Precision, RetentionPolicy
-from archiver.sinks.readback import Deleted, Series
+from archiver.sinks.base import (
+    Precision,
+    ReadableSink,
+    RetentionPolicy,
+    Series,
+)
 from archiver.state.store import State, VerifyRecord
 from archiver.timeparse import influxdb_duration_seconds
 from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
@@ -57,20 +59,6 @@ from archiver.verify.report import (
 from archiver.windows import EPOCH, Window, iso
 
 log = logging.getLogger(__name__)
-
-
-class ReadableSink(Sink, Protocol):
-    """A sink `verify` can read back from and delete in (InfluxDB 1.x, 1.8)."""
-
-    def existing_policy(self, database: str, name: str | None) -> RetentionPolicy | None: ...
-
-    def read_points(
-        self, database: str, retention_policy: str | None, series: Series, since: int, until: int
-    ) -> list[Point]: ...
-
-    def delete_points(
-        self, database: str, retention_policy: str | None, series: Series, points: list[Point]
-    ) -> Deleted: ...
 
 
 @dataclass(frozen=True)
