@@ -25,6 +25,7 @@ from typing import Protocol
 from archiver import queries, windows
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError
+from archiver.lineprotocol import escape_key, unescape_key
 from archiver.logs import redact
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
@@ -39,12 +40,11 @@ from archiver.pipeline.runner import (
     holder_is_dead,
     utcnow,
 )
-from archiver.pipeline.transform import escape_key
 from archiver.sinks.choose import Sink
 from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
 from archiver.sinks.readback import Deleted, Series
 from archiver.state.store import State, VerifyRecord
-from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
+from archiver.verify.compare import Comparison, Point, compare, parse_line
 from archiver.verify.report import (
     EXAMPLES,
     TargetReport,
