@@ -96,6 +96,17 @@ def test_format_field(value, expected):
     assert lineprotocol.format_field(value) == expected
 
 
+NUMBERS = [0, 1, -1, 54, 10**15 - 1, 10**15, -(10**15), 2**53, 2**53 + 1, 10**16, 10**17 + 3]
+NUMBERS += [0.5, -0.0, 1e16, 1.5e-7, 2.0**60]
+
+
+def test_the_transform_formats_numbers_inline_as_format_field_does():
+    row = {"beginTimeSeconds": 1, **{f"f{i:02d}": n for i, n in enumerate(NUMBERS)}}
+    [text] = transform.to_lines([row], [], "m", {})
+    expected = ",".join(f"f{i:02d}={lineprotocol.format_field(n)}" for i, n in enumerate(NUMBERS))
+    assert text == f"m {expected} 1"
+
+
 @pytest.mark.parametrize(
     ("escape", "text", "expected"),
     [

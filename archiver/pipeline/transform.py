@@ -52,6 +52,7 @@ def shape(measurement: str, facets: Sequence[str], static_tags: Mapping[str, str
 
 
 _ABSENT = object()
+_EXACT = 10**15  # ints below it are floats whose repr is the int's digits and `.0`
 
 
 def facet_values(row: Mapping[str, object], facets: Sequence[str]) -> tuple[object, ...]:
@@ -189,20 +190,24 @@ def to_lines(
     funnel_keys = ctx.funnels
     for row in rows:
         # `key=value` of every field of the row. Floats and ints, nearly every value, are
-        # formatted inline (no call per value: this is the hot loop of a backfill).
+        # formatted inline as `lineprotocol.format_field` formats them (no call per value: this
+        # is the hot loop of a backfill; tests/test_lineprotocol.py checks they agree).
         parts: list[str] = []
         for attribute, value in row.items():
             name = names.get(attribute)
-            if name is None:
-                name = names[attribute] = escape_key(attribute) + "="
             if not name:
-                continue
+                if name is not None:
+                    continue  # "": not a field
+                name = names[attribute] = escape_key(attribute) + "="
             kind = type(value)
             if kind is float:
                 if value - value == 0.0:  # finite: inf and nan give no field
-                    parts.append(name + repr(value))
-            elif kind is int:
-                parts.append(name + repr(float(value)))
+                    parts.append(f"{name}{value!r}")
+            elif kind is int:  # as a float: `54.0`, `1e+16` (exact below 10**15)
+                if -_EXACT < value < _EXACT:
+                    parts.append(f"{name}{value}.0")
+                else:
+                    parts.append(name + repr(float(value)))
             elif isinstance(value, dict):
                 _nested(attribute, value, ctx, parts)
             elif isinstance(value, list) and attribute in funnel_keys:
