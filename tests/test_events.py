@@ -186,7 +186,7 @@ def test_golden_line_with_special_characters():
     lines = to_lines([row], "nr events", ["appName", "host"], {"source": "new relic"})
     assert lines == [
         "nr\\ events,appName=C:\\tmp,host=web\\ 01\\,a\\=b,source=new\\ relic"
-        ' duration=2.0,error=false,error.class="",message="say \\"hi\\" \\\\o/",'
+        ' duration=2.0,error.class="",error=false,message="say \\"hi\\" \\\\o/",'
         'name="Zürich ☃ 東京" 1763553600123000000'
     ]
 

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from archiver.errors import NewRelicError
-from archiver.pipeline.transform import escape_key, escape_measurement, format_field
+from archiver.lineprotocol import escape_key, escape_measurement, format_field, line, series
 from archiver.timeparse import as_utc
 from archiver.windows import EPOCH, iso
 
@@ -100,7 +100,7 @@ def to_lines(
 
     Tags: the static tags, then one per tag attribute with a non-empty value (an attribute's
     value wins over a static tag of the same name). Fields: every other attribute but
-    `timestamp`, as `archiver.pipeline.transform` formats them, in key order; a nested object (a
+    `timestamp`, as `archiver.lineprotocol` formats and orders them; a nested object (a
     dimensional Metric's `"newrelic.internal.usage": {"count": 49500, "type": "count"}`) gives
     one field per entry, `<key>.<subkey>`, as in aggregate mode. Keys whose value has no
     line-protocol form (lists) are added to `dropped`.
@@ -110,38 +110,41 @@ def to_lines(
     tag_keys = [(attribute, escape_key(attribute)) for attribute in tag_attributes]
     excluded = {"timestamp", *tag_attributes}
     prefix = escape_measurement(measurement)
-    groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+    groups: dict[tuple[int, str], list[list[str]]] = defaultdict(list)
     for row in rows:
-        fields = _field_part(row, excluded, dropped)
+        fields = _fields(row, excluded, dropped)
         if fields:
-            series = prefix + _tag_part(row, static, tag_keys)
-            groups[(_timestamp_ms(row), series)].append(fields)
+            fields.sort()  # as `line` orders them: the content order of equal events
+            groups[(_timestamp_ms(row), series(prefix, _tags(row, static, tag_keys)))].append(
+                fields
+            )
     lines = [
-        f"{series} {fields} {timestamp_ms * NS_PER_MS + k}"
-        for (timestamp_ms, series), group in groups.items()
-        for k, fields in enumerate(sorted(group))
+        line(event_series, fields, timestamp_ms * NS_PER_MS + k)
+        for (timestamp_ms, event_series), group in groups.items()
+        for k, fields in enumerate(sorted(group, key=",".join))  # content order
     ]
-    return sorted(lines, key=lambda line: (int(line.rpartition(" ")[2]), line))
+    return sorted(lines, key=lambda text: (int(text.rpartition(" ")[2]), text))
 
 
-def _tag_part(row: Row, static: dict[str, str], tag_keys: list[tuple[str, str]]) -> str:
+def _tags(row: Row, static: dict[str, str], tag_keys: list[tuple[str, str]]) -> list:
+    """Escaped (key, value) pairs; an attribute's value wins over a static tag of its name."""
     tags = dict(static)
     for attribute, key in tag_keys:
         value = row.get(attribute)
         tags[key] = "" if value is None else escape_key(str(value))
-    return "".join(f",{key}={value}" for key, value in sorted(tags.items()) if key and value)
+    return list(tags.items())
 
 
-def _field_part(row: Row, excluded: set[str], dropped: set[str]) -> str:
-    """`key=value,...` sorted by key: equal events give equal text whatever their key order."""
-    fields: list[tuple[str, str]] = []
+def _fields(row: Row, excluded: set[str], dropped: set[str]) -> list[str]:
+    """`key=value` of every field of the event."""
+    fields: list[str] = []
     for key, value in row.items():
         if key not in excluded:
             _add_field(key, value, fields, dropped)
-    return ",".join(f"{key}={value}" for key, value in sorted(fields))
+    return fields
 
 
-def _add_field(key: str, value: object, fields: list[tuple[str, str]], dropped: set[str]) -> None:
+def _add_field(key: str, value: object, fields: list[str], dropped: set[str]) -> None:
     """One attribute's fields: nested objects are flattened to `<key>.<subkey>`."""
     if isinstance(value, dict):
         for sub, sub_value in value.items():
@@ -150,7 +153,7 @@ def _add_field(key: str, value: object, fields: list[tuple[str, str]], dropped: 
     formatted = format_field(value)
     escaped_key = escape_key(key)
     if formatted is not None and escaped_key:
-        fields.append((escaped_key, formatted))
+        fields.append(f"{escaped_key}={formatted}")
     elif value is not None and not isinstance(value, int | float):
         dropped.add(key)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from archiver.pipeline.transform import escape_key, format_field
+from archiver import lineprotocol
 
 MEASUREMENT = "nr_archiver"
 
@@ -46,6 +46,4 @@ def job_line(
     }
     if exported_until is not None:
         fields["lag_seconds"] = (now - exported_until).total_seconds()
-    tag_part = "".join(f",{k}={escape_key(v)}" for k, v in sorted(tags.items()) if v)
-    field_part = ",".join(f"{k}={format_field(v)}" for k, v in fields.items())
-    return f"{MEASUREMENT}{tag_part} {field_part} {int(now.timestamp())}"
+    return lineprotocol.point(MEASUREMENT, tags, fields, int(now.timestamp()))

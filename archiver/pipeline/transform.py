@@ -15,51 +15,20 @@
 
 Lines are built with string operations, not per-point objects: this runs once per row of a
 backfill (millions of times), so everything that depends only on the query, or only on the
-facet value, is prepared once.
+facet value, is prepared once. Escaping and the order of tags and fields are
+`archiver.lineprotocol`'s, as for every producer of lines.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from archiver.errors import NewRelicError
 from archiver.funnels import step_name
+from archiver.lineprotocol import escape_key, escape_measurement, format_field, line, series
 
 SKIPPED_KEYS = frozenset({"beginTimeSeconds", "endTimeSeconds", "facet", "timestamp"})
-
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
-_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
-_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': r"\"", "\n": r"\n"})
-
-
-def escape_measurement(name: str) -> str:
-    return name.translate(_MEASUREMENT_ESCAPES)
-
-
-def escape_key(text: str) -> str:
-    """Tag keys, tag values and field keys.
-
-    InfluxDB 1.x keeps a backslash as it is unless `,`, `=` or space follows, so backslashes
-    are not escaped. A trailing backslash cannot be written at all (it escapes the separator
-    after it, in every escaping), so trailing backslashes are dropped: `C:\\tmp\\` → `C:\\tmp`.
-    """
-    return text.rstrip("\\").translate(_KEY_ESCAPES)
-
-
-def format_field(value: object) -> str | None:
-    """Field value in line protocol, or None when the value gives no field."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        number = float(value)
-        return repr(number) if math.isfinite(number) else None
-    if isinstance(value, str):
-        return '"' + value.translate(_STRING_ESCAPES) + '"'
-    return None  # lists (e.g. uniques()) have no line-protocol form
 
 
 @dataclass(frozen=True)
@@ -69,24 +38,21 @@ class Shape:
     measurement: str
     static_tags: tuple[tuple[str, str], ...]  # (escaped key, escaped value)
     facet_keys: tuple[str, ...]  # escaped tag keys, in FACET order
-    tag_order: tuple[int, ...]  # sort order over static tags + facet tags, by tag key
     excluded: frozenset[str]  # row keys that are not fields
 
 
 def shape(measurement: str, facets: Sequence[str], static_tags: Mapping[str, str]) -> Shape:
     static = tuple((escape_key(k), escape_key(str(v))) for k, v in static_tags.items() if str(v))
-    facet_keys = tuple(escape_key(name) for name in facets)
-    names = [key for key, _ in static] + list(facet_keys)
     return Shape(
         measurement=escape_measurement(measurement),
         static_tags=static,
-        facet_keys=facet_keys,
-        tag_order=tuple(sorted(range(len(names)), key=names.__getitem__)),
+        facet_keys=tuple(escape_key(name) for name in facets),
         excluded=SKIPPED_KEYS | frozenset(facets),
     )
 
 
 _ABSENT = object()
+_EXACT = 10**15  # ints below it are floats whose repr is the int's digits and `.0`
 
 
 def facet_values(row: Mapping[str, object], facets: Sequence[str]) -> tuple[object, ...]:
@@ -134,13 +100,13 @@ def _tag_text(value: object) -> str:
     return str(value)
 
 
-def _tag_part(s: Shape, values: Sequence[object]) -> str:
+def _series(s: Shape, values: Sequence[object]) -> str:
     pairs = list(s.static_tags)
     pairs.extend(
         (key, "" if value is None else escape_key(str(value)))
         for key, value in zip(s.facet_keys, values, strict=True)
     )
-    return "".join(f",{pairs[i][0]}={pairs[i][1]}" for i in s.tag_order if pairs[i][1])
+    return series(s.measurement, pairs)
 
 
 def _number_or_other(
@@ -194,36 +160,6 @@ def _funnel(key: str, steps: list, ctx: _Context, parts: list[str]) -> None:
         _number_or_other(f"{key}.{step}", name, count, parts, ctx.dropped)
 
 
-def _field_parts(row: Mapping[str, object], ctx: _Context) -> list[str]:
-    """`key=value` of every field of the row, in row order.
-
-    `ctx.names` maps a row key to its escaped `key=`, or to "" when the key is no field; floats
-    and ints, nearly every value, are formatted inline, anything else goes through
-    `format_field`.
-    """
-    names = ctx.names
-    parts: list[str] = []
-    for key, value in row.items():
-        name = names.get(key)
-        if name is None:
-            name = names[key] = escape_key(key) + "="
-        if not name:
-            continue
-        kind = type(value)
-        if kind is float:
-            if value - value == 0.0:  # finite: inf and nan give no field
-                parts.append(name + repr(value))
-        elif kind is int:
-            parts.append(name + repr(float(value)))
-        elif isinstance(value, dict):
-            _nested(key, value, ctx, parts)
-        elif isinstance(value, list) and key in ctx.funnels:
-            _funnel(key, value, ctx, parts)
-        else:
-            _number_or_other(key, name, value, parts, ctx.dropped)
-    return parts
-
-
 def to_lines(
     rows: Iterable[Mapping[str, object]],
     facets: Sequence[str],
@@ -247,11 +183,37 @@ def to_lines(
         funnels=funnels or {},
         dropped=dropped if dropped is not None else set(),
     )
-    prefixes: dict[object, str] = {}  # facet value(s) → "measurement,tags "
+    prefixes: dict[object, str] = {}  # facet value(s) → "measurement,tags"
     lines: list[str] = []
     single = facets[0] if len(facets) == 1 else None
+    names = ctx.names  # row key → escaped `key=`, or "" when the key is no field
+    funnel_keys = ctx.funnels
     for row in rows:
-        parts = _field_parts(row, ctx)
+        # `key=value` of every field of the row. Floats and ints, nearly every value, are
+        # formatted inline as `lineprotocol.format_field` formats them (no call per value: this
+        # is the hot loop of a backfill; tests/test_lineprotocol.py checks they agree).
+        parts: list[str] = []
+        for attribute, value in row.items():
+            name = names.get(attribute)
+            if not name:
+                if name is not None:
+                    continue  # "": not a field
+                name = names[attribute] = escape_key(attribute) + "="
+            kind = type(value)
+            if kind is float:
+                if value - value == 0.0:  # finite: inf and nan give no field
+                    parts.append(f"{name}{value!r}")
+            elif kind is int:  # as a float: `54.0`, `1e+16` (exact below 10**15)
+                if -_EXACT < value < _EXACT:
+                    parts.append(f"{name}{value}.0")
+                else:
+                    parts.append(name + repr(float(value)))
+            elif isinstance(value, dict):
+                _nested(attribute, value, ctx, parts)
+            elif isinstance(value, list) and attribute in funnel_keys:
+                _funnel(attribute, value, ctx, parts)
+            else:
+                _number_or_other(attribute, name, value, parts, ctx.dropped)
         if not parts:
             continue
         # The cache key of the row's tags. repr() keeps 1, 1.0, True and "1" apart (equal keys
@@ -273,12 +235,12 @@ def to_lines(
         prefix = prefixes.get(key)
         if prefix is None:
             values = facet_values(row, facets) if facets else ()
-            prefix = prefixes[key] = f"{s.measurement}{_tag_part(s, values)} "
+            prefix = prefixes[key] = _series(s, values)
         try:
             begin = int(row["beginTimeSeconds"])  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError):
             begin = _begin(row)
-        lines.append(f"{prefix}{','.join(parts)} {begin}")
+        lines.append(line(prefix, parts, begin))
     return lines
 
 

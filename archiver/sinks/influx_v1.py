@@ -8,25 +8,7 @@ acknowledged it, so `write()` returning means every line landed (except points o
 RP's duration, which InfluxDB drops by design and we count in
 `WriteResult.dropped_beyond_retention`).
 
-Line-protocol escaping as InfluxDB 1.6.7 really parses it (verified against Debian's influxd;
-tests/test_influx.py keeps these facts checked). Values below are shown literally:
-
-- Measurement, tag keys, tag values and field keys: a backslash escapes only a following comma,
-  space or `=`; every other backslash is kept literally, and `\\` is NOT collapsed to `\`.
-  So escape by putting one backslash before each `,`, `=` and space, and leave backslashes alone:
-  tag value `C:\tmp\x` is written `C:\tmp\x` and reads back `C:\tmp\x`;
-  `a\\b` (two backslashes) is written `a\\b` and reads back `a\\b`;
-  `a\,b` (backslash, comma) is written `a\\,b` and reads back `a\,b`;
-  `a b` is written `a\ b`, `a=b` is written `a\=b`, `a"b` needs no escape.
-  Writing `a\\b` for a value `a\b` (escaping the backslash) is wrong: it reads back `a\\b`.
-- A tag key, tag value or field key ending in a backslash cannot be written at all: `end\`
-  escapes the following space, comma or `=`, and `end\\` fails the same way (the parser only
-  looks at the byte before a delimiter), so InfluxDB answers 400 "invalid tag format" /
-  "invalid field format" for that line. A measurement ending in a backslash is worse:
-  `m\\,t=v f=1` is accepted silently as measurement `m,t=v` without tags. Strip or replace a
-  trailing backslash before building the line.
-- String field values (inside double quotes): escape `\` as `\\` and `"` as `\"`;
-  `s="end\\"` reads back `end\`, and a lone backslash before another character is kept.
+Lines come escaped from `archiver.lineprotocol`, which documents how InfluxDB 1.x parses them.
 """
 
 from __future__ import annotations

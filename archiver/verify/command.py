@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from archiver import queries, windows
 from archiver.config import Settings
 from archiver.errors import ArchiverError, AuthError
+from archiver.lineprotocol import escape_key, unescape_key
 from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.limiter import Limiter
@@ -38,7 +39,6 @@ from archiver.pipeline.runner import (
     holder_is_dead,
     utcnow,
 )
-from archiver.pipeline.transform import escape_key
 from archiver.sinks.base import (
     Precision,
     ReadableSink,
@@ -47,7 +47,7 @@ from archiver.sinks.base import (
 )
 from archiver.state.store import State, VerifyRecord
 from archiver.timeparse import influxdb_duration_seconds
-from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
+from archiver.verify.compare import Comparison, Point, compare, parse_line
 from archiver.verify.report import (
     EXAMPLES,
     TargetReport,

@@ -1,12 +1,12 @@
 r"""Points as InfluxDB stores them, and their comparison. Pure functions, no I/O.
 
 A point is identified by measurement, tag set and timestamp; its content is its field set and
-values. `parse_line` reads the line protocol `run` writes exactly as InfluxDB 1.x parses it
-(see `archiver.sinks.influx_v1`): in measurement, tag keys, tag values and field keys a
-backslash escapes only a following `,`, `=` or space (the byte before a delimiter decides) and
-is otherwise kept; in string fields `\"` and `\\` are escapes. Values are typed as InfluxDB
-types them: a float is a float (`14.0` and `14` are the same float), `14i` an integer, `"…"`
-a string, `true` a boolean; a float never equals an integer of the same value.
+values. `parse_line` reads the line protocol `run` writes exactly as InfluxDB 1.x parses it,
+with `archiver.lineprotocol`'s escape tables: in measurement, tag keys, tag values and field
+keys a backslash escapes only a following `,`, `=` or space (the byte before a delimiter
+decides) and is otherwise kept; in string fields `\"` and `\\` are escapes. Values are typed
+as InfluxDB types them: a float is a float (`14.0` and `14` are the same float), `14i` an
+integer, `"…"` a string, `true` a boolean; a float never equals an integer of the same value.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from archiver.lineprotocol import KEY_SPECIALS, unescape_key, unescape_measurement, unescape_string
 
 Value = float | int | str | bool
 TagSet = tuple[tuple[str, str], ...]  # sorted (key, value), empty values left out
@@ -23,11 +25,10 @@ NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _UNESCAPED_SPACE = re.compile(r"(?<!\\) ")
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _UNESCAPED_EQUALS = re.compile(r"(?<!\\)=")
-_KEY_ESCAPE = re.compile(r"\\([ ,=])")
-_MEASUREMENT_ESCAPE = re.compile(r"\\([ ,])")
-_STRING_ESCAPE = re.compile(r'\\(["\\])')
+_SPECIALS = re.escape(KEY_SPECIALS)
 _FIELD = re.compile(
-    r'(?P<key>(?:\\[=, ]|\\|[^\\=, ])+)=(?P<value>"(?:\\.|[^"\\])*"|[^,]*)(?:,|$)', re.DOTALL
+    rf'(?P<key>(?:\\[{_SPECIALS}]|\\|[^\\{_SPECIALS}])+)=(?P<value>"(?:\\.|[^"\\])*"|[^,]*)(?:,|$)',
+    re.DOTALL,
 )
 _INTEGER = re.compile(r"-?\d+[iu]")
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
@@ -55,14 +56,9 @@ def tag_set(tags: Mapping[str, str]) -> TagSet:
     return tuple(sorted((k, v) for k, v in tags.items() if v))
 
 
-def unescape_key(text: str) -> str:
-    """A tag key, tag value or field key as InfluxDB stores it."""
-    return _KEY_ESCAPE.sub(r"\1", text)
-
-
 def parse_value(text: str) -> Value:
     if text.startswith('"') and text.endswith('"') and len(text) >= 2:
-        return _STRING_ESCAPE.sub(r"\1", text[1:-1])
+        return unescape_string(text[1:-1])
     if text in _TRUE:
         return True
     if text in _FALSE:
@@ -124,7 +120,7 @@ def parse_line(line: str, precision: str = "s") -> Point:
         fields[unescape_key(found["key"])] = parse_value(found["value"])
         position = found.end()
     return Point(
-        _MEASUREMENT_ESCAPE.sub(r"\1", measurement),
+        unescape_measurement(measurement),
         tag_set(tags),
         int(timestamp) * NS_PER[precision],
         fields,

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from archiver import lineprotocol
 from archiver.errors import ExitCode
-from archiver.pipeline.transform import escape_key, format_field
 from archiver.verify.compare import Difference, Point
 from archiver.windows import iso
 
@@ -72,9 +72,7 @@ def metrics_line(report: TargetReport, now: datetime) -> str:
         "nr_requests": report.nr_requests,
         "failed": 0 if report.ok else 1,
     }
-    tag_part = "".join(f",{k}={escape_key(v)}" for k, v in sorted(tags.items()) if v)
-    field_part = ",".join(f"{k}={format_field(v)}" for k, v in fields.items())
-    return f"{METRICS_MEASUREMENT}{tag_part} {field_part} {int(now.timestamp())}"
+    return lineprotocol.point(METRICS_MEASUREMENT, tags, fields, int(now.timestamp()))
 
 
 def describe(point: Point) -> str:
