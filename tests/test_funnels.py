@@ -1,8 +1,8 @@
-"""Step names of funnel() from the NRQL (archiver/funnels.py)."""
+"""Step names of funnel() from the NRQL (archiver/queries/funnels.py)."""
 
 import pytest
 
-from archiver.funnels import funnel_steps
+from archiver.queries.funnels import funnel_steps
 
 
 @pytest.mark.parametrize(

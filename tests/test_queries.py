@@ -14,9 +14,9 @@ from archiver.queries import (
     QueryFileProblem,
     Target,
     load_dir,
-    load_files,
     select,
 )
+from archiver.queries.load import load_files
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent

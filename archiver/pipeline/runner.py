@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from archiver import funnels, windows
+from archiver import windows
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
 from archiver.logs import redact
 from archiver.newrelic.nerdgraph import NerdGraphClient, NrqlResult
@@ -29,7 +29,7 @@ from archiver.pipeline import completeness, events, metrics, transform
 from archiver.pipeline.cardinality import SeriesGuard
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.readahead import read_ahead
-from archiver.queries import QueryDef, QueryFileProblem, Target
+from archiver.queries import QueryDef, QueryFileProblem, Target, funnels
 from archiver.sinks.choose import Sink
 from archiver.sinks.influx_v1 import Precision, RetentionPolicy
 from archiver.state.store import State, WindowCosts
