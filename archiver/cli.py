@@ -26,6 +26,7 @@ from archiver.errors import (
 )
 from archiver.pipeline import sharding
 from archiver.pipeline.runner import Backfill, PlannedJob
+from archiver.queries.load import load_files
 from archiver.reset import reset_checkpoints
 from archiver.schedule import cron
 from archiver.state.store import State
@@ -489,9 +490,7 @@ def cost_line(job: PlannedJob, planned: list[Window]) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
-    loaded = (
-        queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
-    )
+    loaded = load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
     loaded = passes.for_api(settings, loaded)
     for problem in loaded.problems:
         print(problem)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from archiver.timeparse import compact_duration
+from archiver.timeparse import as_utc, compact_duration, format_duration
 
 MAX_BUCKETS = 366  # New Relic: "TIMESERIES supports a maximum of 366 buckets"
 ROWS_PER_REQUEST = 20_000  # keep each answer small: facets × buckets stays under this
@@ -57,6 +57,30 @@ def floor(t: datetime, interval: timedelta) -> datetime:
 def ceil(t: datetime, interval: timedelta) -> datetime:
     floored = floor(t, interval)
     return floored if floored == t else floored + interval
+
+
+def epoch_ms(moment: datetime) -> int:
+    return (as_utc(moment) - EPOCH) // timedelta(milliseconds=1)
+
+
+def aligned_buckets(since: datetime, until: datetime, interval: timedelta) -> int:
+    """How many buckets of `interval` the window [since, until) holds, as New Relic counts them.
+
+    Both ends must be aligned to the interval in whole epoch milliseconds (as SINCE and UNTIL
+    are sent) and the window must hold 1 to MAX_BUCKETS buckets: New Relic would shift or
+    refuse anything else, so it is a bug in the caller and raises ValueError.
+    """
+    since_ms, until_ms = epoch_ms(since), epoch_ms(until)
+    step_ms = interval // timedelta(milliseconds=1)
+    if step_ms <= 0 or since_ms % step_ms or until_ms % step_ms:
+        raise ValueError(
+            f"window {as_utc(since):%Y-%m-%dT%H:%M:%SZ}..{as_utc(until):%Y-%m-%dT%H:%M:%SZ}"
+            f" is not aligned to the interval of {format_duration(interval)}"
+        )
+    buckets = (until_ms - since_ms) // step_ms
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ValueError(f"a window must hold 1 to {MAX_BUCKETS} buckets, not {buckets}")
+    return buckets
 
 
 def oldest_exportable(

@@ -19,14 +19,11 @@ from archiver.newrelic.insights import InsightsClient
 from archiver.newrelic.nerdgraph import GRAPHQL, GRAPHQL_WITH_OTHER, NerdGraphClient
 from archiver.pipeline import completeness
 from archiver.pipeline.transform import to_lines
-from archiver.queries import (
-    OTHER_TAG_VALUE,
-    LoadResult,
-    SampleGuard,
-    facet_limit,
-    load_file,
-    sample_counts,
-)
+from archiver.queries import LoadResult
+from archiver.queries.load import load_file
+from archiver.queries.model import OTHER_TAG_VALUE
+from archiver.queries.nrql import facet_limit
+from archiver.queries.samples import SampleGuard, sample_counts
 from fakes.insights import FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import ACCOUNT

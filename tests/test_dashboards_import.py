@@ -18,7 +18,7 @@ from archiver.dashboards import importer
 from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import AuthError, ConfigError, NewRelicError
 from archiver.newrelic.nerdgraph import DASHBOARD_GRAPHQL, NerdGraphClient
-from archiver.queries import select_items, top_level_clauses
+from archiver.queries.nrql import select_items, top_level_clauses
 from tests.conftest import FakeTime
 
 URL = "https://api.newrelic.com/graphql"

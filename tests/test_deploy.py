@@ -19,7 +19,7 @@ from croniter import croniter
 
 from archiver.cli import build_parser
 from archiver.pipeline.sharding import Shard
-from archiver.queries import load_files
+from archiver.queries.load import load_files
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"

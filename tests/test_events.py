@@ -15,12 +15,12 @@ import requests
 from archiver.errors import NewRelicError
 from archiver.pipeline.events import (
     MAX_ROWS,
-    events_nrql,
     is_capped,
     plan_events,
     split,
     to_lines,
 )
+from archiver.queries.model import events_nrql
 from fakes.events import events
 from fakes.nerdgraph import DEFAULT_ACCOUNT, DEFAULT_API_KEY, FakeNerdGraph
 

@@ -1,8 +1,8 @@
-"""Step names of funnel() from the NRQL (archiver/funnels.py)."""
+"""Step names of funnel() from the NRQL (archiver/queries/funnels.py)."""
 
 import pytest
 
-from archiver.funnels import funnel_steps
+from archiver.queries.funnels import funnel_steps
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,14 @@ from archiver.funnels import funnel_steps
         ),
         pytest.param("SELECT count(*) FROM T", {}, id="no-funnel"),
         pytest.param("SELECT funnel(session FROM T", {}, id="unclosed"),
+        pytest.param(
+            "SELECT count(*) FROM T WHERE name = 'funnel(x, y)' -- funnel(a, b)", {}, id="quoted"
+        ),
+        pytest.param(
+            "SELECT funnel(session, WHERE a = 1 /* first, step */ AS 'A', WHERE b = 2) FROM T",
+            {"funnel.session": ("A", "step2")},
+            id="comment-with-comma",
+        ),
     ],
 )
 def test_funnel_steps(nrql, expected):

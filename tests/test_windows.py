@@ -1,3 +1,4 @@
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -227,3 +228,63 @@ def test_subtract_done_segments(done, remaining):
 
     result = windows.subtract((at(0), at(10)), [(at(a), at(b)) for a, b in done])
     assert result == [(at(a), at(b)) for a, b in remaining]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "interval", "buckets"),
+    [
+        pytest.param("2026-11-26 10:00:00", "2026-11-26 10:01:00", MIN, 1, id="one"),
+        pytest.param("2026-11-26 00:00:00", "2026-11-26 06:06:00", MIN, 366, id="the-most"),
+        pytest.param("2026-11-26 00:00:00", "2026-11-27 00:00:00", HOUR, 24, id="1h"),
+    ],
+)
+def test_aligned_buckets_counts_whole_buckets(since, until, interval, buckets):
+    assert windows.aligned_buckets(t(since), t(until), interval) == buckets
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "interval", "message"),
+    [
+        pytest.param(
+            "2026-11-26 10:00:30",
+            "2026-11-26 10:02:00",
+            MIN,
+            "window 2026-11-26T10:00:30Z..2026-11-26T10:02:00Z is not aligned to the interval "
+            "of 1 minute",
+            id="since-off",
+        ),
+        pytest.param(
+            "2026-11-26 00:00:00",
+            "2026-11-26 06:07:00",
+            MIN,
+            "a window must hold 1 to 366 buckets, not 367",
+            id="367",
+        ),
+        pytest.param(
+            "2026-11-26 10:00:00",
+            "2026-11-26 10:00:00",
+            MIN,
+            "a window must hold 1 to 366 buckets, not 0",
+            id="empty",
+        ),
+        pytest.param(  # SINCE and UNTIL are sent in whole milliseconds: the same instant
+            "2026-11-26 10:00:00",
+            "2026-11-26 10:00:00.000999",
+            MIN,
+            "a window must hold 1 to 366 buckets, not 0",
+            id="under-a-ms-apart",
+        ),
+        pytest.param(
+            "2026-11-26 10:00:00",
+            "2026-11-26 10:01:00",
+            timedelta(microseconds=500),
+            "is not aligned",
+            id="under-a-ms",
+        ),
+    ],
+)
+def test_aligned_buckets_refuses_what_new_relic_would_shift_or_reject(
+    since, until, interval, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        windows.aligned_buckets(t(since), t(until), interval)

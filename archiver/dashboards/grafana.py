@@ -19,7 +19,8 @@ from datetime import timedelta
 from typing import Any
 
 from archiver.pipeline import metrics
-from archiver.queries import QueryDef, SelectItem, Target, select_items
+from archiver.queries import QueryDef, Target
+from archiver.queries.nrql import SelectItem, select_items
 from archiver.timeparse import format_duration
 
 DEFAULT_DATASOURCE_UID = "influxdb-newrelic"  # the data source deploy/grafana provisions

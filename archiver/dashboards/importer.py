@@ -21,11 +21,11 @@ from typing import Any
 
 import yaml
 
-from archiver import queries
 from archiver.config import Settings
 from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import ConfigError
 from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.queries.load import QUERY_FILE_PATTERNS, load_file, load_files
 from archiver.timeparse import format_duration
 
 DEFAULT_DATABASE = "newrelic"
@@ -242,7 +242,7 @@ def _check_loads(file_name: str, text: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / file_name
         path.write_text(text, encoding="utf-8")
-        query, problems = queries.load_file(path, now=datetime.now(UTC))
+        query, problems = load_file(path, now=datetime.now(UTC))
     if problems or query is None:
         raise NotArchivable("; ".join(_without_path(str(p), path) for p in problems))
 
@@ -268,7 +268,7 @@ class _ExistingNames:
         if not folder.is_dir():
             return cls({}, {}, set())
         paths = sorted(_query_files(folder))
-        loaded = queries.load_files(paths)
+        loaded = load_files(paths)
         descriptions = {q.name: q.description for q in loaded.queries}
         by_name = {q.name: q.path for q in loaded.queries}
         for problem in loaded.problems:
@@ -295,5 +295,5 @@ class _ExistingNames:
 
 
 def _query_files(folder: Path) -> Iterable[Path]:
-    for pattern in queries.QUERY_FILE_PATTERNS:
+    for pattern in QUERY_FILE_PATTERNS:
         yield from (p for p in folder.glob(pattern) if not p.name.startswith("."))

@@ -3,7 +3,7 @@
 A widget's query carries the time range of the chart (SINCE, UNTIL, TIMESERIES, COMPARE WITH,
 WITH TIMEZONE) and display options (EXTRAPOLATE); the archiver owns time, so those top-level
 clauses are cut out. The TIMESERIES step, if it divides a day, becomes the file's interval.
-Reading the NRQL is left to `archiver.queries` (one scanner for the whole project).
+Reading the NRQL is left to `archiver.queries.nrql` (one scanner for the whole project).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from archiver.queries import (
+from archiver.queries.nrql import (
     MAX_FACETS,
     TIME_CLAUSE_PROBLEM,
     Clause,

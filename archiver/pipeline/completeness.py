@@ -2,7 +2,7 @@
 
 - `drop_unsampled(rows, guards)`: New Relic answers a percentile (or median) of a bucket
   without samples with 0. The NRQL sent asks for the matching sample count too
-  (`queries.sample_counts`); where that count is 0 the percentile fields are removed from the
+  (`samples.sample_counts`); where that count is 0 the percentile fields are removed from the
   row, and the helper count itself is always removed: it is never written.
 - `other_rows(other, facets)`: `otherResult` (the facets beyond LIMIT, `other: true`) as rows
   whose facet attributes all hold `__other__`, so that the points of a bucket add up to its
@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from archiver.queries import OTHER_TAG_VALUE, SampleGuard
+from archiver.queries.model import OTHER_TAG_VALUE
+from archiver.queries.samples import SampleGuard
 
 Row = dict[str, Any]
 

@@ -41,11 +41,6 @@ class EventWindow(NamedTuple):
     rows: Sequence[Row]
 
 
-def events_nrql(nrql: str, since: datetime, until: datetime) -> str:
-    """The query file's NRQL (which has no LIMIT) for the half-open window [since, until)."""
-    return f"{nrql.strip()} LIMIT MAX SINCE {epoch_ms(since)} UNTIL {epoch_ms(until)}"
-
-
 def is_capped(rows: Sequence[Row]) -> bool:
     """New Relic may have left events out of this answer."""
     return len(rows) >= MAX_ROWS
@@ -163,7 +158,3 @@ def _timestamp_ms(row: Row) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise NewRelicError(f"a raw-event row has no epoch-ms `timestamp`: {dict(row)!r:.200}")
     return int(value)
-
-
-def epoch_ms(moment: datetime) -> int:
-    return (as_utc(moment) - EPOCH) // timedelta(milliseconds=1)

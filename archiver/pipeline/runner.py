@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from archiver import funnels, windows
+from archiver import windows
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, QueryTooBig
 from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient, NrqlResult
@@ -29,7 +29,7 @@ from archiver.pipeline import completeness, events, metrics, transform
 from archiver.pipeline.cardinality import SeriesGuard
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.readahead import read_ahead
-from archiver.queries import QueryDef, QueryFileProblem, Target
+from archiver.queries import QueryDef, QueryFileProblem, Target, funnels
 from archiver.sinks.base import Precision, RetentionPolicy, Sink
 from archiver.state.store import State, WindowCosts
 from archiver.timeparse import parse_time, time_spec

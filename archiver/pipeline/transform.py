@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from archiver.errors import NewRelicError
-from archiver.funnels import step_name
 from archiver.lineprotocol import escape_key, escape_measurement, format_field, line, series
+from archiver.queries.funnels import step_name
 
 SKIPPED_KEYS = frozenset({"beginTimeSeconds", "endTimeSeconds", "facet", "timestamp"})
 
@@ -171,7 +171,7 @@ def to_lines(
 ) -> list[str]:
     """One line per row that has at least one field.
 
-    `funnels` maps a funnel's result key to its step names (`archiver.funnels.funnel_steps`);
+    `funnels` maps a funnel's result key to its step names (`queries.funnels.funnel_steps`);
     the keys of values that give no field for want of a line-protocol form are added to
     `dropped`. The hot loop of a backfill: field names are escaped once per query, the
     measurement and tags once per facet value.

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from archiver.funnels import funnel_steps
 from archiver.newrelic.insights import to_nerdgraph_rows
 from archiver.pipeline import events, transform
+from archiver.queries.funnels import funnel_steps
 
 CASES = Path(__file__).parent / "cases"
 
