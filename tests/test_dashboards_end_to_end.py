@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -63,22 +64,28 @@ def imported_specs(database: str) -> dict[str, Spec]:
             (Item("average", "lag", "average.lag"),),
             "1 minute",
         ),
-        spec(
-            f"database_pages_page_views_both_accounts_{ACCOUNT}",
-            "PageView",
-            (),
-            COUNT,
-            "15 minutes",
-        ),
-        spec(
-            f"database_pages_page_views_both_accounts_{OTHER_ACCOUNT}",
-            "PageView",
-            (),
-            COUNT,
-            "15 minutes",
-        ),
+        spec(BOTH_ACCOUNTS, "PageView", (), COUNT, "15 minutes"),
     ]
     return {s.name: s for s in specs}
+
+
+BOTH_ACCOUNTS = "database_pages_page_views_both_accounts"  # accountIds [ACCOUNT, OTHER_ACCOUNT]
+
+
+def expected(spec: Spec, since, until) -> dict:
+    """The fake's points for a file; the both-accounts file's once per account, tagged with it
+    (the fake answers every account from the same data model)."""
+    if spec.name != BOTH_ACCOUNTS:
+        return expected_points(spec, since, until)
+    points = {}
+    for account in (ACCOUNT, OTHER_ACCOUNT):
+        tagged = replace(spec, tags={"account_id": str(account)})
+        points |= expected_points(tagged, since, until)
+    return points
+
+
+def tags_of(spec: Spec) -> tuple[str, ...]:
+    return (*spec.facets, "account_id") if spec.name == BOTH_ACCOUNTS else spec.facets
 
 
 LIMITED = "database_pages_slowest_transactions"  # max(duration) ... FACET name LIMIT 5
@@ -115,10 +122,9 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
         "not archived: page 'Database & pages', widget 'Recent page views'",
         "not archived: page 'Database & pages', widget 'Everything by everything'",
     ]
-    both = yaml.safe_load(
-        (queries_dir / f"database_pages_page_views_both_accounts_{OTHER_ACCOUNT}.yaml").read_text()
-    )
-    assert both["account_id"] == OTHER_ACCOUNT and both["interval"] == "15 minutes"
+    both = yaml.safe_load((queries_dir / f"{BOTH_ACCOUNTS}.yaml").read_text())
+    assert both["account_ids"] == [ACCOUNT, OTHER_ACCOUNT] and "account_id" not in both
+    assert both["interval"] == "15 minutes"
     assert both["nrql"] == "SELECT count(*) FROM PageView"  # WITH TIMEZONE, SINCE... removed
 
     validated = cli2("validate")
@@ -130,7 +136,11 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
     run = cli2("run", "--since", since.isoformat(), "--until", until.isoformat())
     assert run.returncode == 0, run.stderr
     for name, spec in specs.items():
-        assert actual(influxd, spec) == expected_points(spec, since, until), name
+        assert actual(influxd, spec) == expected(spec, since, until), name
+    assert {point["tags"]["account_id"] for point in influxd.points(influx_db, BOTH_ACCOUNTS)} == {
+        str(ACCOUNT),
+        str(OTHER_ACCOUNT),
+    }
     limited = influxd.points(influx_db, LIMITED)
     assert limited and len({point["tags"].get("name") for point in limited}) <= 5
 
@@ -143,7 +153,9 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
     board = json.loads(board_path.read_text())
     panels = {panel["title"].split(" (")[0]: panel for panel in board["panels"]}
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
-    assert set(variables) == {"appName", "host", "provider", "success", "cluster", "name"}
+    assert set(variables) == {
+        *("appName", "host", "provider", "success", "cluster", "name", "account_id")
+    }
 
     start_ms, end_ms = int(since.timestamp() * 1000), int(until.timestamp() * 1000) - 1
     for name, spec in specs.items():
@@ -152,7 +164,7 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
         for target in panel["targets"]:
             query = grafana_fills(target["query"], start_ms, end_ms, panel["interval"], {})
             rows += influxd.query(query, db=influx_db)
-        assert as_points(rows, spec.facets) == expected_points(spec, since, until), name
+        assert as_points(rows, tags_of(spec)) == expected(spec, since, until), name
 
     panel = panels[LIMITED]  # FACET name LIMIT 5: whatever New Relic answered, as archived
     rows = [
@@ -175,6 +187,18 @@ def test_import_validate_run_grafana(cli2, influxd, influx_db, queries_dir, tmp_
         query = grafana_fills(target["query"], start_ms, end_ms, panel["interval"], chosen)
         rows += influxd.query(query, db=influx_db)
     assert {row["appName"] for row in rows} == {"billing,eu", 'say "hi"'}
+    # the both-accounts panel: a series per account, and the account_id variable picks one
+    panel = panels[BOTH_ACCOUNTS]
+    [target] = panel["targets"]
+    for chosen, accounts in (
+        ({}, {ACCOUNT, OTHER_ACCOUNT}),
+        ({"account_id": [str(ACCOUNT)]}, {ACCOUNT}),
+    ):
+        query = grafana_fills(target["query"], start_ms, end_ms, panel["interval"], chosen)
+        rows = influxd.query(query, db=influx_db)
+        assert {int(row["account_id"]) for row in rows} == accounts
+    account_values = influxd.query(variables["account_id"]["query"])
+    assert {row["value"] for row in account_values} == {str(ACCOUNT), str(OTHER_ACCOUNT)}
     for variable in variables.values():  # every variable's own query lists the tag's values
         values = influxd.query(variable["query"])
         assert values, variable["query"]

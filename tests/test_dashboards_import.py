@@ -193,7 +193,7 @@ def test_a_real_quickstart_dashboard(tmp_path, fake_time):
     )
     # the same widget on two pages: two names; accountId 0 is the template's placeholder
     assert {"net_app_overview_errors_overview", "errors_errors_overview"} <= set(files)
-    assert all("account_id" not in content for content in files.values())
+    assert all(not {"account_id", "account_ids"} & set(content) for content in files.values())
     overview = files["net_app_overview_transactions_overview"]
     assert overview["description"] == (
         f"From New Relic dashboard '.NET' ({GUID}), page '.NET App Overview', "
@@ -225,6 +225,7 @@ def test_real_dashboards_with_account_ids(tmp_path, fake_time):
     [only] = plan.files
     content = yaml.safe_load(only.text)
     assert content["account_id"] == 3806526
+    assert "account_ids" not in content  # one account: account_id, as before
     assert content["interval"] == "1 minute"  # TIMESERIES 2 days does not divide a day
     assert content["retention_policy"] == "raw"
     assert content["nrql"] == (
@@ -246,17 +247,41 @@ def dashboard(*widgets: dict, page: str = "Main") -> dict:
     return {"name": "Shop", "pages": [{"name": page, "widgets": list(widgets)}]}
 
 
-def test_several_accounts_give_one_file_each():
+def test_several_accounts_give_one_account_ids_file(tmp_path):
     entity = dashboard(
-        widget("Orders", "viz.line", {"accountIds": [11, 22], "query": "SELECT count(*) FROM O"})
+        widget(
+            "Orders",
+            "viz.line",
+            {"accountIds": [22, 11, 22, 0], "query": "SELECT count(*) FROM O FACET shop"},
+        ),
+        widget("Refunds", "viz.line", {"accountIds": [33], "query": "SELECT count(*) FROM R"}),
+        widget("Any", "viz.line", {"accountIds": [0], "query": "SELECT count(*) FROM A"}),
+        # the account_id tag of account_ids would collide with this facet: listed, not written
+        widget(
+            "Per account",
+            "viz.line",
+            {"accountIds": [11, 22], "query": "SELECT count(*) FROM O FACET account_id"},
+        ),
     )
-    plan = importer.plan(entity, GUID, importer.Options(out=Path("/nonexistent")))
-    contents = [yaml.safe_load(f.text) for f in plan.files]
-    assert [(c["name"], c["account_id"], c["measurement"]) for c in contents] == [
-        ("main_orders_11", 11, "main_orders_11"),
-        ("main_orders_22", 22, "main_orders_22"),
-    ]
-    assert contents[0]["description"].endswith("widget 'Orders' (account 11 of 11, 22)")
+    plan = importer.plan(entity, GUID, importer.Options(out=tmp_path))
+    orders, refunds, any_account = plan.files
+    assert "\naccount_ids: [22, 11]\n" in orders.text  # inline, in the widget's order
+    content = yaml.safe_load(orders.text)
+    assert (content["name"], content["measurement"]) == ("main_orders", "main_orders")
+    assert "account_id" not in content
+    assert content["description"].endswith("widget 'Orders'")
+    assert yaml.safe_load(refunds.text)["account_id"] == 33
+    assert "account_ids" not in yaml.safe_load(refunds.text)
+    assert not {"account_id", "account_ids"} & set(yaml.safe_load(any_account.text))
+    [skipped] = plan.skipped
+    assert skipped.widget == "Per account"
+    assert "FACET account_id would collide" in skipped.reason
+    importer.write(plan, force=False)
+    loaded = queries.load_dir(tmp_path)  # what `validate` does
+    assert loaded.problems == []
+    [query] = [q for q in loaded.queries if q.name == "main_orders"]
+    assert query.accounts(None) == (22, 11)
+    assert [query.job_name(a) for a in query.accounts(None)] == ["main_orders@22", "main_orders@11"]
 
 
 def test_compare_with_billboards_and_markdown_are_listed_not_written():

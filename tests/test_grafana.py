@@ -130,6 +130,34 @@ def test_one_panel_per_query_and_target_and_one_variable_per_tag():
     assert lag["fieldConfig"]["defaults"]["unit"] == "s"
 
 
+def test_an_account_ids_query_is_grouped_by_account_like_a_facet():
+    orders = query("orders", "SELECT count(*) FROM O FACET shop").model_copy(
+        update={"account_ids": (11, 22)}
+    )
+    single = query("refunds", "SELECT count(*) FROM R", database="other").model_copy(
+        update={"account_id": 33}
+    )
+    board = grafana.dashboard([orders, single])
+    panels = {p["title"].split()[0]: p for p in board["panels"] if p["type"] == "timeseries"}
+    assert panels["orders"]["targets"][0]["query"] == (
+        'SELECT sum("count") AS "count" FROM "newrelic"."raw"."orders" WHERE '
+        '"shop" =~ /^$shop$/ AND "account_id" =~ /^$account_id$/ AND $timeFilter '
+        'GROUP BY time($__interval), "shop", "account_id" fill(none)'
+    )
+    assert panels["refunds"]["targets"][0]["query"] == (  # one account: no account_id tag
+        'SELECT sum("count") AS "count" FROM "other"."raw"."refunds" WHERE $timeFilter '
+        "GROUP BY time($__interval) fill(none)"
+    )
+    variables = board["templating"]["list"]
+    assert [(v["name"], v["query"]) for v in variables] == [
+        ("shop", 'SHOW TAG VALUES ON "newrelic" FROM "orders" WITH KEY = "shop"'),
+        ("account_id", 'SHOW TAG VALUES ON "newrelic" FROM "orders" WITH KEY = "account_id"'),
+    ]
+    # the jobs of an account_ids query are named orders@11, orders@22 in nr_archiver
+    lag = panels["Lag"]["targets"][0]["query"]
+    assert '"query" =~ /^(orders@[0-9]+|refunds)$/' in lag
+
+
 @pytest.mark.parametrize(
     ("nrql", "fields"),
     [

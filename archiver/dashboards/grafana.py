@@ -2,7 +2,8 @@
 
 The dashboard is Grafana's classic JSON model (what "Export" and file provisioning use): one
 time-series panel per (query, target) reading the archived measurement with InfluxQL, a
-template variable per FACET tag, and a row about the archiver itself from `nr_archiver`.
+template variable per FACET tag (and for the `account_id` tag of an `account_ids` query), and a
+row about the archiver itself from `nr_archiver`.
 Field names are predicted from the NRQL the way New Relic keys its results (`count`,
 `average.duration`, `percentile.duration.95`, an alias as written); a SELECT item whose key
 cannot be predicted (an expression without alias, `apdex`...), and a `mode: events` query, make
@@ -20,6 +21,7 @@ from typing import Any
 
 from archiver.pipeline import metrics
 from archiver.queries import QueryDef, Target
+from archiver.queries.model import ACCOUNT_TAG
 from archiver.queries.nrql import SelectItem, select_items
 from archiver.timeparse import format_duration
 
@@ -138,8 +140,10 @@ def _series_panel(
 
 
 def tag_keys(query: QueryDef) -> tuple[str, ...]:
-    """The tags a query's points carry besides its static ones: facets, or event attributes."""
-    return query.tag_attributes if query.mode == "events" else query.facets
+    """The tags a query's points carry besides its static ones: facets, or event attributes,
+    and the `account_id` of an `account_ids` query (one series per account)."""
+    keys = query.tag_attributes if query.mode == "events" else query.facets
+    return (*keys, ACCOUNT_TAG) if query.account_ids else keys
 
 
 def predicted_fields(nrql: str) -> list[Field] | None:
@@ -206,7 +210,8 @@ def _percentile_key(text: str) -> str:
 def _archiver_panels(queries: list[QueryDef], source: dict, y: int) -> list[dict]:
     databases = list(dict.fromkeys(t.database for q in queries for t in q.targets))
     from_ = ", ".join(_source(db, None, metrics.MEASUREMENT) for db in databases)
-    names = "|".join(re.escape(q.name) for q in queries)
+    # an account_ids query's jobs (and self-metrics points) are named `<name>@<account id>`
+    names = "|".join(re.escape(q.name) + ("@[0-9]+" if q.account_ids else "") for q in queries)
     only = f'"query" =~ /^({names})$/ AND ' if names else ""
 
     def influxql(selection: str, where: str = "", by: str = ', "query", "target"') -> str:

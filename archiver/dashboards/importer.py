@@ -145,14 +145,16 @@ def _plan_widget(
     for index, nrql_query in enumerate(nrql_queries):
         where = label if len(nrql_queries) == 1 else f"{label} (query {index + 1})"
         try:
-            files = _files_for_query(result, page, title, visualization, nrql_query, options, names)
+            planned = _file_for_query(
+                result, page, title, visualization, nrql_query, options, names
+            )
         except NotArchivable as exc:
             result.skipped.append(Skipped(page, where, str(exc)))
             continue
-        result.files += files
+        result.files.append(planned)
 
 
-def _files_for_query(
+def _file_for_query(
     result: Plan,
     page: str,
     title: str,
@@ -160,7 +162,7 @@ def _files_for_query(
     nrql_query: dict[str, Any],
     options: Options,
     names: _ExistingNames,
-) -> list[PlannedFile]:
+) -> PlannedFile:
     nrql = nrql_query.get("query")
     if not isinstance(nrql, str) or not nrql.strip():
         raise NotArchivable("the widget query has no NRQL text")
@@ -176,32 +178,27 @@ def _files_for_query(
         f"From New Relic dashboard {result.dashboard!r} ({result.guid}), page {page!r}, "
         f"widget {title!r}"
     )
-    planned = []
-    for account in accounts or [None]:
-        name_base = f"{base}_{account}" if len(accounts) > 1 else base
-        file_description = description
-        if len(accounts) > 1:
-            file_description += f" (account {account} of {', '.join(map(str, accounts))})"
-        content: dict[str, Any] = {
-            "description": file_description,
-            "nrql": cleaned.nrql,
-            "interval": format_duration(cleaned.interval),
-            "database": options.database,
-        }
-        if options.retention_policy:
-            content["retention_policy"] = options.retention_policy
-        if account is not None:
-            content["account_id"] = account
-        name, path, replaces = names.claim(name_base, content["description"], options.out)
-        content = {"name": name, **content, "measurement": name}
-        text = _yaml(content, nrql)
-        try:
-            _check_loads(path.name, text)
-        except NotArchivable:
-            names.claimed.discard(name)
-            raise
-        planned.append(PlannedFile(path, name, text, replaces))
-    return planned
+    content: dict[str, Any] = {
+        "description": description,
+        "nrql": cleaned.nrql,
+        "interval": format_duration(cleaned.interval),
+        "database": options.database,
+    }
+    if options.retention_policy:
+        content["retention_policy"] = options.retention_policy
+    if len(accounts) > 1:  # one job per account, each point tagged account_id=<id>
+        content["account_ids"] = _FlowList(accounts)
+    elif accounts:
+        content["account_id"] = accounts[0]
+    name, path, replaces = names.claim(base, description, options.out)
+    content = {"name": name, **content, "measurement": name}
+    text = _yaml(content, nrql)
+    try:
+        _check_loads(path.name, text)
+    except NotArchivable:
+        names.claimed.discard(name)
+        raise
+    return PlannedFile(path, name, text, replaces)
 
 
 def _raw_configuration(raw: Any) -> dict[str, Any]:
@@ -234,7 +231,22 @@ def _yaml(content: dict[str, Any], original_nrql: str) -> str:
     header = "# Written by `nr-archiver import dashboard`. The widget's NRQL was:\n" + "".join(
         f"#   {line}\n" for line in original_nrql.strip().splitlines()
     )
-    return header + yaml.safe_dump(content, sort_keys=False, allow_unicode=True, width=100)
+    return header + yaml.dump(
+        content, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+    )
+
+
+class _FlowList(list):
+    """A list written inline, `account_ids: [1, 2]`, as the README shows it."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(
+    _FlowList, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)
 
 
 def _check_loads(file_name: str, text: str) -> None:
