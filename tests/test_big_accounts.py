@@ -18,7 +18,7 @@ from alembic import command
 
 from archiver import config
 from archiver.errors import ConfigError
-from archiver.state import store as state_module
+from archiver.state import migrate
 from archiver.state.store import State
 from archiver.windows import iso
 from fakes import events
@@ -264,8 +264,8 @@ def old_db_url(request, tmp_path):
 
 
 def test_a_state_db_at_0003_upgrades_keeping_checkpoints_progress_and_windows(old_db_url):
-    engine = state_module.make_engine(old_db_url)
-    config = state_module._alembic_config()
+    engine = migrate.make_engine(old_db_url)
+    config = migrate._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0003")  # the revision before window costs

@@ -43,7 +43,8 @@ from archiver.pipeline.transform import escape_key
 from archiver.sinks.choose import Sink
 from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
 from archiver.sinks.readback import Deleted, Series
-from archiver.state.store import State, VerifyRecord
+from archiver.state.store import State
+from archiver.state.verifications import VerifyRecord
 from archiver.verify.compare import Comparison, Point, compare, parse_line, unescape_key
 from archiver.verify.report import (
     EXAMPLES,
