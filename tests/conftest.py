@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from fakes.nerdgraph import FakeNerdGraph
 from tests import faults
+from tests.clocks import FakeClock
 from tests.e2e import ACCOUNT, Cli, cli_env
 from tests.influxd import InfluxServer, running_influxd, unique_database_name
 
@@ -101,24 +102,10 @@ def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
     return Cli(env, tmp_path)
 
 
-class FakeTime:
-    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> FakeClock:
+    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
+    return FakeClock(0.0)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from archiver import logs
 from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.sinks.influx_client import InfluxClientSink, bucket_name
 from archiver.sinks.influx_v1 import RetentionPolicy
+from tests.clocks import FakeSleep
 from tests.influxd import InfluxServer, free_port
 
 TOKEN = "tok-" + secrets.token_hex(8)
@@ -185,14 +186,6 @@ def serving(fake: FakeInflux2) -> Iterator[RunningFake]:
             fake.hang.set()
         server.shutdown()
         server.server_close()
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ from archiver import cli
 from archiver.schedule import cron
 from archiver.state.store import State
 from archiver.status import collect
+from tests.clocks import FakeClock, FakeTimeEvent
 from tests.e2e import Spec, cli_env
-from tests.test_scheduler import FakeClock, FakeTimeEvent
+from tests.test_scheduler import START
 
 HOURLY = "0 * * * *"
 REVOKED_KEY = "NRAK-REVOKED-KEY-0000"
@@ -86,7 +87,7 @@ class Ticks:
         passes: int,
         before: dict[int, Callable[[], object]] | None = None,
     ) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(START)
         self.stop = FakeTimeEvent(self.clock)
         self.heartbeat, self.passes, self.before = heartbeat, passes, before or {}
         args = cli.build_parser().parse_args(["schedule"])
@@ -279,7 +280,7 @@ def test_health_reads_a_heartbeat_of_the_previous_release(heartbeat):
             }
         )
     )
-    clock = FakeClock()
+    clock = FakeClock(START)
 
     assert cron.check_health(heartbeat, clock()) == (
         True,
@@ -331,7 +332,7 @@ def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_star
     ],
 )
 def test_health_fails_only_when_the_last_pass_failed_as_a_whole(heartbeat, outcome, healthy):
-    clock = FakeClock()
+    clock = FakeClock(START)
     history = cron.History().after(clock(), outcome)
     cron.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
 

@@ -25,37 +25,13 @@ import pytest
 
 from archiver.errors import ConfigError
 from archiver.schedule import cron
+from tests.clocks import FakeClock, FakeTimeEvent
 from tests.e2e import ACCOUNT
 from tests.faults import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 4, 30, tzinfo=UTC)
 FAR_AWAY_TICK = "0 0 1 1 *"
-
-
-class FakeClock:
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
-class FakeTimeEvent(threading.Event):
-    """A stop event whose wait lets fake time pass instead of real time."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        super().__init__()
-        self.clock = clock
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None, "the scheduler must never wait without a timeout here"
-        if not self.is_set():
-            self.clock.advance(timedelta(seconds=timeout))
-        return self.is_set()
 
 
 class RecordingJob:
@@ -91,7 +67,7 @@ class RecordingJob:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
