@@ -30,7 +30,7 @@ from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.runner import Backfill, PlannedJob, Runner, RunReport
-from archiver.schedule.cron import PassOutcome
+from archiver.schedule.health import PassOutcome
 from archiver.sinks.choose import Sink, open_sink
 from archiver.state.store import State
 from archiver.windows import Window
