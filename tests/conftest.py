@@ -16,6 +16,7 @@ from tests import faults
 from tests.clocks import FakeClock
 from tests.e2e import ACCOUNT, Cli, cli_env
 from tests.influxd import InfluxServer, running_influxd, unique_database_name
+from tests.inprocess import InProcessCli
 
 PG_ADMIN_URL = os.environ.get(
     "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -100,6 +101,12 @@ def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
         queries=queries_dir,
     )
     return Cli(env, tmp_path)
+
+
+@pytest.fixture
+def inprocess_cli(cli, monkeypatch, capsys) -> InProcessCli:
+    """`cli` in this process: `archiver.cli.main` with the same environment."""
+    return InProcessCli(cli.env, cli.cwd, monkeypatch, capsys)
 
 
 @pytest.fixture

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
 
-from archiver.cli import main
-from archiver.state.store import State
 from tests.e2e import Cli, Spec, ago, cli_env, floor
 from tests.faults import (
     LAG_SECONDS,
@@ -34,7 +30,6 @@ from tests.faults import (
     wait_until,
 )
 from tests.influxd import unique_database_name
-from tests.inprocess import env  # noqa: F401 (the fixture `run` uses)
 
 ALL_FAULTS = (
     "http429",
@@ -256,87 +251,58 @@ def test_two_runs_started_together_never_ask_the_same_window_twice(
 
 
 # -- bad input ---------------------------------------------------------------------------------
-# In-process (`main(["run"])` with the same environment): a separate process adds nothing here.
-
-
-@dataclass(frozen=True)
-class Ran:
-    returncode: int
-    output: str
+# In this process (`inprocess_cli`): a process of its own adds nothing to these.
 
 
 @pytest.fixture
-def run(request, monkeypatch, capsys) -> Callable[..., Ran]:
-    """`nr-archiver run` in this process, with `overrides` added to the environment."""
-    request.getfixturevalue("env")  # the e2e environment, set in this process
-
-    def run(**overrides: str) -> Ran:
-        capsys.readouterr()
-        with monkeypatch.context() as patch:
-            for name, value in overrides.items():
-                patch.setenv(name, value)
-            code = main(["run"])
-        captured = capsys.readouterr()
-        return Ran(code, captured.out + captured.err)
-
-    return run
-
-
-@pytest.fixture
-def archived(run, influx_db, queries_dir) -> tuple[Spec, datetime]:
+def archived(inprocess_cli, influxd, influx_db, queries_dir) -> tuple[Spec, datetime]:
     """A query already exported once: bad input must leave it and its data sound."""
     start = floor(ago(hours=2), 300)
     [spec] = write(queries_dir, small_spec("logins", influx_db, start))
-    result = run()
-    assert result.returncode == 0, result.output
+    result = inprocess_cli("run")
+    assert result.returncode == 0, result.stdout + result.stderr
     return spec, start
 
 
-@pytest.fixture
-def assert_state_sound(influxd, state_path) -> Callable[[tuple[Spec, datetime]], None]:
-    def assert_sound(archived: tuple[Spec, datetime]) -> None:
-        spec, start = archived
-        state = State.open_existing(f"sqlite:///{state_path}")
-        assert state is not None
-        assert_exact(influxd, spec, start, state.checkpoint(spec.name, f"{spec.database}.autogen"))
-
-    return assert_sound
+def assert_state_sound(cli: Cli, influxd, archived: tuple[Spec, datetime]) -> None:
+    spec, start = archived
+    assert_exact(influxd, spec, start, exported_until(cli)[spec.name])
 
 
-def test_empty_queries_folder_is_a_config_error(run, assert_state_sound, archived, tmp_path):
+def test_empty_queries_folder_is_a_config_error(inprocess_cli, influxd, archived, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
 
-    result = run(ARCHIVER_QUERIES_DIR=str(empty))
+    result = inprocess_cli("run", ARCHIVER_QUERIES_DIR=str(empty))
 
     assert result.returncode == 2
-    [error] = error_lines(result.output)
+    [error] = error_lines(result.stdout + result.stderr)
     assert str(empty) in error and "no *.yaml" in error
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
-def test_missing_queries_folder_is_a_config_error(run, assert_state_sound, archived, tmp_path):
+def test_missing_queries_folder_is_a_config_error(inprocess_cli, influxd, archived, tmp_path):
     missing = tmp_path / "nowhere"
 
-    result = run(ARCHIVER_QUERIES_DIR=str(missing))
+    result = inprocess_cli("run", ARCHIVER_QUERIES_DIR=str(missing))
 
     assert result.returncode == 2
-    [error] = error_lines(result.output)
+    [error] = error_lines(result.stdout + result.stderr)
     assert str(missing) in error and "does not exist" in error
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
 def test_yaml_that_is_not_a_mapping_fails_that_file_only(
-    run, assert_state_sound, archived, queries_dir
+    inprocess_cli, influxd, archived, queries_dir
 ):
     (queries_dir / "a_list.yaml").write_text("- nrql: SELECT count(*) FROM Login\n- oops\n")
 
-    result = run()
+    result = inprocess_cli("run")
 
     assert result.returncode == 1
-    [error] = error_lines(result.output)
+    [error] = error_lines(result.stdout + result.stderr)
     assert "a_list.yaml" in error and "not a mapping" in error
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
 VALID_KEYS = {
@@ -349,7 +315,7 @@ WRONG_TYPES = {"interval": "[5, minutes]", "account_id": "not-a-number", "tags":
 
 
 def test_wrong_types_are_one_line_per_file_naming_the_key(
-    run, assert_state_sound, archived, queries_dir
+    inprocess_cli, influxd, archived, queries_dir
 ):
     for key, value in WRONG_TYPES.items():
         content = {**VALID_KEYS, key: value}
@@ -357,50 +323,50 @@ def test_wrong_types_are_one_line_per_file_naming_the_key(
             "".join(f"{name}: {text}\n" for name, text in content.items())
         )
 
-    result = run()
+    result = inprocess_cli("run")
 
     assert result.returncode == 1
-    errors = error_lines(result.output)
+    errors = error_lines(result.stdout + result.stderr)
     assert len(errors) == len(WRONG_TYPES), errors
     for key in WRONG_TYPES:
         assert any(f"bad_{key}.yaml" in error and key in error for error in errors), (key, errors)
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
-def test_influx_url_that_is_not_influxdb_is_one_line_naming_it(run, assert_state_sound, archived):
+def test_influx_url_that_is_not_influxdb_is_one_line_naming_it(inprocess_cli, influxd, archived):
     with html_server() as url:
-        result = run(INFLUX_URL=url)
+        result = inprocess_cli("run", INFLUX_URL=url)
 
-    [error] = error_lines(result.output)
+    [error] = error_lines(result.stdout + result.stderr)
     assert "INFLUX_URL" in error and url in error
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
     assert result.returncode == 2
 
 
 def test_read_only_state_database_is_one_line_and_stays_sound(
-    run, assert_state_sound, fake_nr, archived, state_path
+    inprocess_cli, fake_nr, influxd, archived, state_path
 ):
     asked = len(fake_nr.requests)
 
-    result = run(ARCHIVER_DB_URL=f"sqlite:///file:{state_path}?mode=ro&uri=true")
+    result = inprocess_cli("run", ARCHIVER_DB_URL=f"sqlite:///file:{state_path}?mode=ro&uri=true")
 
     assert result.returncode == 2
-    [error] = error_lines(result.output)
+    [error] = error_lines(result.stdout + result.stderr)
     assert "state database" in error and "readonly" in error.replace("read-only", "readonly")
     assert len(fake_nr.requests) == asked, "New Relic was asked with nowhere to checkpoint"
-    assert_state_sound(archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
 def test_state_database_that_cannot_be_opened_is_one_line(
-    run, fake_nr, influx_db, queries_dir, tmp_path
+    inprocess_cli, fake_nr, influx_db, queries_dir, tmp_path
 ):
     write(queries_dir, small_spec("logins", influx_db, floor(ago(hours=1), 300)))
     missing_dir = tmp_path / "no" / "such" / "dir"
 
-    result = run(ARCHIVER_DB_URL=f"sqlite:///{missing_dir / 'state.db'}")
+    result = inprocess_cli("run", ARCHIVER_DB_URL=f"sqlite:///{missing_dir / 'state.db'}")
 
-    assert "Traceback" not in result.output
-    [error] = error_lines(result.output)
+    assert "Traceback" not in result.stdout + result.stderr
+    [error] = error_lines(result.stdout + result.stderr)
     assert "state database" in error and "unable to open" in error
     assert result.returncode == 2
     assert fake_nr.requests == []
