@@ -91,22 +91,28 @@ def state_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
-    """The real `python -m archiver` against the fake server, influxd and a SQLite state."""
-    env = cli_env(
+def cli_environment(fake_nr, influxd, queries_dir, state_path) -> dict[str, str]:
+    """The environment of `cli`: the fake server, influxd and a SQLite state."""
+    return cli_env(
         nerdgraph_url=fake_nr.url,
         api_key=fake_nr.api_key,
         influx_url=influxd.url,
         db_url=f"sqlite:///{state_path}",
         queries=queries_dir,
     )
-    return Cli(env, tmp_path)
 
 
 @pytest.fixture
-def inprocess_cli(cli, monkeypatch, capsys) -> InProcessCli:
-    """`cli` in this process: `archiver.cli.main` with the same environment."""
-    return InProcessCli(cli.env, cli.cwd, monkeypatch, capsys)
+def cli(cli_environment, tmp_path) -> Cli:
+    """The real `python -m archiver` against the fake server, influxd and a SQLite state."""
+    return Cli(cli_environment, tmp_path)
+
+
+@pytest.fixture
+def inprocess_cli(cli_environment, tmp_path, monkeypatch, capsys) -> InProcessCli:
+    """`cli` in this process: `archiver.cli.main` with the same environment (`popen` still
+    starts a process of its own)."""
+    return InProcessCli(cli_environment, tmp_path, monkeypatch, capsys)
 
 
 @pytest.fixture
