@@ -59,7 +59,7 @@ class InProcessCli(Cli):
         self.capsys.readouterr()
         with self.monkeypatch.context() as patch:
             patch.chdir(self.cwd)
-            for name in os.environ:
+            for name in list(os.environ):
                 if name.startswith(SETTINGS_PREFIXES):
                     patch.delenv(name)
             for name, value in {**self.env, **extra_env}.items():
