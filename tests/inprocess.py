@@ -65,6 +65,9 @@ class InProcessCli(Cli):
             for name, value in {**self.env, **extra_env}.items():
                 patch.setenv(name, value)
             patch.setattr(cron, "install_signal_handlers", lambda stop: None)
-            code = main(list(args))
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors, as the process would end
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
         captured = self.capsys.readouterr()
         return subprocess.CompletedProcess(["nr-archiver", *args], code, captured.out, captured.err)

@@ -30,6 +30,7 @@ from tests.faults import (
     wait_until,
 )
 from tests.influxd import unique_database_name
+from tests.inprocess import InProcessCli
 
 ALL_FAULTS = (
     "http429",
@@ -383,7 +384,7 @@ def auth_db(influxd_auth):
 
 
 def test_secrets_never_appear_in_debug_output_or_status(
-    tmp_path, fake_nr, influxd_auth, auth_db, queries_dir
+    tmp_path, fake_nr, influxd_auth, auth_db, queries_dir, monkeypatch, capsys
 ):
     password = influxd_auth.admin_password
     wrong_password = "wrong-" + password
@@ -394,9 +395,11 @@ def test_secrets_never_appear_in_debug_output_or_status(
         db_url=f"sqlite:///{tmp_path / 'state.db'}",
         queries=queries_dir,
     )
-    cli = Cli(
+    cli = InProcessCli(
         {**base, "INFLUX_USERNAME": "admin", "INFLUX_PASSWORD": password},
         tmp_path,
+        monkeypatch,
+        capsys,
     )
     start = floor(ago(hours=1), 300)
     write(queries_dir, small_spec("logins", auth_db, start))
