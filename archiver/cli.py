@@ -28,7 +28,7 @@ from archiver.pipeline import sharding
 from archiver.pipeline.runner import Backfill, PlannedJob
 from archiver.queries.load import load_files
 from archiver.reset import reset_checkpoints
-from archiver.schedule import cron
+from archiver.schedule import cron, health
 from archiver.state.store import State
 from archiver.timeparse import format_duration, parse_time
 from archiver.windows import Window
@@ -541,7 +541,7 @@ def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def scheduled_pass(
     args: argparse.Namespace, stop: threading.Event, env: Mapping[str, str] | None = None
-) -> Callable[[], cron.PassOutcome]:
+) -> Callable[[], health.PassOutcome]:
     """One incremental pass of `schedule`, as a job for `cron.run_forever`.
 
     The settings (secret files included) and the query files are read afresh at every pass: a
@@ -549,25 +549,25 @@ def scheduled_pass(
     failure ends the loop; the scheduler logs each pass's outcome in one line.
     """
 
-    def one_pass() -> cron.PassOutcome:
+    def one_pass() -> health.PassOutcome:
         try:
             settings = settings_from(args, env)
             with passes.recorded_failures(settings, "incremental"):
                 loaded = load_and_report(settings, args)
             report = passes.run_pass(settings, loaded, None, pass_options(args), stop)
         except queries.NoQueryFiles as exc:
-            return cron.PassOutcome(
+            return health.PassOutcome(
                 exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
             )
         except ArchiverError as exc:
-            return cron.PassOutcome.failure(exit_code_of(exc), str(exc))
+            return health.PassOutcome.failure(exit_code_of(exc), str(exc))
         return passes.outcome_of(report)
 
     return one_pass
 
 
 def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
-    healthy, message = cron.health()
+    healthy, message = health.health()
     print(message)
     return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
 

@@ -31,7 +31,7 @@ from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.runner import Backfill, PlannedJob, Runner, RunReport
-from archiver.schedule.cron import PassOutcome
+from archiver.schedule.health import PassOutcome
 from archiver.sinks.base import Sink
 from archiver.sinks.choose import open_sink
 from archiver.state.store import State

@@ -17,7 +17,9 @@ from archiver import queries
 from archiver.errors import ConfigError, ExitCode
 from archiver.pipeline.runner import holder_is_dead
 from archiver.queries import QueryDef
-from archiver.state.store import BackfillRecord, PassRecord, State, VerifyRecord
+from archiver.state.backfills import BackfillRecord
+from archiver.state.store import PassRecord, State
+from archiver.state.verifications import VerifyRecord
 from archiver.windows import iso
 
 

@@ -9,7 +9,7 @@ import os
 import sqlalchemy as sa
 from alembic import context
 
-from archiver.state.store import metadata
+from archiver.state.schema import metadata
 
 target_metadata = metadata
 

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 
 from fakes.nerdgraph import FakeNerdGraph
 from tests import faults
+from tests.clocks import FakeClock
 from tests.e2e import ACCOUNT, Cli, cli_env
 from tests.influxd import InfluxServer, running_influxd, unique_database_name
+from tests.inprocess import InProcessCli
 
 PG_ADMIN_URL = os.environ.get(
     "ARCHIVER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -89,36 +91,34 @@ def state_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(tmp_path, fake_nr, influxd, queries_dir, state_path) -> Cli:
-    """The real `python -m archiver` against the fake server, influxd and a SQLite state."""
-    env = cli_env(
+def cli_environment(fake_nr, influxd, queries_dir, state_path) -> dict[str, str]:
+    """The environment of `cli`: the fake server, influxd and a SQLite state."""
+    return cli_env(
         nerdgraph_url=fake_nr.url,
         api_key=fake_nr.api_key,
         influx_url=influxd.url,
         db_url=f"sqlite:///{state_path}",
         queries=queries_dir,
     )
-    return Cli(env, tmp_path)
-
-
-class FakeTime:
-    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def cli(cli_environment, tmp_path) -> Cli:
+    """The real `python -m archiver` against the fake server, influxd and a SQLite state."""
+    return Cli(cli_environment, tmp_path)
+
+
+@pytest.fixture
+def inprocess_cli(cli_environment, tmp_path, monkeypatch, capsys) -> InProcessCli:
+    """`cli` in this process: `archiver.cli.main` with the same environment (`popen` still
+    starts a process of its own)."""
+    return InProcessCli(cli_environment, tmp_path, monkeypatch, capsys)
+
+
+@pytest.fixture
+def fake_time() -> FakeClock:
+    """A clock that moves only when someone sleeps on it (or a fake request takes time)."""
+    return FakeClock(0.0)
 
 
 @pytest.fixture

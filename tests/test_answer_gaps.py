@@ -1,13 +1,14 @@
-"""Issue 11, items 5-7 end to end: the real CLI against the fake New Relic and a real influxd,
-checked with InfluxQL. Empty-bucket percentiles never land as 0, `other: true` archives the
-facets beyond LIMIT as `__other__` so totals add up, and New Relic's messages are logged once
-per query and counted in `nr_archiver`."""
+"""Issue 11, items 5-7 end to end: the CLI (in this process) against the fake New Relic and a
+real influxd, checked with InfluxQL. Empty-bucket percentiles never land as 0, `other: true`
+archives the facets beyond LIMIT as `__other__` so totals add up, and New Relic's messages are
+logged once per query and counted in `nr_archiver`."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 
 from archiver.windows import iso
@@ -25,6 +26,14 @@ from tests.e2e import (
     floor,
     parse_iso,
 )
+from tests.inprocess import InProcessCli
+
+
+@pytest.fixture
+def cli(inprocess_cli: InProcessCli) -> InProcessCli:
+    """The CLI in this process, where a process of its own adds nothing."""
+    return inprocess_cli
+
 
 HELPER = "__nr_archiver_n_"
 
@@ -196,7 +205,7 @@ def test_new_relic_messages_are_logged_once_per_query_and_counted(
 
 
 def test_other_true_is_refused_with_the_insights_api(
-    tmp_path: Path, influxd, influx_db, queries_dir
+    tmp_path: Path, influxd, influx_db, queries_dir, monkeypatch, capsys
 ):
     start = iso(floor(ago(hours=1), 300))
     base = {"measurement": "nr_x", "interval": "5 minutes", "database": influx_db, "start": start}
@@ -214,7 +223,7 @@ def test_other_true_is_refused_with_the_insights_api(
         )
         env.pop("NEW_RELIC_API_KEY")
         env |= {"NEW_RELIC_QUERY_KEY": insights.api_key, "NEW_RELIC_INSIGHTS_URL": insights.url}
-        cli = Cli(env, tmp_path)
+        cli = InProcessCli(env, tmp_path, monkeypatch, capsys)
         result = cli("run")
         nrqls = [r.nrql or "" for r in insights.requests]
     assert result.returncode == 1, result.stdout + result.stderr

@@ -1,6 +1,7 @@
 """Backfills, several targets, retention-aware ranges, lookback, reset and dry runs.
 
-The real CLI against the fake NerdGraph server and a real influxd, as in test_end_to_end.
+The CLI (in this process; a real one where it is killed) against the fake NerdGraph server
+and a real influxd, as in test_end_to_end.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import signal
 from dataclasses import replace
 from datetime import timedelta
+
+import pytest
 
 from archiver.state.store import State
 from archiver.windows import iso
@@ -22,6 +25,14 @@ from tests.e2e import (
     parse_iso,
 )
 from tests.faults import wait_until
+from tests.inprocess import InProcessCli
+
+
+@pytest.fixture
+def cli(inprocess_cli: InProcessCli) -> InProcessCli:
+    """The CLI in this process, where a process of its own adds nothing (`cli.popen` still
+    starts one)."""
+    return inprocess_cli
 
 
 def tx_spec(database: str, **changes) -> Spec:

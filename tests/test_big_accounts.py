@@ -1,4 +1,4 @@
-"""Big accounts end to end: the real CLI against the fake NerdGraph server and a real influxd.
+"""Big accounts end to end: the CLI (in this process) against the fake NerdGraph server and influxd.
 
 Windows New Relic finds too big are asked again smaller, asynchronous queries are polled, one
 file archives many accounts, and every window's inspected count is kept for the cost estimate.
@@ -18,13 +18,22 @@ from alembic import command
 
 from archiver import config
 from archiver.errors import ConfigError
-from archiver.state import store as state_module
+from archiver.state import migrate
 from archiver.state.store import State
 from archiver.windows import iso
 from fakes import events
 from fakes.nerdgraph import INSPECTED_PER_ROW, TOO_BIG_MESSAGE
 from tests.e2e import ACCOUNT, actual_points, ago, expected_points, floor, parse_iso
 from tests.faults import LAG_SECONDS, assert_exact, error_lines, facet_spec, plain_spec, small_spec
+from tests.inprocess import InProcessCli
+
+
+@pytest.fixture
+def cli(inprocess_cli: InProcessCli) -> InProcessCli:
+    """The CLI in this process, where a process of its own adds nothing (`cli.popen` still
+    starts one)."""
+    return inprocess_cli
+
 
 MINUTE_MS = 60_000
 
@@ -264,8 +273,8 @@ def old_db_url(request, tmp_path):
 
 
 def test_a_state_db_at_0003_upgrades_keeping_checkpoints_progress_and_windows(old_db_url):
-    engine = state_module.make_engine(old_db_url)
-    config = state_module._alembic_config()
+    engine = migrate.make_engine(old_db_url)
+    config = migrate._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0003")  # the revision before window costs

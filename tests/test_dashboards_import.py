@@ -19,7 +19,7 @@ from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import AuthError, ConfigError, NewRelicError
 from archiver.newrelic.nerdgraph import DASHBOARD_GRAPHQL, NerdGraphClient
 from archiver.queries.nrql import select_items, top_level_clauses
-from tests.conftest import FakeTime
+from tests.clocks import FakeClock
 
 URL = "https://api.newrelic.com/graphql"
 KEY = "NRAK-TEST0123456789ABCDEFGHIJKLM"
@@ -35,11 +35,11 @@ def answer(entity: Any) -> dict[str, Any]:
     return {"data": {"actor": {"entity": entity}}}
 
 
-def fetched(entity: dict[str, Any], fake_time: FakeTime) -> dict[str, Any]:
+def fetched(entity: dict[str, Any], fake_time: FakeClock) -> dict[str, Any]:
     """The entity, asked for through the real client and served over (faked) HTTP."""
     with responses.RequestsMock() as mock:
         mock.post(URL, json=answer(entity))
-        client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time.clock)
+        client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time)
         got = client.dashboard(GUID)
         body = json.loads(mock.calls[0].request.body)
     assert body == {"query": DASHBOARD_GRAPHQL, "variables": {"guid": GUID}}
@@ -357,7 +357,7 @@ def test_unknown_page_names_the_pages():
 
 @responses.activate
 def test_dashboard_errors_are_classified(fake_time):
-    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time.clock)
+    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time)
     responses.post(URL, json={"errors": [{"message": "Invalid API key"}]}, status=401)
     with pytest.raises(AuthError, match="HTTP 401"):
         client.dashboard(GUID)
@@ -374,7 +374,7 @@ def test_dashboard_errors_are_classified(fake_time):
 def test_dashboard_request_retries_transient_failures(fake_time):
     responses.post(URL, status=503, json={"errors": [{"message": "busy"}]})
     responses.post(URL, json=answer({"name": "D", "pages": []}))
-    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time.clock)
+    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time)
     assert client.dashboard(GUID) == {"name": "D", "pages": []}
     assert len(responses.calls) == 2 and len(fake_time.sleeps) == 1
 

@@ -1,4 +1,4 @@
-"""The real CLI against the fake NerdGraph server and a real influxd.
+"""The CLI (in this process) against the fake NerdGraph server and a real influxd.
 
 What landed in InfluxDB is compared with the contract's points computed from the fake's
 data model (tests/e2e.py), for every facet and every bucket.
@@ -11,12 +11,13 @@ import re
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
+
 from archiver.windows import iso
 from fakes.insights import FakeInsights
 from fakes.nerdgraph import FakeNerdGraph, json_reply
 from tests.e2e import (
     ACCOUNT,
-    Cli,
     Item,
     Spec,
     actual_points,
@@ -27,6 +28,13 @@ from tests.e2e import (
     parse_iso,
 )
 from tests.faults import error_lines
+from tests.inprocess import InProcessCli
+
+
+@pytest.fixture
+def cli(inprocess_cli: InProcessCli) -> InProcessCli:
+    """The CLI in this process, where a process of its own adds nothing."""
+    return inprocess_cli
 
 
 def specs(database: str) -> list[Spec]:
@@ -249,7 +257,9 @@ def test_no_self_metrics_flag(cli, influxd, influx_db, queries_dir):
     assert influxd.points(influx_db, "nr_archiver") == []
 
 
-def test_legacy_insights_api_archives_the_same_points(tmp_path, influxd, influx_db, queries_dir):
+def test_legacy_insights_api_archives_the_same_points(
+    tmp_path, influxd, influx_db, queries_dir, monkeypatch, capsys
+):
     start = floor(ago(hours=2), 300)
     chosen = [replace(s, extra={"start": iso(start)}) for s in specs(influx_db)[:2]]
     for spec in chosen:
@@ -264,7 +274,7 @@ def test_legacy_insights_api_archives_the_same_points(tmp_path, influxd, influx_
         )
         env.pop("NEW_RELIC_API_KEY")
         env |= {"NEW_RELIC_QUERY_KEY": insights.api_key, "NEW_RELIC_INSIGHTS_URL": insights.url}
-        cli = Cli(env, tmp_path)
+        cli = InProcessCli(env, tmp_path, monkeypatch, capsys)
         result = cli("run")
         assert result.returncode == 0, result.stdout + result.stderr
         assert insights.requests  # it went through the Insights API
@@ -295,7 +305,7 @@ def real_shapes_spec(database: str) -> Spec:
 
 
 def test_real_answer_shapes_archive_every_point_through_both_apis(
-    tmp_path, cli, influxd, influx_db, queries_dir
+    tmp_path, cli, influxd, influx_db, queries_dir, monkeypatch, capsys
 ):
     start = floor(ago(hours=1), 300)
     spec = replace(real_shapes_spec(influx_db), extra={"start": iso(start)})
@@ -317,7 +327,7 @@ def test_real_answer_shapes_archive_every_point_through_both_apis(
             "ARCHIVER_DB_URL": f"sqlite:///{tmp_path / 'legacy.db'}",
         }
         env.pop("NEW_RELIC_API_KEY")
-        legacy_cli = Cli(env, tmp_path)
+        legacy_cli = InProcessCli(env, tmp_path, monkeypatch, capsys)
         assert legacy_cli("run").returncode == 0
     status = legacy_cli.status()[(spec.name, f"{insights_db}.autogen")]
     try:
@@ -368,7 +378,7 @@ class DisagreeingNerdGraph(FakeNerdGraph):
 
 
 def test_a_facet_that_disagrees_with_its_attribute_fails_the_query_by_name(
-    tmp_path, influxd, influx_db, queries_dir
+    tmp_path, influxd, influx_db, queries_dir, monkeypatch, capsys
 ):
     spec = replace(specs(influx_db)[1], extra={"start": iso(floor(ago(hours=1), 300))})
     spec.write(queries_dir)
@@ -380,7 +390,7 @@ def test_a_facet_that_disagrees_with_its_attribute_fails_the_query_by_name(
             db_url=f"sqlite:///{tmp_path / 'state.db'}",
             queries=queries_dir,
         )
-        result = Cli(env, tmp_path)("run")
+        result = InProcessCli(env, tmp_path, monkeypatch, capsys)("run")
     assert result.returncode == 1
     [line] = error_lines(result.stdout + result.stderr)
     assert "logins" in line and "disagrees with its attribute provider" in line

@@ -17,6 +17,7 @@ from fakes.data import answer
 from fakes.events import events
 from fakes.nerdgraph import FAULT_KINDS, FakeNerdGraph, facet_values, real_facet_labels, value
 from fakes.nrql import NrqlError
+from tests.clocks import FakeClock
 from tests.nerdgraph_http import ACCOUNT, HOUR_MS, NOW, QUERY, UNTIL_MS, nrql_result, post
 
 MINUTE_MS = 60_000
@@ -735,14 +736,6 @@ POLL_QUERY = (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def start_async(fake: FakeNerdGraph, nrql: str) -> dict:
     body = {"query": ASYNC_QUERY, "variables": {"accountId": ACCOUNT, "nrql": nrql, "async": True}}
     response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=10)
@@ -756,7 +749,7 @@ def poll(fake: FakeNerdGraph, query_id: str, account: int = ACCOUNT) -> dict:
 
 
 def test_an_async_query_completes_after_its_polls_honouring_retry_after():
-    clock = Clock()
+    clock = FakeClock(float(NOW))
     with FakeNerdGraph(now=clock, accounts={ACCOUNT}) as fake:
         fake.set_async(polls=2, retry_after=5, retry_deadline=30)
         nrql = f"SELECT count(*) FROM Login {hours(2)} TIMESERIES 1 hour"
@@ -787,7 +780,7 @@ def test_an_async_query_completes_after_its_polls_honouring_retry_after():
 
 
 def test_an_async_query_not_polled_before_its_deadline_is_cancelled():
-    clock = Clock()
+    clock = FakeClock(float(NOW))
     with FakeNerdGraph(now=clock, accounts={ACCOUNT, 7654321}) as fake:
         fake.set_async(polls=1, retry_after=1, retry_deadline=10)
         query_id = start_async(fake, f"SELECT count(*) FROM Login {hours(1)}")["queryProgress"][

@@ -30,6 +30,7 @@ from tests.faults import (
     wait_until,
 )
 from tests.influxd import unique_database_name
+from tests.inprocess import InProcessCli
 
 ALL_FAULTS = (
     "http429",
@@ -251,14 +252,15 @@ def test_two_runs_started_together_never_ask_the_same_window_twice(
 
 
 # -- bad input ---------------------------------------------------------------------------------
+# In this process (`inprocess_cli`): a process of its own adds nothing to these.
 
 
 @pytest.fixture
-def archived(cli, influxd, influx_db, queries_dir) -> tuple[Spec, datetime]:
+def archived(inprocess_cli, influxd, influx_db, queries_dir) -> tuple[Spec, datetime]:
     """A query already exported once: bad input must leave it and its data sound."""
     start = floor(ago(hours=2), 300)
     [spec] = write(queries_dir, small_spec("logins", influx_db, start))
-    result = cli("run")
+    result = inprocess_cli("run")
     assert result.returncode == 0, result.stdout + result.stderr
     return spec, start
 
@@ -268,38 +270,40 @@ def assert_state_sound(cli: Cli, influxd, archived: tuple[Spec, datetime]) -> No
     assert_exact(influxd, spec, start, exported_until(cli)[spec.name])
 
 
-def test_empty_queries_folder_is_a_config_error(cli, influxd, archived, tmp_path):
+def test_empty_queries_folder_is_a_config_error(inprocess_cli, influxd, archived, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
 
-    result = cli("run", ARCHIVER_QUERIES_DIR=str(empty))
+    result = inprocess_cli("run", ARCHIVER_QUERIES_DIR=str(empty))
 
     assert result.returncode == 2
     [error] = error_lines(result.stdout + result.stderr)
     assert str(empty) in error and "no *.yaml" in error
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
-def test_missing_queries_folder_is_a_config_error(cli, influxd, archived, tmp_path):
+def test_missing_queries_folder_is_a_config_error(inprocess_cli, influxd, archived, tmp_path):
     missing = tmp_path / "nowhere"
 
-    result = cli("run", ARCHIVER_QUERIES_DIR=str(missing))
+    result = inprocess_cli("run", ARCHIVER_QUERIES_DIR=str(missing))
 
     assert result.returncode == 2
     [error] = error_lines(result.stdout + result.stderr)
     assert str(missing) in error and "does not exist" in error
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
-def test_yaml_that_is_not_a_mapping_fails_that_file_only(cli, influxd, archived, queries_dir):
+def test_yaml_that_is_not_a_mapping_fails_that_file_only(
+    inprocess_cli, influxd, archived, queries_dir
+):
     (queries_dir / "a_list.yaml").write_text("- nrql: SELECT count(*) FROM Login\n- oops\n")
 
-    result = cli("run")
+    result = inprocess_cli("run")
 
     assert result.returncode == 1
     [error] = error_lines(result.stdout + result.stderr)
     assert "a_list.yaml" in error and "not a mapping" in error
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
 VALID_KEYS = {
@@ -311,54 +315,56 @@ VALID_KEYS = {
 WRONG_TYPES = {"interval": "[5, minutes]", "account_id": "not-a-number", "tags": "source"}
 
 
-def test_wrong_types_are_one_line_per_file_naming_the_key(cli, influxd, archived, queries_dir):
+def test_wrong_types_are_one_line_per_file_naming_the_key(
+    inprocess_cli, influxd, archived, queries_dir
+):
     for key, value in WRONG_TYPES.items():
         content = {**VALID_KEYS, key: value}
         (queries_dir / f"bad_{key}.yaml").write_text(
             "".join(f"{name}: {text}\n" for name, text in content.items())
         )
 
-    result = cli("run")
+    result = inprocess_cli("run")
 
     assert result.returncode == 1
     errors = error_lines(result.stdout + result.stderr)
     assert len(errors) == len(WRONG_TYPES), errors
     for key in WRONG_TYPES:
         assert any(f"bad_{key}.yaml" in error and key in error for error in errors), (key, errors)
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
-def test_influx_url_that_is_not_influxdb_is_one_line_naming_it(cli, influxd, archived):
+def test_influx_url_that_is_not_influxdb_is_one_line_naming_it(inprocess_cli, influxd, archived):
     with html_server() as url:
-        result = cli("run", INFLUX_URL=url)
+        result = inprocess_cli("run", INFLUX_URL=url)
 
     [error] = error_lines(result.stdout + result.stderr)
     assert "INFLUX_URL" in error and url in error
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
     assert result.returncode == 2
 
 
 def test_read_only_state_database_is_one_line_and_stays_sound(
-    cli, fake_nr, influxd, archived, state_path
+    inprocess_cli, fake_nr, influxd, archived, state_path
 ):
     asked = len(fake_nr.requests)
 
-    result = cli("run", ARCHIVER_DB_URL=f"sqlite:///file:{state_path}?mode=ro&uri=true")
+    result = inprocess_cli("run", ARCHIVER_DB_URL=f"sqlite:///file:{state_path}?mode=ro&uri=true")
 
     assert result.returncode == 2
     [error] = error_lines(result.stdout + result.stderr)
     assert "state database" in error and "readonly" in error.replace("read-only", "readonly")
     assert len(fake_nr.requests) == asked, "New Relic was asked with nowhere to checkpoint"
-    assert_state_sound(cli, influxd, archived)
+    assert_state_sound(inprocess_cli, influxd, archived)
 
 
 def test_state_database_that_cannot_be_opened_is_one_line(
-    cli, fake_nr, influx_db, queries_dir, tmp_path
+    inprocess_cli, fake_nr, influx_db, queries_dir, tmp_path
 ):
     write(queries_dir, small_spec("logins", influx_db, floor(ago(hours=1), 300)))
     missing_dir = tmp_path / "no" / "such" / "dir"
 
-    result = cli("run", ARCHIVER_DB_URL=f"sqlite:///{missing_dir / 'state.db'}")
+    result = inprocess_cli("run", ARCHIVER_DB_URL=f"sqlite:///{missing_dir / 'state.db'}")
 
     assert "Traceback" not in result.stdout + result.stderr
     [error] = error_lines(result.stdout + result.stderr)
@@ -378,20 +384,22 @@ def auth_db(influxd_auth):
 
 
 def test_secrets_never_appear_in_debug_output_or_status(
-    tmp_path, fake_nr, influxd_auth, auth_db, queries_dir
+    tmp_path, fake_nr, influxd_auth, auth_db, queries_dir, monkeypatch, capsys
 ):
     password = influxd_auth.admin_password
     wrong_password = "wrong-" + password
-    env = cli_env(
+    base = cli_env(
         nerdgraph_url=fake_nr.url,
         api_key=fake_nr.api_key,
         influx_url=influxd_auth.url,
         db_url=f"sqlite:///{tmp_path / 'state.db'}",
         queries=queries_dir,
     )
-    cli = Cli(
-        {**env, "INFLUX_USERNAME": "admin", "INFLUX_PASSWORD": password},
+    cli = InProcessCli(
+        {**base, "INFLUX_USERNAME": "admin", "INFLUX_PASSWORD": password},
         tmp_path,
+        monkeypatch,
+        capsys,
     )
     start = floor(ago(hours=1), 300)
     write(queries_dir, small_spec("logins", auth_db, start))

@@ -14,20 +14,8 @@ import requests
 from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.sinks.base import RetentionPolicy
 from archiver.sinks.influx_v1 import InfluxV1Sink
+from tests.clocks import FakeSleep
 from tests.influxd import InfluxServer, free_port, running_influxd
-
-
-class FakeSleep:
-    """Records the waits tenacity asks for and runs `on_sleep` instead of sleeping."""
-
-    def __init__(self, on_sleep=None) -> None:
-        self.waits: list[float] = []
-        self.on_sleep = on_sleep
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        if self.on_sleep:
-            self.on_sleep()
 
 
 @pytest.fixture

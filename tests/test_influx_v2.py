@@ -32,6 +32,7 @@ from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.sinks.base import RetentionPolicy
 from archiver.sinks.buckets import bucket_name
 from archiver.sinks.influx_client import InfluxClientSink
+from tests.clocks import FakeSleep
 from tests.influxd import InfluxServer, free_port
 
 TOKEN = "tok-" + secrets.token_hex(8)
@@ -186,14 +187,6 @@ def serving(fake: FakeInflux2) -> Iterator[RunningFake]:
             fake.hang.set()
         server.shutdown()
         server.server_close()
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline.transform import to_lines
 from fakes.insights import FAULT_KINDS, FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
-from tests.conftest import FakeTime
+from tests.clocks import FakeClock
 from tests.e2e import ACCOUNT
 
 BASE = INSIGHTS_URLS["US"]
@@ -300,10 +300,8 @@ def test_unreadable_answers_are_refused_with_the_reason(body, message):
 
 
 @pytest.fixture
-def client(fake_time: FakeTime) -> Iterator[InsightsClient]:
-    with InsightsClient(
-        BASE, QUERY_KEY, sleep=fake_time.sleep, clock=fake_time.clock
-    ) as insights_client:
+def client(fake_time: FakeClock) -> Iterator[InsightsClient]:
+    with InsightsClient(BASE, QUERY_KEY, sleep=fake_time.sleep, clock=fake_time) as insights_client:
         yield insights_client
 
 
@@ -364,7 +362,7 @@ def test_performance_stats_give_the_inspected_count(client):
 def test_persistent_429_gives_up_after_max_attempts(fake_time):
     responses.get(QUERY_URL, status=429, json={"error": "Too many requests"})
     insights = InsightsClient(
-        BASE, QUERY_KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+        BASE, QUERY_KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time
     )
     with pytest.raises(TransientError) as error:
         insights.query(ACCOUNT, NRQL)
@@ -443,8 +441,8 @@ def insights() -> Iterator[FakeInsights]:
         yield server
 
 
-def fake_client(server: FakeInsights, fake_time: FakeTime, key: str = QUERY_KEY) -> InsightsClient:
-    return InsightsClient(server.url, key, sleep=fake_time.sleep, clock=fake_time.clock)
+def fake_client(server: FakeInsights, fake_time: FakeClock, key: str = QUERY_KEY) -> InsightsClient:
+    return InsightsClient(server.url, key, sleep=fake_time.sleep, clock=fake_time)
 
 
 def window(since_ms: int, until_ms: int) -> str:
@@ -733,7 +731,7 @@ def test_a_funnel_answer_keeps_its_steps_for_the_transform():
 
 
 def test_every_insights_request_passes_the_shared_limiter_retries_included(
-    fake_time: FakeTime,
+    fake_time: FakeClock,
 ) -> None:
     entered: list[str] = []
 
@@ -750,7 +748,7 @@ def test_every_insights_request_passes_the_shared_limiter_retries_included(
             QUERY_KEY,
             limiter=RecordingLimiter(),
             sleep=fake_time.sleep,
-            clock=fake_time.clock,
+            clock=fake_time,
         )
         result = client.query(ACCOUNT, NRQL)
 

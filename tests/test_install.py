@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.state.store import migrations_dir
+from archiver.state.migrate import migrations_dir
 from tests.e2e import REPO, ago, cli_env, floor, parse_iso
 from tests.faults import assert_exact, small_spec
 
@@ -128,7 +128,7 @@ def test_the_wheel_holds_every_module_of_the_package(installed):
 
 
 def test_archiver_is_imported_from_the_venv_not_the_checkout(installed, outside):
-    probe = "import archiver.state.store as s; print(s.__file__); print(s.migrations_dir())"
+    probe = "import archiver.state.migrate as s; print(s.__file__); print(s.migrations_dir())"
     env = plain_env({"PATH": os.environ["PATH"], "HOME": str(outside)}, installed)
     result = installed.run("python", "-c", probe, env=env, cwd=outside)
     assert result.returncode == 0, result.stderr

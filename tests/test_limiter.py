@@ -5,23 +5,9 @@ import threading
 import pytest
 
 from archiver.newrelic.limiter import Limiter
+from tests.clocks import FakeClock
 
 WAIT = 5.0  # upper bound for a thread handoff that should be immediate
-
-
-class FakeClock:
-    """A monotonic clock that only moves when the limiter sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_at_most_max_concurrent_requests_are_inside_at_once() -> None:

@@ -23,7 +23,7 @@ from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientErro
 from archiver.newrelic.client import NrqlResult
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import GRAPHQL, POLL_GRAPHQL, NerdGraphClient
-from tests.conftest import FakeTime
+from tests.clocks import FakeClock
 from tests.e2e import ACCOUNT
 
 URL = "https://api.newrelic.com/graphql"
@@ -66,9 +66,9 @@ def refused() -> requests.ConnectionError:
 
 
 @pytest.fixture
-def client(fake_time: FakeTime) -> Iterator[NerdGraphClient]:
+def client(fake_time: FakeClock) -> Iterator[NerdGraphClient]:
     with NerdGraphClient(
-        URL, KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+        URL, KEY, max_attempts=3, sleep=fake_time.sleep, clock=fake_time
     ) as nerdgraph:
         yield nerdgraph
 
@@ -90,7 +90,7 @@ def assert_no_key(exc: BaseException) -> None:
 
 
 def test_rows_and_facets_come_back_with_the_request_count(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=nrql_answer(ROWS, facets=["appName"]))
 
@@ -116,7 +116,7 @@ def test_an_answer_without_metadata_still_gives_its_rows(
 
 
 def test_the_nrql_travels_as_a_variable_with_the_key_in_a_header(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     nr.post(URL, json=nrql_answer(ROWS))
     NerdGraphClient(URL, KEY, nrql_timeout=90, sleep=fake_time.sleep).query(ACCOUNT, NRQL)
@@ -222,7 +222,7 @@ BAD_KEY_MESSAGE = (
 def test_permanent_failures_fail_at_once_with_a_clear_message(
     client: NerdGraphClient,
     nr: responses.RequestsMock,
-    fake_time: FakeTime,
+    fake_time: FakeClock,
     status: int,
     answer: Any,
     expected: type[Exception],
@@ -381,7 +381,7 @@ def answer_kwargs(status: int, answer: Any) -> dict[str, Any]:
 def test_transient_failures_are_retried_then_reported_with_the_attempts(
     client: NerdGraphClient,
     nr: responses.RequestsMock,
-    fake_time: FakeTime,
+    fake_time: FakeClock,
     status: int,
     answer: Any,
     message: str,
@@ -397,7 +397,7 @@ def test_transient_failures_are_retried_then_reported_with_the_attempts(
 
 
 def test_a_transient_failure_then_success_counts_requests_and_retries(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, status=503, body="")
     nr.post(URL, **answer_kwargs(200, graphql_errors(error("heavy load", "TOO_MANY_REQUESTS"))))
@@ -428,7 +428,7 @@ def test_each_retry_is_logged_as_a_warning(
 
 
 def test_retry_after_in_seconds_is_honoured(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, status=429, body="", headers={"Retry-After": "7"})
     nr.post(URL, json=nrql_answer(ROWS))
@@ -438,7 +438,7 @@ def test_retry_after_in_seconds_is_honoured(
 
 
 def test_retry_after_as_an_http_date_is_honoured(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     in_30_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     nr.post(URL, status=503, body="", headers={"Retry-After": in_30_seconds})
@@ -450,7 +450,7 @@ def test_retry_after_as_an_http_date_is_honoured(
 
 
 def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, status=429, body="", headers={"Retry-After": "0"})
     nr.post(URL, json=nrql_answer(ROWS))
@@ -460,9 +460,9 @@ def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it(
     assert 1.0 <= wait <= 2.0
 
 
-def test_attempts_are_capped(fake_time: FakeTime, nr: responses.RequestsMock) -> None:
+def test_attempts_are_capped(fake_time: FakeClock, nr: responses.RequestsMock) -> None:
     nr.post(URL, status=503, body="")
-    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time.clock)
+    client = NerdGraphClient(URL, KEY, sleep=fake_time.sleep, clock=fake_time)
 
     with pytest.raises(TransientError, match=r"gave up after 6 attempts in \d+ s\)$"):
         client.query(ACCOUNT, NRQL)
@@ -470,12 +470,10 @@ def test_attempts_are_capped(fake_time: FakeTime, nr: responses.RequestsMock) ->
 
 
 def test_no_wait_goes_past_the_total_time_cap(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     nr.post(URL, status=429, body="", headers={"Retry-After": "4"})
-    client = NerdGraphClient(
-        URL, KEY, max_total_seconds=10, sleep=fake_time.sleep, clock=fake_time.clock
-    )
+    client = NerdGraphClient(URL, KEY, max_total_seconds=10, sleep=fake_time.sleep, clock=fake_time)
 
     with pytest.raises(TransientError, match=r"gave up after 3 attempts in 8 s\)$"):
         client.query(ACCOUNT, NRQL)
@@ -483,16 +481,14 @@ def test_no_wait_goes_past_the_total_time_cap(
 
 
 def test_slow_requests_count_towards_the_total_time_cap(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     def slow_gateway_timeout(request: Any) -> tuple[int, dict[str, str], str]:
         fake_time.now += 20.0
         return 504, {}, ""
 
     nr.add_callback(responses.POST, URL, callback=slow_gateway_timeout)
-    client = NerdGraphClient(
-        URL, KEY, max_total_seconds=30, sleep=fake_time.sleep, clock=fake_time.clock
-    )
+    client = NerdGraphClient(URL, KEY, max_total_seconds=30, sleep=fake_time.sleep, clock=fake_time)
 
     with pytest.raises(TransientError, match="HTTP 504"):
         client.query(ACCOUNT, NRQL)
@@ -500,7 +496,7 @@ def test_slow_requests_count_towards_the_total_time_cap(
 
 
 def test_the_limiter_wraps_each_request_but_not_the_waits(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     events: list[str] = []
 
@@ -534,7 +530,7 @@ def closed_local_port() -> int:
 
 
 def test_a_wrong_url_fails_after_retries_naming_the_url_not_the_key(
-    fake_time: FakeTime,
+    fake_time: FakeClock,
 ) -> None:
     url = f"http://127.0.0.1:{closed_local_port()}/graphql"
     client = NerdGraphClient(url, KEY, max_attempts=2, sleep=fake_time.sleep)
@@ -585,7 +581,7 @@ def local_nerdgraph() -> Iterator[str]:
 
 
 def test_the_key_never_reaches_a_log_line_even_at_debug(
-    local_nerdgraph: str, fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+    local_nerdgraph: str, fake_time: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = NerdGraphClient(local_nerdgraph, KEY, sleep=fake_time.sleep)
     with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
@@ -629,7 +625,7 @@ def test_the_key_is_kept_out_of_repr_and_registered_for_redaction() -> None:
 def test_a_query_too_big_is_not_retried_as_it_is_when_it_can_shrink(
     client: NerdGraphClient,
     nr: responses.RequestsMock,
-    fake_time: FakeTime,
+    fake_time: FakeClock,
     answer: dict[str, Any],
     message: str,
 ) -> None:
@@ -643,7 +639,7 @@ def test_a_query_too_big_is_not_retried_as_it_is_when_it_can_shrink(
 
 
 def test_a_query_too_big_that_cannot_shrink_is_retried_then_fails_with_new_relics_message(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     message = "Your query either timed out or we're under heavy load"
     nr.post(URL, json=graphql_errors(error(message, "TIMEOUT")))
@@ -656,7 +652,7 @@ def test_a_query_too_big_that_cannot_shrink_is_retried_then_fails_with_new_relic
 
 
 def test_transient_retries_before_a_query_too_big_are_counted(
-    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, status=429, body="")
     nr.post(
@@ -688,11 +684,11 @@ def test_the_inspected_count_comes_from_the_raw_response(
 
 
 def test_the_read_timeout_outlasts_the_nrql_timeout(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     nr.post(URL, body=requests.ReadTimeout())
     nerdgraph = NerdGraphClient(
-        URL, KEY, nrql_timeout=120, max_attempts=1, sleep=fake_time.sleep, clock=fake_time.clock
+        URL, KEY, nrql_timeout=120, max_attempts=1, sleep=fake_time.sleep, clock=fake_time
     )
     with pytest.raises(TransientError, match="did not answer within 125 s"):
         nerdgraph.query(ACCOUNT, NRQL)
@@ -725,15 +721,15 @@ def done(field: str = "nrqlQueryProgress") -> dict[str, Any]:
 
 
 @pytest.fixture
-def async_client(fake_time: FakeTime) -> Iterator[NerdGraphClient]:
+def async_client(fake_time: FakeClock) -> Iterator[NerdGraphClient]:
     with NerdGraphClient(
-        URL, KEY, async_queries=True, max_attempts=3, sleep=fake_time.sleep, clock=fake_time.clock
+        URL, KEY, async_queries=True, max_attempts=3, sleep=fake_time.sleep, clock=fake_time
     ) as nerdgraph:
         yield nerdgraph
 
 
 def test_an_async_query_is_polled_after_retry_after_until_it_completes(
-    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=running())
     nr.post(URL, json=running("nrqlQueryProgress", retry_after=3))
@@ -756,7 +752,7 @@ def test_an_async_query_is_polled_after_retry_after_until_it_completes(
 
 
 def test_a_poll_never_waits_past_the_retry_deadline(
-    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=running(retry_after=30, retry_deadline=10))
     nr.post(URL, json=done())
@@ -767,7 +763,7 @@ def test_a_poll_never_waits_past_the_retry_deadline(
 
 
 def test_an_async_query_that_completes_at_once_is_not_polled(
-    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=done("nrql"))
 
@@ -776,7 +772,7 @@ def test_an_async_query_that_completes_at_once_is_not_polled(
 
 
 def test_a_failed_poll_is_retried_and_an_error_in_a_poll_fails_the_query(
-    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=running())
     nr.post(URL, status=502, body="")
@@ -788,7 +784,7 @@ def test_a_failed_poll_is_retried_and_an_error_in_a_poll_fails_the_query(
 
 
 def test_an_async_query_that_never_completes_gives_up(
-    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeTime
+    async_client: NerdGraphClient, nr: responses.RequestsMock, fake_time: FakeClock
 ) -> None:
     nr.post(URL, json=running(retry_after=60, retry_deadline=120))
     nr.post(URL, json=running("nrqlQueryProgress", retry_after=60, retry_deadline=120))
@@ -817,7 +813,7 @@ class CountingLimiter(Limiter):
 
 
 def test_every_request_of_an_async_query_passes_the_limiter_polls_and_retries_included(
-    fake_time: FakeTime, nr: responses.RequestsMock
+    fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:
     limiter = CountingLimiter()
     inside_at_send: list[bool] = []
@@ -837,7 +833,7 @@ def test_every_request_of_an_async_query_passes_the_limiter_polls_and_retries_in
     ]:
         nr.add_callback(responses.POST, URL, callback=answer(status, body))
     client = NerdGraphClient(
-        URL, KEY, async_queries=True, limiter=limiter, sleep=fake_time.sleep, clock=fake_time.clock
+        URL, KEY, async_queries=True, limiter=limiter, sleep=fake_time.sleep, clock=fake_time
     )
 
     result = client.query(ACCOUNT, NRQL)

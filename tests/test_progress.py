@@ -2,18 +2,11 @@ import io
 import logging
 
 from archiver.pipeline.progress import Progress
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clocks import FakeClock
 
 
 def test_log_lines_when_not_on_a_terminal(caplog):
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     progress = Progress(stream=io.StringIO(), clock=clock, log_every=30)
     progress.plan(3600)
     progress.plan(3 * 3600)

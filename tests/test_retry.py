@@ -10,7 +10,7 @@ import pytest
 
 from archiver.errors import NewRelicError, QueryTooBig, TransientError
 from archiver.retry import RetryPolicy
-from tests.conftest import FakeTime
+from tests.clocks import FakeClock
 
 
 def failing(times: int, error: Callable[[], Exception], value: str = "ok") -> Callable[[], str]:
@@ -26,11 +26,11 @@ def failing(times: int, error: Callable[[], Exception], value: str = "ok") -> Ca
     return action
 
 
-def policy(fake_time: FakeTime, **caps: float) -> RetryPolicy:
-    return RetryPolicy(sleep=fake_time.sleep, clock=fake_time.clock, **caps)  # type: ignore[arg-type]
+def policy(fake_time: FakeClock, **caps: float) -> RetryPolicy:
+    return RetryPolicy(sleep=fake_time.sleep, clock=fake_time, **caps)  # type: ignore[arg-type]
 
 
-def test_a_transient_failure_is_retried_and_the_attempts_counted(fake_time: FakeTime) -> None:
+def test_a_transient_failure_is_retried_and_the_attempts_counted(fake_time: FakeClock) -> None:
     action = failing(2, lambda: TransientError("HTTP 503"))
 
     assert policy(fake_time).call(action) == ("ok", 3)
@@ -38,7 +38,7 @@ def test_a_transient_failure_is_retried_and_the_attempts_counted(fake_time: Fake
     assert 1.0 <= first <= 2.0 and 2.0 <= second <= 3.0  # exponential, up to `base` of jitter
 
 
-def test_waits_start_from_base_and_stop_growing_at_max_wait(fake_time: FakeTime) -> None:
+def test_waits_start_from_base_and_stop_growing_at_max_wait(fake_time: FakeClock) -> None:
     action = failing(7, lambda: TransientError("HTTP 503"))
 
     policy(fake_time, max_attempts=8, max_total_seconds=1e6, base=0.5, max_wait=3.0).call(action)
@@ -47,7 +47,7 @@ def test_waits_start_from_base_and_stop_growing_at_max_wait(fake_time: FakeTime)
     assert all(wait <= 3.0 for wait in fake_time.sleeps) and fake_time.sleeps[-1] == 3.0
 
 
-def test_a_retry_after_longer_than_the_backoff_is_honoured(fake_time: FakeTime) -> None:
+def test_a_retry_after_longer_than_the_backoff_is_honoured(fake_time: FakeClock) -> None:
     action = failing(1, lambda: TransientError("HTTP 429", retry_after=7.0))
 
     policy(fake_time).call(action)
@@ -55,7 +55,7 @@ def test_a_retry_after_longer_than_the_backoff_is_honoured(fake_time: FakeTime) 
     assert fake_time.sleeps == [7.0]
 
 
-def test_attempts_are_capped_and_the_last_error_says_so(fake_time: FakeTime) -> None:
+def test_attempts_are_capped_and_the_last_error_says_so(fake_time: FakeClock) -> None:
     action = failing(99, lambda: TransientError("HTTP 502", retry_after=5.0))
 
     with pytest.raises(TransientError) as raised:
@@ -65,7 +65,7 @@ def test_attempts_are_capped_and_the_last_error_says_so(fake_time: FakeTime) -> 
     assert raised.value.retry_after == 5.0 and fake_time.sleeps == [5.0, 5.0]
 
 
-def test_no_wait_is_begun_that_would_end_past_the_total_time_cap(fake_time: FakeTime) -> None:
+def test_no_wait_is_begun_that_would_end_past_the_total_time_cap(fake_time: FakeClock) -> None:
     action = failing(99, lambda: TransientError("HTTP 429", retry_after=4.0))
 
     with pytest.raises(TransientError, match=r"gave up after 3 attempts in 8 s\)$"):
@@ -73,7 +73,7 @@ def test_no_wait_is_begun_that_would_end_past_the_total_time_cap(fake_time: Fake
     assert fake_time.sleeps == [4.0, 4.0]  # a third wait would end at 12 s > 10 s
 
 
-def test_time_spent_in_the_action_counts_towards_the_total_time_cap(fake_time: FakeTime) -> None:
+def test_time_spent_in_the_action_counts_towards_the_total_time_cap(fake_time: FakeClock) -> None:
     def slow() -> str:
         fake_time.now += 20.0
         raise TransientError("timed out")
@@ -82,13 +82,13 @@ def test_time_spent_in_the_action_counts_towards_the_total_time_cap(fake_time: F
         policy(fake_time, max_total_seconds=30).call(slow)
 
 
-def test_a_permanent_failure_is_raised_at_once_unchanged(fake_time: FakeTime) -> None:
+def test_a_permanent_failure_is_raised_at_once_unchanged(fake_time: FakeClock) -> None:
     with pytest.raises(NewRelicError, match=r"^NRQL Syntax Error$"):
         policy(fake_time).call(failing(1, lambda: NewRelicError("NRQL Syntax Error")))
     assert fake_time.sleeps == []
 
 
-def test_a_caller_may_retry_one_more_class(fake_time: FakeTime) -> None:
+def test_a_caller_may_retry_one_more_class(fake_time: FakeClock) -> None:
     action = failing(1, lambda: QueryTooBig("too big", retry_after=3.0))
 
     assert policy(fake_time).call(action, retry_on=(TransientError, QueryTooBig)) == ("ok", 2)
@@ -96,7 +96,7 @@ def test_a_caller_may_retry_one_more_class(fake_time: FakeTime) -> None:
 
 
 def test_each_retry_is_logged_with_what_failed(
-    fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+    fake_time: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     action = failing(1, lambda: TransientError("HTTP 500: boom"))
 

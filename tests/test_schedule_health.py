@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from archiver import cli
-from archiver.schedule import cron
+from archiver.schedule import cron, health
 from archiver.state.store import State
 from archiver.status import collect
+from tests.clocks import FakeClock, FakeTimeEvent
 from tests.e2e import Spec, cli_env
-from tests.test_scheduler import FakeClock, FakeTimeEvent
+from tests.test_scheduler import START
 
 HOURLY = "0 * * * *"
 REVOKED_KEY = "NRAK-REVOKED-KEY-0000"
@@ -86,14 +87,14 @@ class Ticks:
         passes: int,
         before: dict[int, Callable[[], object]] | None = None,
     ) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(START)
         self.stop = FakeTimeEvent(self.clock)
         self.heartbeat, self.passes, self.before = heartbeat, passes, before or {}
         args = cli.build_parser().parse_args(["schedule"])
         self.job = cli.scheduled_pass(args, self.stop, env)
         self.healths: list[tuple[bool, str]] = []
 
-    def __call__(self) -> cron.PassOutcome | int:
+    def __call__(self) -> health.PassOutcome | int:
         n = len(self.healths)
         self.healths.append(self.health())
         if n in self.before:
@@ -104,7 +105,7 @@ class Ticks:
         return outcome
 
     def health(self) -> tuple[bool, str]:
-        return cron.check_health(self.heartbeat, self.clock())
+        return health.check_health(self.heartbeat, self.clock())
 
     def run(self) -> int:
         exit_code = cron.run_forever(
@@ -279,9 +280,9 @@ def test_health_reads_a_heartbeat_of_the_previous_release(heartbeat):
             }
         )
     )
-    clock = FakeClock()
+    clock = FakeClock(START)
 
-    assert cron.check_health(heartbeat, clock()) == (
+    assert health.check_health(heartbeat, clock()) == (
         True,
         "ok: last completed run 2026-11-25T04:00:03Z, next run at 2026-11-25T05:00:00Z",
     )
@@ -308,34 +309,34 @@ def test_schedule_runs_a_pass_at_start_by_default(monkeypatch, argv, run_at_star
 @pytest.mark.parametrize(
     ("outcome", "healthy"),
     [
-        pytest.param(cron.PassOutcome(0, targets_ok=3), True, id="all-ok"),
-        pytest.param(cron.PassOutcome(0, targets_ok=0), True, id="all-busy"),
-        pytest.param(cron.PassOutcome(1, 2, 1, reason="q → t: boom"), True, id="partial"),
-        pytest.param(cron.PassOutcome(1, 0, 3, reason="q → t: boom"), False, id="all-failed"),
+        pytest.param(health.PassOutcome(0, targets_ok=3), True, id="all-ok"),
+        pytest.param(health.PassOutcome(0, targets_ok=0), True, id="all-busy"),
+        pytest.param(health.PassOutcome(1, 2, 1, reason="q → t: boom"), True, id="partial"),
+        pytest.param(health.PassOutcome(1, 0, 3, reason="q → t: boom"), False, id="all-failed"),
         pytest.param(
-            cron.PassOutcome(1, 0, 0, 1, reason="q.yaml: bad"), False, id="only-file-broken"
+            health.PassOutcome(1, 0, 0, 1, reason="q.yaml: bad"), False, id="only-file-broken"
         ),
         pytest.param(
-            cron.PassOutcome.failure(1, "InfluxDB is unreachable, nothing was exported: …"),
+            health.PassOutcome.failure(1, "InfluxDB is unreachable, nothing was exported: …"),
             False,
             id="influxdb-unreachable",
         ),
-        pytest.param(cron.PassOutcome.failure(2, "refused key"), False, id="exit-2"),
-        pytest.param(cron.PassOutcome(1), True, id="exit-code-only"),
-        pytest.param(cron.PassOutcome(130, targets_ok=1), True, id="interrupted"),
+        pytest.param(health.PassOutcome.failure(2, "refused key"), False, id="exit-2"),
+        pytest.param(health.PassOutcome(1), True, id="exit-code-only"),
+        pytest.param(health.PassOutcome(130, targets_ok=1), True, id="interrupted"),
         pytest.param(
-            cron.PassOutcome(2, reason="empty folder", nothing_to_do=True),
+            health.PassOutcome(2, reason="empty folder", nothing_to_do=True),
             True,
             id="nothing-to-do",
         ),
     ],
 )
 def test_health_fails_only_when_the_last_pass_failed_as_a_whole(heartbeat, outcome, healthy):
-    clock = FakeClock()
-    history = cron.History().after(clock(), outcome)
-    cron.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
+    clock = FakeClock(START)
+    history = health.History().after(clock(), outcome)
+    health.Heartbeat(heartbeat, HOURLY).write(history, next_run=clock(), now=clock())
 
-    ok, message = cron.check_health(heartbeat, clock())
+    ok, message = health.check_health(heartbeat, clock())
 
     assert ok is healthy, message
     if outcome.reason:

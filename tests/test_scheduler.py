@@ -24,38 +24,14 @@ from pathlib import Path
 import pytest
 
 from archiver.errors import ConfigError
-from archiver.schedule import cron
+from archiver.schedule import cron, health
+from tests.clocks import FakeClock, FakeTimeEvent
 from tests.e2e import ACCOUNT
 from tests.faults import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 25, 4, 30, tzinfo=UTC)
 FAR_AWAY_TICK = "0 0 1 1 *"
-
-
-class FakeClock:
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
-
-
-class FakeTimeEvent(threading.Event):
-    """A stop event whose wait lets fake time pass instead of real time."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        super().__init__()
-        self.clock = clock
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None, "the scheduler must never wait without a timeout here"
-        if not self.is_set():
-            self.clock.advance(timedelta(seconds=timeout))
-        return self.is_set()
 
 
 class RecordingJob:
@@ -91,7 +67,7 @@ class RecordingJob:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
@@ -346,8 +322,8 @@ def test_an_unwritable_heartbeat_is_a_warning_not_a_failure(clock, stop, tmp_pat
 
 
 def write_heartbeat(path: Path, next_run: datetime, schedule: str = "0 * * * *") -> None:
-    beat = cron.Heartbeat(path, schedule)
-    beat.write(cron.History(next_run - timedelta(hours=1)), next_run=next_run, now=START)
+    beat = health.Heartbeat(path, schedule)
+    beat.write(health.History(next_run - timedelta(hours=1)), next_run=next_run, now=START)
 
 
 @pytest.mark.parametrize(
@@ -362,7 +338,7 @@ def write_heartbeat(path: Path, next_run: datetime, schedule: str = "0 * * * *")
 def test_health_allows_one_period_plus_a_margin_after_the_due_run(heartbeat_file, now, healthy):
     write_heartbeat(heartbeat_file, next_run=at(5))
 
-    ok, message = cron.check_health(heartbeat_file, now)
+    ok, message = health.check_health(heartbeat_file, now)
 
     assert ok is healthy
     if healthy:
@@ -377,15 +353,15 @@ def test_health_allows_one_period_plus_a_margin_after_the_due_run(heartbeat_file
 def test_health_uses_the_period_of_the_heartbeat_schedule(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5), schedule="*/10 * * * *")
 
-    assert cron.check_health(heartbeat_file, at(5, 15))[0] is True
-    assert cron.check_health(heartbeat_file, at(5, 16))[0] is False
+    assert health.check_health(heartbeat_file, at(5, 15))[0] is True
+    assert health.check_health(heartbeat_file, at(5, 16))[0] is False
 
 
 def test_health_takes_an_explicit_max_age(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5))
 
-    assert cron.check_health(heartbeat_file, at(5, 1), timedelta(minutes=2))[0] is True
-    assert cron.check_health(heartbeat_file, at(5, 3), timedelta(minutes=2))[0] is False
+    assert health.check_health(heartbeat_file, at(5, 1), timedelta(minutes=2))[0] is True
+    assert health.check_health(heartbeat_file, at(5, 3), timedelta(minutes=2))[0] is False
 
 
 @pytest.mark.parametrize(
@@ -406,7 +382,7 @@ def test_a_missing_or_broken_heartbeat_is_unhealthy(heartbeat_file, content, exp
         heartbeat_file.parent.mkdir(parents=True)
         heartbeat_file.write_text(content)
 
-    ok, message = cron.check_health(heartbeat_file, START)
+    ok, message = health.check_health(heartbeat_file, START)
 
     assert ok is False
     assert str(heartbeat_file) in message
@@ -417,10 +393,10 @@ def test_health_reads_the_file_named_by_the_environment(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5))
     env = {"ARCHIVER_HEARTBEAT_FILE": str(heartbeat_file)}
 
-    assert cron.heartbeat_path(env) == heartbeat_file
-    assert cron.heartbeat_path({}) == Path("/tmp/nr-archiver.heartbeat")
-    assert cron.health(env, now=at(5, 30))[0] is True
-    assert cron.health(env, now=at(7))[0] is False
+    assert health.heartbeat_path(env) == heartbeat_file
+    assert health.heartbeat_path({}) == Path("/tmp/nr-archiver.heartbeat")
+    assert health.health(env, now=at(5, 30))[0] is True
+    assert health.health(env, now=at(7))[0] is False
 
 
 @pytest.fixture
@@ -598,7 +574,7 @@ def test_cli_health_follows_the_running_scheduler(start_process, tmp_path, heart
     output.wait_for("nothing to do: queries folder")  # the pass at start, on an empty folder
     output.wait_for("next run at ")
 
-    health = subprocess.run(
+    verdict = subprocess.run(
         [sys.executable, "-m", "archiver", "health"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO), **env},
@@ -607,8 +583,8 @@ def test_cli_health_follows_the_running_scheduler(start_process, tmp_path, heart
         timeout=60,
     )
 
-    assert health.returncode == 0, health.stdout + health.stderr
-    assert health.stdout.startswith("ok, but nothing to do: queries folder ")
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert verdict.stdout.startswith("ok, but nothing to do: queries folder ")
     process.send_signal(signal.SIGTERM)
     assert process.wait(10) == 0
 
@@ -640,9 +616,9 @@ def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
         return [r.outcome for r in fake_nr.requests]
 
     wait_until(lambda: outcomes().count("bad_api_key") >= 3, 60, "three refused passes")
-    health = cli_health(tmp_path, env)
-    assert health.returncode == 1, health.stdout + health.stderr
-    assert "exported nothing: New Relic rejected the API key (HTTP 401)" in health.stdout
+    verdict = cli_health(tmp_path, env)
+    assert verdict.returncode == 1, verdict.stdout + verdict.stderr
+    assert "exported nothing: New Relic rejected the API key (HTTP 401)" in verdict.stdout
 
     key_file.write_text(fake_nr.api_key + "\n")
     wait_until(
@@ -650,9 +626,9 @@ def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
         60,
         "a request with the rotated key",
     )
-    wait_until(lambda: cron.check_health(heartbeat_file, datetime.now(UTC))[0], 60, "a good pass")
-    health = cli_health(tmp_path, env)
-    assert health.returncode == 0, health.stdout + health.stderr
+    wait_until(lambda: health.check_health(heartbeat_file, datetime.now(UTC))[0], 60, "a good pass")
+    verdict = cli_health(tmp_path, env)
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
     assert influxd.query("SELECT count(requests) FROM nr_requests", db=influx_db)
 
     process.send_signal(signal.SIGTERM)
@@ -663,7 +639,7 @@ def test_cli_schedule_survives_a_refused_key_until_the_secret_is_rotated(
 
 
 def healthy(heartbeat_file: Path) -> bool:
-    return cron.check_health(heartbeat_file, datetime.now(UTC))[0]
+    return health.check_health(heartbeat_file, datetime.now(UTC))[0]
 
 
 def cli_health(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

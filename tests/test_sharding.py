@@ -12,6 +12,7 @@ from archiver.cli import build_parser
 from archiver.pipeline.sharding import Shard, parse_shard, shard_of
 from archiver.queries import QueryFileProblem
 from tests.e2e import Cli, cli_env
+from tests.inprocess import InProcessCli
 
 NAMES = [f"q{i:03d}" for i in range(200)] + ["transaction_duration", "logins", "Zürich ☃"]
 
@@ -82,7 +83,7 @@ def test_run_and_schedule_accept_a_shard():
 
 
 @pytest.fixture
-def cli(tmp_path) -> Cli:
+def cli(tmp_path, monkeypatch, capsys) -> InProcessCli:
     queries = tmp_path / "queries"
     queries.mkdir()
     for name in NAMES[:12]:
@@ -97,7 +98,7 @@ def cli(tmp_path) -> Cli:
         db_url=f"sqlite:///{tmp_path / 'state.db'}",
         queries=queries,
     )
-    return Cli(env, tmp_path)
+    return InProcessCli(env, tmp_path, monkeypatch, capsys)
 
 
 def planned_queries(cli: Cli, shard: str) -> list[str]:

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from archiver.errors import StateError
-from archiver.state import store as state_module
+from archiver.state import migrate, schema
 from archiver.state.store import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -38,7 +38,7 @@ def state(db_url):
 def test_migrations_create_exactly_the_tables_the_code_uses(db_url):
     s = State.open(db_url)
     with s.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), state_module.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
     assert diff == []
     assert s.is_migrated()
 
@@ -205,7 +205,7 @@ def test_the_migration_lock_admits_one_holder_at_a_time_though_each_removes_it(t
 
     def hammer() -> None:
         for _ in range(300):
-            with state_module._sqlite_migration_lock(engine):
+            with migrate._sqlite_migration_lock(engine):
                 try:
                     inside.touch(exist_ok=False)
                 except FileExistsError:

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from archiver.state import store as state_module
+from archiver.state import migrate
 from archiver.state.store import State
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -29,8 +29,8 @@ def db_url(request, tmp_path):
 def at_0001(url: str) -> sa.Engine:
     """A database as release 0001 left it: a checkpoint, an interrupted backfill of `q` → `t`
     and the rows a finished (resumed) backfill of `done` → `t` failed to forget."""
-    engine = state_module.make_engine(url)
-    config = state_module._alembic_config()
+    engine = migrate.make_engine(url)
+    config = migrate._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0001")

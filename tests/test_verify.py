@@ -1,4 +1,4 @@
-"""`nr-archiver verify` end to end: the real CLI, the fake NerdGraph server, a real influxd.
+"""`nr-archiver verify` end to end: the CLI in this process, the fake NerdGraph, a real influxd.
 
 The archive is exported with `run`, damaged with InfluxQL and `/write`, and what `verify`
 reports and repairs is checked against the fake's data model (tests/e2e.py) and with InfluxQL.
@@ -10,10 +10,20 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 import requests
 
 from archiver.windows import iso
 from tests.e2e import ACCOUNT, Item, Spec, actual_points, ago, expected_points, floor, parse_iso
+from tests.inprocess import InProcessCli
+
+
+@pytest.fixture
+def cli(inprocess_cli: InProcessCli) -> InProcessCli:
+    """The CLI in this process, where a process of its own adds nothing (`cli.popen` still
+    starts one)."""
+    return inprocess_cli
+
 
 JSON_KEYS = {
     "query", "target", "account_id", "since", "until", "windows", "checked", "missing",

@@ -8,8 +8,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from archiver.state import store as state_module
-from archiver.state.store import State, VerifyRecord
+from archiver.state import migrate
+from archiver.state.store import State
+from archiver.state.verifications import VerifyRecord
 
 NOW = datetime(2026, 11, 29, 3, 30, tzinfo=UTC)
 
@@ -36,8 +37,8 @@ def record(**changes) -> VerifyRecord:
 
 
 def test_a_db_written_at_the_previous_revision_keeps_its_state_and_gains_verifications(db_url):
-    engine = state_module.make_engine(db_url)
-    config = state_module._alembic_config()
+    engine = migrate.make_engine(db_url)
+    config = migrate._alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0002")

@@ -45,7 +45,8 @@ from archiver.sinks.base import (
     RetentionPolicy,
     Series,
 )
-from archiver.state.store import State, VerifyRecord
+from archiver.state.store import State
+from archiver.state.verifications import VerifyRecord
 from archiver.timeparse import influxdb_duration_seconds
 from archiver.verify.compare import Comparison, Point, compare, parse_line
 from archiver.verify.report import (

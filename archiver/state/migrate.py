@@ -1,0 +1,143 @@
+"""The state database's engine and its schema's one owner: the Alembic migrations.
+
+`upgrade()` applies them (what `nr-archiver db upgrade` runs, and what `State.open` does first);
+processes starting at once take turns on a migration lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from archiver.errors import StateError
+from archiver.logs import redact
+
+MIGRATION_LOCK = 0x6E72_6172  # pg_advisory_xact_lock key of the migrations ('nrar')
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic migrations are.
+
+    `ARCHIVER_MIGRATIONS_DIR` if set; else `archiver/migrations/` in an installed wheel (the
+    top-level `migrations/` ships there as package data); else `migrations/` beside the package
+    in a source checkout (or an editable install).
+    """
+    if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
+        return Path(configured)
+    package = Path(__file__).resolve().parents[1]  # archiver/
+    installed = package / "migrations"
+    return installed if installed.is_dir() else package.parent / "migrations"
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def describe(exc: Exception) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    message = lines[0] if lines else type(exc).__name__
+    return redact(message)
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ImportError) as exc:
+        raise StateError(f"ARCHIVER_DB_URL is not usable: {describe(exc)}") from None
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply the Alembic migrations up to head (what `nr-archiver db upgrade` runs).
+
+    Processes starting at once (workers, an overlapping cron run) take turns: an advisory lock
+    on PostgreSQL, a lock file next to a SQLite database (whose DDL is not transactional, so
+    the others would otherwise see half a schema). The later ones find the schema done.
+    """
+    config = _alembic_config()
+    try:
+        with _sqlite_migration_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            if current_revision(conn) == head_revision():
+                return
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except DBAPIError as exc:
+        raise StateError(f"cannot open the state database: {describe(exc)}") from None
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on `<database>.migrate-lock`, a file that is gone again afterwards."""
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    lock_path = Path(f"{path}.migrate-lock")
+    lock_file = _lock_file(lock_path)
+    if lock_file is None:  # a read-only folder: nobody can migrate there anyway
+        yield
+        return
+    with lock_file:
+        try:
+            yield
+        finally:
+            # Removed while still locked: whoever waits on this file finds it gone and retries.
+            with suppress(OSError):
+                lock_path.unlink()
+
+
+def _lock_file(lock_path: Path) -> IO[str] | None:
+    """The lock file, opened and locked; None when it cannot be created.
+
+    The holder removes the file before it unlocks it, so a process that was waiting on it
+    gets a lock on a file nobody else will ever see: it must notice, and lock the file now
+    at the path (which a newcomer may have created meanwhile) instead.
+    """
+    while True:
+        try:
+            lock_file = lock_path.open("a")
+        except OSError:
+            return None
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            on_disk = os.stat(lock_path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(lock_file.fileno())
+        if on_disk and (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino):
+            return lock_file
+        lock_file.close()
