@@ -1,6 +1,6 @@
 """In-process measurements: the transform alone, and InfluxDB's own ingest rate (the limit).
 
-Both use the archiver's own pieces (the query file's NRQL, `windows`, `transform`) on the fake
+Both use the archiver's own pieces (the query file's NRQL, `pipeline.plan`, `transform`) on the fake
 server's data model, so they handle the very points the end-to-end run writes.
 """
 
@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 
 import requests
 
-from archiver import windows
 from archiver.pipeline import transform
+from archiver.pipeline.plan import PlannedJob, WindowSizer, windows_of
 from archiver.queries import QueryDef
 from archiver.sinks.influx_v1 import GZIP_LEVEL  # the limit posts bodies compressed like the sink
 from fakes import data
@@ -36,18 +36,18 @@ def planned_nrql(
 ) -> Iterator[str]:
     """The NRQL of each window a fresh backfill of [since, until) requests.
 
-    Mirrors the runner's window sizing (a first guess, then sized from the rows per bucket the
-    first answer had) with the same `windows` functions, for a query whose every bucket holds
-    `rows_per_bucket` rows. Should the runner size differently, the precomputed answers are
-    not asked for and the fake answers live: `precomputed_hits` in the results tells.
+    The job's own window sizing (`pipeline.plan`: a first guess, then sized from the rows per
+    bucket each answer had), for a query whose every bucket holds `rows_per_bucket` rows. Should
+    the answers differ, the precomputed ones are not asked for and the fake answers live:
+    `precomputed_hits` in the results tells.
     """
-    interval = query.targets[0].interval
-    seen: float | None = None
-    while since < until:
-        buckets = windows.buckets_per_request(has_facets=bool(query.facets), rows_per_bucket=seen)
-        window = windows.next_window(since, until, interval, buckets)
+    target = query.targets[0]
+    interval = target.interval
+    job = PlannedJob(query, target, account_id=0, segments=[(since, until)], skipped=[])
+    sizer = WindowSizer(interval)  # a fresh backfill: nothing learned yet
+    for window in windows_of(job, sizer):
         yield query.nrql_for(window.since, window.until, interval)
-        seen, since = rows_per_bucket, window.until
+        sizer.learn(window, rows_per_bucket * window.buckets(interval))
 
 
 def answers(nrqls: Iterable[str], *, retention: timedelta) -> Iterator[Answer]:
