@@ -157,9 +157,11 @@ class Job:
         # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
         thread = threading.current_thread().name
         ahead = read_ahead(self.batches(sizer), depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
-        with closing(ahead):
-            for window, lines, precision, inspected in ahead:
-                try:
+        writing: Window | None = None  # until the sink acknowledged it and the state recorded it
+        try:
+            with closing(ahead):
+                for window, lines, precision, inspected in ahead:
+                    writing = window
                     written = sink.write(
                         job.target.database, job.target.retention_policy, lines, precision
                     )
@@ -168,41 +170,48 @@ class Job:
                         self.now(), backfill_id=backfill_id, inspected=inspected,
                         max_buckets=sizer.max_buckets,
                     )  # fmt: skip
-                except BaseException:
-                    result.window = window  # the read-ahead thread may be on the next one
-                    raise
-                result.windows += 1
-                result.points += written.lines - written.dropped_beyond_retention
-                if self.progress is not None:
-                    seconds = (window.until - window.since).total_seconds()
-                    self.progress.advance(seconds, len(lines))
-                log.debug(
-                    "%s → %s: %s: %s",
-                    name,
-                    key,
-                    window,
-                    plural(len(lines), "point"),
-                    extra=log_fields(name, key, window, points=len(lines)),
-                )
-                if not state.acquire_lease(
-                    name, key, holder, lease_ttl, self.now(), holder_is_dead=holder_is_dead
-                ):
-                    log.warning(
-                        "%s → %s: lost the lease after %s (a window took longer than "
-                        "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+                    writing = None
+                    result.windows += 1
+                    result.points += written.lines - written.dropped_beyond_retention
+                    if self.progress is not None:
+                        seconds = (window.until - window.since).total_seconds()
+                        self.progress.advance(seconds, len(lines))
+                    log.debug(
+                        "%s → %s: %s: %s",
                         name,
                         key,
                         window,
-                        extra=log_fields(name, key, window),
+                        plural(len(lines), "point"),
+                        extra=log_fields(name, key, window, points=len(lines)),
                     )
-                    result.status = "busy"
-                    return
+                    if not self._renew_lease(holder, lease_ttl):
+                        log.warning(
+                            "%s → %s: lost the lease after %s (a window took longer than "
+                            "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+                            name,
+                            key,
+                            window,
+                            extra=log_fields(name, key, window),
+                        )
+                        result.status = "busy"
+                        return
+        except BaseException:
+            # Named after the read-ahead thread stopped: until then it names the windows it asks.
+            if writing is not None:
+                result.window = writing
+            raise
         if result.status == "interrupted":
             return
         result.window = None
         if backfill_id is not None:
             state.finish_backfill(backfill_id, self.now())
             result.backfilled = job.segments
+
+    def _renew_lease(self, holder: str, lease_ttl: timedelta) -> bool:
+        name, key = self.planned.name, self.planned.target.key
+        return self.state.acquire_lease(
+            name, key, holder, lease_ttl, self.now(), holder_is_dead=holder_is_dead
+        )
 
     def batches(self, sizer: WindowSizer | None = None) -> Iterator[Batch]:
         """Every window of the job as New Relic answers it, transformed.
