@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from archiver import windows
 from archiver.errors import ConfigError
 from archiver.queries import QueryDef, Target
-from archiver.sinks.influx_v1 import RetentionPolicy
-from archiver.state.store import State, WindowCosts
 from archiver.timeparse import parse_time, time_spec
 from archiver.windows import Range, Window, iso
+
+if TYPE_CHECKING:  # planning needs neither a database driver nor an HTTP client to import
+    from archiver.sinks.influx_v1 import RetentionPolicy
+    from archiver.state.store import State, WindowCosts
 
 
 def utcnow() -> datetime:
