@@ -25,7 +25,7 @@ from archiver.errors import (
     exit_code_of,
 )
 from archiver.pipeline import sharding
-from archiver.pipeline.runner import Backfill, PlannedJob
+from archiver.pipeline.plan import Backfill, PlannedJob
 from archiver.queries.load import load_files
 from archiver.reset import reset_checkpoints
 from archiver.schedule import cron, health

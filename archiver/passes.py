@@ -29,8 +29,11 @@ from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.insights import OTHER_REFUSED, InsightsClient
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline import plan
+from archiver.pipeline.plan import Backfill, PlannedJob
 from archiver.pipeline.progress import Progress
-from archiver.pipeline.runner import Backfill, PlannedJob, Runner, RunReport
+from archiver.pipeline.report import RunReport
+from archiver.pipeline.run import Runner
 from archiver.schedule.health import PassOutcome
 from archiver.sinks.base import Sink
 from archiver.sinks.choose import open_sink
@@ -148,13 +151,9 @@ def plan_pass(
 ) -> Iterator[tuple[PlannedJob, list[Window]]]:
     """The windows a pass would export, from the state as it is; creates and asks nothing."""
     state = State.open_existing(settings.db_url) or State.scratch()  # no state yet: empty
-    runner = Runner(
-        state=state,
-        sink=None,
-        client_factory=None,
-        default_account=settings.new_relic_account_id,
+    return plan.dry_run(
+        state, loaded.queries, backfill, settings.new_relic_account_id, datetime.now(UTC)
     )
-    return runner.dry_run(loaded.queries, backfill)
 
 
 def for_api(settings: Settings, loaded: queries.LoadResult) -> queries.LoadResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from archiver import queries
 from archiver.errors import ConfigError, ExitCode
-from archiver.pipeline.runner import holder_is_dead
+from archiver.pipeline.job import holder_is_dead
 from archiver.queries import QueryDef
 from archiver.state.backfills import BackfillRecord
 from archiver.state.store import PassRecord, State

@@ -1,6 +1,6 @@
 """In-process measurements: the transform alone, and InfluxDB's own ingest rate (the limit).
 
-Both use the archiver's own pieces (the query file's NRQL, `windows`, `transform`) on the fake
+Both use the archiver's own pieces (the query file's NRQL, `pipeline.plan`, `transform`) on the fake
 server's data model, so they handle the very points the end-to-end run writes.
 """
 
@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 import requests
 
 from archiver.pipeline import events, transform
-from archiver.pipeline.runner import PlannedJob, Runner, WindowSizer
+from archiver.pipeline.plan import PlannedJob, WindowSizer, windows_of
 from archiver.queries import QueryDef
 from archiver.sinks.influx_v1 import GZIP_LEVEL  # the limit posts bodies compressed like the sink
 from bench.harness import ACCOUNT
@@ -37,7 +37,7 @@ def runner_answers(
 ) -> Iterator[Answer]:
     """The answers a fresh backfill of [since, until) writes, in order; `ask` answers each NRQL.
 
-    The windows come from the runner's own planning (`Runner.windows_of` with its
+    The windows come from the pipeline's own planning (`plan.windows_of` with its
     `WindowSizer`, and `events.plan_events` for raw events, which asks again for the halves of
     a capped window), so the requests are the ones the archiver will send. `ask` is called for
     every request, capped event answers included; only the answers that get written are
@@ -47,12 +47,11 @@ def runner_answers(
     target = query.targets[0]
     job = PlannedJob(query, target, ACCOUNT, [(since, until)], [])
     sizer = WindowSizer(target.interval)
-    planner = Runner(state=None, sink=None, client_factory=None, default_account=ACCOUNT)  # type: ignore[arg-type]
 
     def rows(window_since: datetime, window_until: datetime) -> list[dict[str, object]]:
         return ask(query.nrql_for(window_since, window_until, target.interval)).rows
 
-    for window in planner.windows_of(job, sizer):
+    for window in windows_of(job, sizer):
         if query.mode == "events":
             for part in events.plan_events(rows, window.since, window.until):
                 yield Answer(list(part.rows), ())

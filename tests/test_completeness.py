@@ -324,16 +324,16 @@ def test_both_apis_answer_the_sample_counts_and_give_the_same_points(both_apis):
     assert lines[0] and lines[0] == lines[1]
 
 
-def test_the_runner_says_each_message_once_per_query(caplog):
-    from archiver.pipeline.runner import JobResult, Runner
+def test_a_run_says_each_message_once_per_query(caplog):
+    from archiver.pipeline.job import JobResult, Said
 
-    runner = Runner(state=None, sink=None, client_factory=None, default_account=None)  # type: ignore[arg-type]
+    once = Said()  # one per run, shared by its jobs
     first, second = JobResult("q", "db.a"), JobResult("q", "db.b")
-    with caplog.at_level(logging.WARNING, logger="archiver.pipeline.runner"):
-        runner._messages("q", first, ("m1", "m2"))
-        runner._messages("q", first, ("m1",))
-        runner._messages("q", second, ("m1",))
-        runner._messages("other query", second, ("m1",))
+    with caplog.at_level(logging.WARNING, logger="archiver.pipeline.job"):
+        once.messages("q", first, ("m1", "m2"))
+        once.messages("q", first, ("m1",))
+        once.messages("q", second, ("m1",))
+        once.messages("other query", second, ("m1",))
     said = [r.getMessage() for r in caplog.records]
     assert said == [
         "q: New Relic says: m1",

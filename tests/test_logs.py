@@ -92,12 +92,12 @@ def test_a_secret_never_reaches_a_log_line_in_any_form(secret, fmt):
 
 def test_json_lines_keep_their_keys_and_carry_the_fields_given():
     stream = log_to("json")
-    logging.getLogger("archiver.pipeline.runner").info(
+    logging.getLogger("archiver.pipeline.report").info(
         "q → t: done", extra={"query": "q", "target": "t", "points": 12, "seconds": 0.5}
     )
     entry = json.loads(stream.getvalue())
     assert list(entry)[:4] == ["time", "level", "logger", "message"]
-    assert entry["level"] == "INFO" and entry["logger"] == "archiver.pipeline.runner"
+    assert entry["level"] == "INFO" and entry["logger"] == "archiver.pipeline.report"
     assert entry["message"] == "q → t: done"
     assert (entry["query"], entry["target"], entry["points"], entry["seconds"]) == (
         "q",

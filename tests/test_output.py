@@ -192,7 +192,7 @@ def test_json_log_lines_carry_the_fields_of_each_job(cli, fake_nr, queries_dir, 
     by_query = {
         e["query"]: e
         for e in entries
-        if e["logger"] == "archiver.pipeline.runner" and "error" not in e and "windows" in e
+        if e["logger"] == "archiver.pipeline.report" and "error" not in e and "windows" in e
     }
     done = by_query["logins"]
     assert done["target"] == f"{influx_db}.autogen" and done["level"] == "INFO"

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from archiver.pipeline.runner import READ_AHEAD_WINDOWS
+from archiver.pipeline.job import READ_AHEAD_WINDOWS
 from archiver.state.store import State
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph

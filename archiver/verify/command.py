@@ -1,8 +1,8 @@
 """`nr-archiver verify`: ask New Relic again, compare with InfluxDB, repair what differs.
 
-Everything `run` does to produce points is reused, not copied: the runner's window planning and
-sizing (`Runner.windows_of`, `Runner.sizer`), the New Relic clients under the same limiter and
-retries, the runner's fetch + transform (`Runner.batches`), the same sink for repairs, and the
+Everything `run` does to produce points is reused, not copied: the window planning and sizing
+(`pipeline.plan`), the New Relic clients under the same limiter and retries, a job's fetch +
+transform (`pipeline.job.Job.batches`), the same sink for repairs, and the
 same (query, target) leases, so a verify never races a `run`. Checkpoints never move.
 
 Per (query, target), the range is what was exported and New Relic still holds: from the query's
@@ -29,16 +29,16 @@ from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.limiter import Limiter
 from archiver.passes import connect_sink, new_relic_client_factory
-from archiver.pipeline.readahead import read_ahead
-from archiver.pipeline.runner import (
+from archiver.pipeline.job import (
     READ_AHEAD_WINDOWS,
+    Job,
     JobResult,
-    PlannedJob,
-    Runner,
-    account_for,
+    Said,
     holder_is_dead,
-    utcnow,
+    new_holder,
 )
+from archiver.pipeline.plan import PlannedJob, account_for, sizer_for, utcnow
+from archiver.pipeline.readahead import read_ahead
 from archiver.sinks.base import (
     Precision,
     ReadableSink,
@@ -118,17 +118,9 @@ class Verifier:
         self.now = now
         self.lease_ttl = lease_ttl
         self.stop = stop or threading.Event()
-        # The runner plans, sizes, fetches and transforms exactly as `run`; it writes nothing.
-        self.runner = Runner(
-            state=state,
-            sink=sink,
-            client_factory=client_factory,
-            default_account=default_account,
-            now=now,
-            stop=self.stop,
-            self_metrics=False,
-            lease_ttl=lease_ttl,
-        )
+        # Jobs plan, size, fetch and transform exactly as in `run`; they write nothing here.
+        self.holder = new_holder()
+        self._said = Said()
         self._random = random.Random(options.seed)
         self._random_lock = threading.Lock()
         self._auth_failure: AuthError | None = None
@@ -161,7 +153,7 @@ class Verifier:
         if self.stop.is_set():
             report.status, report.error = "failed", "interrupted before it began"
             return report
-        holder = self.runner.holder
+        holder = self.holder
         lease = (name, target.key)
         if not self._renew_lease(name, target):
             report.status = "busy"
@@ -209,7 +201,11 @@ class Verifier:
         series = series_of(query, report.account_id)
         progress = JobResult(report.query, target.key)
         # As in `run`, New Relic answers the next window while this one is read back.
-        batches = self.runner.batches(job, progress, self.client_factory())
+        fetch = Job(
+            job, progress, self.state, self.client_factory(), self.stop.is_set,
+            said=self._said, now=self.now,
+        )  # fmt: skip
+        batches = fetch.batches()
         thread = threading.current_thread().name
         ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         try:
@@ -231,7 +227,7 @@ class Verifier:
 
     def _renew_lease(self, name: str, target: queries.Target) -> bool:
         return self.state.acquire_lease(
-            name, target.key, self.runner.holder, self.lease_ttl, self.now(),
+            name, target.key, self.holder, self.lease_ttl, self.now(),
             holder_is_dead=holder_is_dead,
         )  # fmt: skip
 
@@ -278,7 +274,7 @@ class Verifier:
         if query.mode == "events":
             buckets = 1
         else:
-            buckets = self.runner.sizer(job).buckets(bool(query.facets))
+            buckets = sizer_for(self.state, job).buckets(bool(query.facets))
         planned = list(windows.plan(since, until, job.target.interval, buckets))
         with self._random_lock:
             chosen = self._random.sample(planned, min(self.options.sample or 0, len(planned)))

@@ -1,0 +1,383 @@
+"""One job, one (query, target): fetch → transform → write → advance.
+
+New Relic answers the next window (read ahead on a helper thread) while the sink writes this
+one. The checkpoint (or backfill progress) moves in its own transaction after the sink
+acknowledged every line of the window, never before; the lease is renewed after each window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import NamedTuple
+
+from archiver import windows
+from archiver.errors import QueryTooBig
+from archiver.logs import redact
+from archiver.newrelic.client import NewRelicClient, NrqlResult
+from archiver.pipeline import completeness, events, transform
+from archiver.pipeline.cardinality import SeriesGuard
+from archiver.pipeline.plan import PlannedJob, WindowSizer, sizer_for, utcnow, windows_of
+from archiver.pipeline.progress import Progress
+from archiver.pipeline.readahead import read_ahead
+from archiver.queries import funnels
+from archiver.sinks.base import Precision, Sink
+from archiver.state.store import State
+from archiver.windows import Window, iso
+from archiver.wording import plural
+
+log = logging.getLogger(__name__)
+
+OTHER_KEPT = "the facets beyond it are archived together as __other__"
+OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
+READ_AHEAD_WINDOWS = 1  # windows fetched ahead of the one being written
+LEASE_TTL = timedelta(minutes=10)
+
+
+@dataclass
+class JobResult:
+    query: str
+    target: str
+    status: str = "ok"  # ok | failed | busy (another process holds it) | interrupted
+    windows: int = 0
+    points: int = 0
+    nr_requests: int = 0
+    retries: int = 0
+    inspected: int = 0  # New Relic's inspectedCount, summed over the answers that told it
+    seconds: float = 0.0
+    exported_until: datetime | None = None  # the incremental checkpoint after the job
+    error: str | None = None
+    window: Window | None = None  # the window being exported when it failed
+    backfilled: list[tuple[datetime, datetime]] = field(default_factory=list)
+    dropped_keys: set[str] = field(default_factory=set)  # answer keys with no field, warned
+    messages: set[str] = field(default_factory=set)  # New Relic's warnings about the query
+    facet_limit_hit: int = 0  # answers with as many facets as the LIMIT
+    warned: set[str] = field(default_factory=set)  # warnings already logged by this job
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+class Batch(NamedTuple):
+    """One window as New Relic answered it, transformed: lines, their precision, and what New
+    Relic inspected for it."""
+
+    window: Window
+    lines: list[str]
+    precision: Precision
+    inspected: int | None = None
+
+
+def new_holder() -> str:
+    """This process's lease holder name: `host:pid:nonce`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """A lease holder `host:pid:nonce` on this host whose process is gone.
+
+    Our own pid under another nonce is an earlier incarnation (a container restarted as
+    PID 1 again); a holder on another host is only freed by its lease's expiry.
+    """
+    host, _, rest = holder.partition(":")
+    pid_text, _, _nonce = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def log_fields(query: str, target: str, window: Window | None = None, **more: object) -> dict:
+    """The `extra=` of a log call: JSON log lines carry these as keys (archiver.logs)."""
+    fields: dict[str, object] = {"query": query, "target": target}
+    if window is not None:
+        fields["window_since"], fields["window_until"] = iso(window.since), iso(window.until)
+    return {**fields, **more}
+
+
+class Said:
+    """New Relic's messages already logged in this run, per query: shared by its jobs."""
+
+    def __init__(self) -> None:
+        self._said: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def messages(self, query: str, result: JobResult, messages: tuple[str, ...]) -> None:
+        """Counted per job; logged once per query and run."""
+        result.messages.update(messages)
+        for message in messages:
+            with self._lock:
+                if (query, message) in self._said:
+                    continue
+                self._said.add((query, message))
+            log.warning("%s: New Relic says: %s", query, redact(message))
+
+
+@dataclass
+class Job:
+    """A planned job and what it runs with; `result` counts what it did."""
+
+    planned: PlannedJob
+    result: JobResult
+    state: State
+    client: NewRelicClient
+    stopping: Callable[[], bool]
+    said: Said = field(default_factory=Said)
+    now: Callable[[], datetime] = utcnow
+    progress: Progress | None = None
+
+    def export(
+        self, sink: Sink, export_id: int, backfill_id: int | None, holder: str, lease_ttl: timedelta
+    ) -> None:
+        """Write every window, recording each after the sink acknowledged it."""
+        job, result, state = self.planned, self.result, self.state
+        name, key = job.name, job.target.key
+        for note in job.skipped:
+            log.warning("%s → %s: %s", name, key, note, extra=log_fields(name, key))
+        if self.progress is not None:
+            self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
+        sizer = sizer_for(state, job)
+        # New Relic answers the next window (and it is transformed) while the sink writes this
+        # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
+        thread = threading.current_thread().name
+        ahead = read_ahead(self.batches(sizer), depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
+        writing: Window | None = None  # until the sink acknowledged it and the state recorded it
+        try:
+            with closing(ahead):
+                for window, lines, precision, inspected in ahead:
+                    writing = window
+                    written = sink.write(
+                        job.target.database, job.target.retention_policy, lines, precision
+                    )
+                    state.record_window(
+                        export_id, name, key, window.since, window.until, len(lines),
+                        self.now(), backfill_id=backfill_id, inspected=inspected,
+                        max_buckets=sizer.max_buckets,
+                    )  # fmt: skip
+                    writing = None
+                    result.windows += 1
+                    result.points += written.lines - written.dropped_beyond_retention
+                    if self.progress is not None:
+                        seconds = (window.until - window.since).total_seconds()
+                        self.progress.advance(seconds, len(lines))
+                    log.debug(
+                        "%s → %s: %s: %s",
+                        name,
+                        key,
+                        window,
+                        plural(len(lines), "point"),
+                        extra=log_fields(name, key, window, points=len(lines)),
+                    )
+                    if not self._renew_lease(holder, lease_ttl):
+                        log.warning(
+                            "%s → %s: lost the lease after %s (a window took longer than "
+                            "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+                            name,
+                            key,
+                            window,
+                            extra=log_fields(name, key, window),
+                        )
+                        result.status = "busy"
+                        return
+        except BaseException:
+            # Named after the read-ahead thread stopped: until then it names the windows it asks.
+            if writing is not None:
+                result.window = writing
+            raise
+        if result.status == "interrupted":
+            return
+        result.window = None
+        if backfill_id is not None:
+            state.finish_backfill(backfill_id, self.now())
+            result.backfilled = job.segments
+
+    def _renew_lease(self, holder: str, lease_ttl: timedelta) -> bool:
+        name, key = self.planned.name, self.planned.target.key
+        return self.state.acquire_lease(
+            name, key, holder, lease_ttl, self.now(), holder_is_dead=holder_is_dead
+        )
+
+    def batches(self, sizer: WindowSizer | None = None) -> Iterator[Batch]:
+        """Every window of the job as New Relic answers it, transformed.
+
+        What `run` writes, and what `verify` compares with InfluxDB.
+        """
+        if self.planned.query.mode == "events":
+            return self._event_batches()
+        return self._aggregate_batches(sizer or sizer_for(self.state, self.planned))
+
+    def _aggregate_batches(self, sizer: WindowSizer) -> Iterator[Batch]:
+        """TIMESERIES windows: one request each, sized by the rows the last answers had.
+
+        A window New Relic finds too big is asked again in parts of half the buckets (and
+        half again); the sizer keeps the smaller size for the rest of the job.
+        """
+        job = self.planned
+        query, interval = job.query, job.target.interval
+        guard = SeriesGuard(query.facets, query.max_series)
+        steps = funnels.funnel_steps(query.nrql)
+        tags = query.job_tags(job.account_id)
+        for planned in windows_of(job, sizer):
+            since = planned.since
+            while since < planned.until:
+                if self._interrupted():
+                    return
+                window = windows.next_window(
+                    since, planned.until, interval, sizer.buckets(bool(query.facets))
+                )
+                answer = self._answer(window, sizer)
+                if answer is None:
+                    continue  # shrunk: ask again for the first part with fewer buckets
+                guard.check(answer.results, answer.facets)
+                sizer.learn(window, len(answer.results))
+                rows = self._complete_rows(answer)
+                dropped: set[str] = set()
+                lines = transform.to_lines(
+                    rows, answer.facets, query.measurement, tags,
+                    funnels=steps, dropped=dropped,
+                )  # fmt: skip
+                _warn_dropped(self.result, dropped)
+                yield Batch(window, lines, "s", answer.inspected)
+                since = window.until
+
+    def _answer(self, window: Window, sizer: WindowSizer) -> NrqlResult | None:
+        """New Relic's answer for `window`, or None after a QueryTooBig shrank the sizer.
+
+        A window of one bucket that is still too big is retried like a transient failure, then
+        fails the job with New Relic's message.
+        """
+        job, result = self.planned, self.result
+        result.window = window
+        nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
+        shrinkable = window.buckets(job.target.interval) > 1
+        try:
+            answer = self.client.query(
+                job.account_id, nrql, other=job.query.other, shrinkable=shrinkable
+            )
+        except QueryTooBig as exc:
+            result.nr_requests += exc.requests
+            result.retries += exc.requests - 1
+            if not shrinkable:  # retried at one bucket as well: New Relic's message fails it
+                raise
+            buckets = sizer.shrink(window)
+            log.warning(
+                "%s → %s: New Relic refused %s as too big (%s); asking again with at most %d "
+                "bucket(s) per request",
+                job.name, job.target.key, window, exc, buckets,
+                extra=log_fields(job.name, job.target.key, window),
+            )  # fmt: skip
+            return None
+        result.nr_requests += answer.requests
+        result.retries += answer.retries
+        if answer.inspected is not None:
+            result.inspected += answer.inspected
+        return answer
+
+    def _complete_rows(self, answer: NrqlResult) -> list:
+        """The answer's rows with otherResult's, without the zeros of empty buckets; logs and
+        counts New Relic's messages and a facet count that reached the LIMIT."""
+        job, result = self.planned, self.result
+        query, head = job.query, f"{job.name} → {job.target.key}"
+        self.said.messages(query.name, result, answer.messages)
+        rows = answer.results
+        facets = answer.facets or query.facets
+        limit = query.facet_limit  # fewer rows than that cannot hold as many facets
+        if facets and len(rows) >= limit and completeness.facet_count(rows, facets) >= limit:
+            result.facet_limit_hit += 1
+            beyond = OTHER_KEPT if query.other else OTHER_LOST
+            _warn_once(
+                result, "facet_limit",
+                "%s: New Relic answered %d facets, as many as the query's LIMIT: %s",
+                head, query.facet_limit, beyond,
+            )  # fmt: skip
+        if query.other:
+            rows = rows + completeness.other_rows(answer.other, facets)
+        unseen = completeness.drop_unsampled(rows, query.sample_guards)
+        if unseen and rows:
+            _warn_once(
+                result, "unsampled",
+                "%s: cannot tell empty buckets for %s: New Relic named them otherwise; a 0 there "
+                "may be a bucket without samples",
+                head, ", ".join(sorted(unseen)),
+            )  # fmt: skip
+        return rows
+
+    def _event_batches(self) -> Iterator[Batch]:
+        """Raw events: windows of `interval`, halved while New Relic caps the answer."""
+        job, result = self.planned, self.result
+        query, target = job.query, job.target
+        guard = SeriesGuard(query.tag_attributes, query.max_series)
+        tags = query.job_tags(job.account_id)
+        inspected: list[int] = []  # of the requests since the last yielded window (splits too)
+
+        def fetch(since: datetime, until: datetime) -> list[dict]:
+            result.window = Window(since, until)
+            answer = self.client.query(
+                job.account_id, query.nrql_for(since, until, target.interval)
+            )
+            result.nr_requests += answer.requests
+            result.retries += answer.retries
+            if answer.inspected is not None:
+                result.inspected += answer.inspected
+                inspected.append(answer.inspected)
+            self.said.messages(query.name, result, answer.messages)
+            return answer.results
+
+        for window in windows_of(job, WindowSizer(target.interval)):
+            if self._interrupted():
+                return
+            label = f"{job.name} → {target.key}"
+            for since, until, rows in events.plan_events(
+                fetch, window.since, window.until, label=label
+            ):
+                guard.check_events(rows)
+                dropped: set[str] = set()
+                lines = events.to_lines(
+                    rows, query.measurement, query.tag_attributes, tags, dropped=dropped
+                )
+                _warn_dropped(result, dropped)
+                spent = sum(inspected) if inspected else None
+                inspected.clear()
+                yield Batch(Window(since, until), lines, "ns", spent)
+
+    def _interrupted(self) -> bool:
+        if stopping := self.stopping():
+            self.result.status = "interrupted"
+        return stopping
+
+
+def _warn_once(result: JobResult, kind: str, message: str, *args: object) -> None:
+    if kind not in result.warned:
+        result.warned.add(kind)
+        log.warning(message, *args)
+
+
+def _warn_dropped(result: JobResult, dropped: set[str]) -> None:
+    """Warn once per job about each answer key that gave no field (no line-protocol form)."""
+    new = dropped - result.dropped_keys
+    if new:
+        result.dropped_keys |= new
+        log.warning(
+            "%s → %s: New Relic's answer has keys with no line-protocol form, left out of the "
+            "points: %s (lists such as uniques() cannot be stored; nr_archiver counts them in "
+            "dropped_keys)",
+            result.query,
+            result.target,
+            ", ".join(sorted(new)),
+        )

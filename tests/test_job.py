@@ -1,0 +1,141 @@
+"""One job in-process: the checkpoint never passes what the sink did not acknowledge.
+
+The state is real SQLite and New Relic the fake NerdGraph server over HTTP; the sink is a
+double that keeps what it acknowledged (the database is not under test here) and fails in the
+middle of its third write, after half of the window's lines, as InfluxDB going away mid-batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from archiver.errors import ExitCode, TransientError
+from archiver.newrelic.limiter import Limiter
+from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline.report import RunReport
+from archiver.pipeline.run import Runner
+from archiver.queries import QueryDef
+from archiver.queries.load import load_file
+from archiver.sinks.base import RetentionPolicy, WriteResult
+from archiver.state.store import State
+from archiver.verify.compare import parse_line
+from archiver.windows import Window, floor
+from tests.e2e import ACCOUNT, expected_points
+from tests.faults import small_spec
+
+NOW = floor(datetime.now(UTC), timedelta(minutes=1))  # the fake answers nothing in the future
+START = NOW - timedelta(days=2)
+# 3 series at 1 minute over 2 days: windows of 60 buckets, then 366 (sized by the answers)
+SPEC = small_spec("logins", "db", START, minutes=1)
+TARGET = "db.autogen"
+
+
+class RecordingSink:
+    """Acknowledges writes and keeps their lines; write number `fail_on` fails half-way."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.fail_on = fail_on
+        self.calls = 0
+        self.acknowledged: list[list[str]] = []
+        self.unacknowledged: list[str] = []  # what reached the database before the failure
+
+    def ping(self) -> str:
+        return "1.8"
+
+    def ensure_target(
+        self, database: str, retention_policy: str | None, retention_duration: str | None
+    ) -> RetentionPolicy:
+        return RetentionPolicy(retention_policy or "autogen", None, True)
+
+    def write(
+        self, database: str, retention_policy: str | None, lines: Sequence[str], precision="s"
+    ) -> WriteResult:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            self.unacknowledged = list(lines[: len(lines) // 2])
+            raise TransientError("InfluxDB went away half-way through the window")
+        self.acknowledged.append(list(lines))
+        return WriteResult(len(lines), 0, 1, 0)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def query(tmp_path: Path) -> QueryDef:
+    path = SPEC.write(tmp_path)
+    loaded, problems = load_file(path, now=NOW)
+    assert loaded is not None, problems
+    return loaded
+
+
+def run_once(fake_nr, state: State, query: QueryDef, sink: RecordingSink) -> RunReport:
+    def client() -> NerdGraphClient:
+        return NerdGraphClient(fake_nr.url, fake_nr.api_key, limiter=Limiter(), max_attempts=1)
+
+    runner = Runner(
+        state=state,
+        sink=sink,
+        client_factory=client,
+        default_account=ACCOUNT,
+        workers=1,
+        now=lambda: NOW,
+        self_metrics=False,
+    )
+    return runner.run([query])
+
+
+def keys(lines: list[str]) -> list[tuple]:
+    return [parse_line(line).key for line in lines]
+
+
+def instants(lines: list[str]) -> set[datetime]:
+    return {datetime.fromtimestamp(time_ns / 1e9, UTC) for _, time_ns in keys(lines)}
+
+
+def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledged_window(
+    fake_nr, tmp_path, query
+):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    # Meanwhile the read-ahead thread asks New Relic for the next windows: it must not move
+    # the checkpoint, nor be named as the window that failed.
+    failing = RecordingSink(fail_on=3)
+
+    first = run_once(fake_nr, state, query, failing)
+
+    [job] = first.jobs
+    assert (job.status, first.exit_code) == ("failed", ExitCode.QUERY_FAILED)
+    assert "InfluxDB went away" in job.error
+    written = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert [w.buckets(timedelta(minutes=1)) for w in written] == [60, 366]
+    assert written[0].since == START and written[0].until == written[1].since
+    checkpoint = state.checkpoint("logins", TARGET)
+    assert checkpoint == written[-1].until  # the end of the last acknowledged window
+    assert job.exported_until == checkpoint and (job.windows, job.window.since) == (2, checkpoint)
+    # Everything acknowledged is before the checkpoint; the half-written window after it.
+    acknowledged = [line for lines in failing.acknowledged for line in lines]
+    assert max(instants(acknowledged)) < checkpoint
+    assert failing.unacknowledged and min(instants(failing.unacknowledged)) == checkpoint
+    assert job.points == len(acknowledged)
+
+    # Run again: exactly the missing windows, from the checkpoint to the end, each point once.
+    sink = RecordingSink()
+    again = run_once(fake_nr, state, query, sink)
+
+    assert [j.status for j in again.jobs] == ["ok"] and again.exit_code == ExitCode.OK
+    rerun = [line for lines in sink.acknowledged for line in lines]
+    assert min(instants(rerun)) == checkpoint
+    windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert windows[:2] == written and windows[2].since == checkpoint
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    end = NOW - query.lag  # NOW is on a bucket boundary, and so is the lag
+    assert state.checkpoint("logins", TARGET) == windows[-1].until == end
+    everything = keys(acknowledged) + keys(rerun)
+    assert len(everything) == len(set(everything)), "a point was exported twice"
+    expected = expected_points(SPEC, START, end)
+    assert set(everything) == {(tags, seconds * 10**9) for tags, seconds in expected}
