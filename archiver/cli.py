@@ -13,25 +13,20 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from archiver import __version__, config, logs, passes, queries, status
-from archiver.dashboards import grafana, importer
-from archiver.errors import (
-    ArchiverError,
-    AuthError,
-    ConfigError,
-    ExitCode,
-    StateError,
-    exit_code_of,
-)
-from archiver.pipeline import sharding
-from archiver.pipeline.runner import Backfill, PlannedJob
-from archiver.reset import reset_checkpoints
-from archiver.schedule import cron
-from archiver.state.store import State
-from archiver.timeparse import format_duration, parse_time
-from archiver.windows import Window
+from archiver import __version__, logs
+from archiver.dashboards import DEFAULT_DATABASE, DEFAULT_DATASOURCE_UID
+from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
+from archiver.settings import ENVIRONMENT_HELP, Settings, load
 from archiver.wording import plural
+
+if TYPE_CHECKING:  # the command handlers import these when they run: `--help` and `health`
+    from archiver.app import PassOptions  # stay fast (tests/test_cli.py)
+    from archiver.pipeline.runner import Backfill, PlannedJob
+    from archiver.pipeline.sharding import Shard
+    from archiver.schedule.cron import PassOutcome
+    from archiver.windows import Window
 
 log = logging.getLogger("archiver")
 
@@ -61,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nr-archiver",
         description="Copy New Relic NRQL results into InfluxDB, window by window, checkpointed.",
         parents=[common],
-        epilog=config.ENVIRONMENT_HELP,
+        epilog=ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -212,9 +207,9 @@ def add_dashboard_commands(commands: argparse._SubParsersAction, common: argpars
     )
     dashboard.add_argument(
         "--database",
-        default=importer.DEFAULT_DATABASE,
+        default=DEFAULT_DATABASE,
         metavar="DB",
-        help=f"InfluxDB database of the files ({importer.DEFAULT_DATABASE})",
+        help=f"InfluxDB database of the files ({DEFAULT_DATABASE})",
     )
     dashboard.add_argument(
         "--retention-policy", metavar="RP", help="retention policy (default: the database's)"
@@ -238,8 +233,8 @@ def add_dashboard_commands(commands: argparse._SubParsersAction, common: argpars
     grafana_cmd.add_argument(
         "--datasource",
         metavar="UID",
-        default=grafana.DEFAULT_DATASOURCE_UID,
-        help=f"UID of the InfluxDB (InfluxQL) data source ({grafana.DEFAULT_DATASOURCE_UID})",
+        default=DEFAULT_DATASOURCE_UID,
+        help=f"UID of the InfluxDB (InfluxQL) data source ({DEFAULT_DATASOURCE_UID})",
     )
     grafana_cmd.add_argument(
         "--query", action="append", default=[], metavar="NAME", help="only this query (repeatable)"
@@ -355,7 +350,9 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def shard_argument(text: str) -> sharding.Shard:
+def shard_argument(text: str) -> Shard:
+    from archiver.pipeline import sharding
+
     try:
         return sharding.parse_shard(text)
     except ValueError as exc:
@@ -365,18 +362,9 @@ def shard_argument(text: str) -> sharding.Shard:
 # -- commands ------------------------------------------------------------------------------
 
 
-def load_queries(
-    settings: config.Settings, names: Sequence[str], shard: sharding.Shard | None = None
-) -> queries.LoadResult:
-    loaded = queries.load_dir(settings.queries_dir)
-    selected = queries.select(loaded.queries, names) if names else loaded.queries
-    problems = [p for p in loaded.problems if not names or p.query in names]
-    if shard is not None:
-        selected, problems = shard.queries(selected), shard.problems(problems)
-    return passes.for_api(settings, queries.LoadResult(selected, problems))
-
-
 def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
+    from archiver.pipeline.runner import Backfill
+
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if since is None:
         if until is not None:
@@ -391,16 +379,10 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
     return backfill
 
 
-def load_and_report(settings: config.Settings, args: argparse.Namespace) -> queries.LoadResult:
-    """The selected queries; each broken file is logged in one line."""
-    loaded = load_queries(settings, args.query, args.shard)
-    for problem in loaded.problems:
-        log.error("%s", problem)
-    return loaded
+def pass_options(args: argparse.Namespace) -> PassOptions:
+    from archiver.app import PassOptions
 
-
-def pass_options(args: argparse.Namespace) -> passes.PassOptions:
-    return passes.PassOptions(
+    return PassOptions(
         workers=args.workers,
         max_concurrent=args.max_concurrent,
         requests_per_minute=args.requests_per_minute,
@@ -409,25 +391,29 @@ def pass_options(args: argparse.Namespace) -> passes.PassOptions:
     )
 
 
-def cmd_run(args: argparse.Namespace, settings: config.Settings, stop: threading.Event) -> int:
+def cmd_run(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+    from archiver import app
+
     backfill = backfill_from(args, datetime.now(UTC))
     dry_run = getattr(args, "dry_run", False)
     kind = "backfill" if backfill else "incremental"
     record = not dry_run and not getattr(args, "output", None)
-    with passes.recorded_failures(settings, kind, record=record):
-        loaded = load_and_report(settings, args)
+    with app.recorded_failures(settings, kind, record=record):
+        loaded = app.load_and_report(settings, args.query, args.shard)
     if dry_run:
-        print_plan(passes.plan_pass(settings, loaded, backfill))
+        print_plan(app.plan_pass(settings, loaded, backfill))
         return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
     options = pass_options(args)
     if options.output:
         log.info("writing line protocol to %s instead of InfluxDB", options.output)
-    report = passes.run_pass(settings, loaded, backfill, options, stop)
-    log.info("run finished: %s", passes.outcome_of(report).summary)
+    report = app.run_pass(settings, loaded, backfill, options, stop)
+    log.info("run finished: %s", app.outcome_of(report).summary)
     return report.exit_code
 
 
 def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
+    from archiver.timeparse import format_duration
+
     for job, planned in plan:
         target = job.target
         print(
@@ -442,7 +428,9 @@ def print_plan(plan: Iterable[tuple[PlannedJob, list[Window]]]) -> None:
             print(f"  {window}: {job.query.nrql_for(window.since, window.until, target.interval)}")
 
 
-def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import app
+    from archiver.timeparse import parse_time
     from archiver.verify import command as verify
     from archiver.verify import report as verify_report
 
@@ -456,9 +444,7 @@ def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
         raise ConfigError(str(exc)) from None
     if since is not None and until is not None and until <= since:
         raise ConfigError(f"--until {args.until} is not after --since {args.since}")
-    loaded = load_queries(settings, args.query)
-    for problem in loaded.problems:
-        log.error("%s", problem)
+    loaded = app.load_and_report(settings, args.query)
     options = verify.VerifyOptions(
         since=since,
         until=until,
@@ -488,11 +474,10 @@ def cost_line(job: PlannedJob, planned: list[Window]) -> str:
     return f"{line}; estimated from earlier windows: {seen} events inspected, ~{points:,} points"
 
 
-def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
-    loaded = (
-        queries.load_files(args.files) if args.files else queries.load_dir(settings.queries_dir)
-    )
-    loaded = passes.for_api(settings, loaded)
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import app
+
+    loaded = app.validate(settings, args.files)
     for problem in loaded.problems:
         print(problem)
     print(
@@ -502,7 +487,9 @@ def cmd_validate(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
 
 
-def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import status
+
     result = status.report(settings.db_url, settings.queries_dir, datetime.now(UTC))
     if result.folder_problem:
         print(f"nr-archiver: warning: {result.folder_problem}", file=sys.stderr)
@@ -515,7 +502,9 @@ def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.OK
 
 
-def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
+def cmd_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.reset import reset_checkpoints
+
     moves = reset_checkpoints(
         settings.db_url, settings.queries_dir, args.query, args.target, args.to,
         datetime.now(UTC), dry_run=args.dry_run,
@@ -526,63 +515,64 @@ def cmd_reset(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.OK
 
 
-def cmd_db(args: argparse.Namespace, settings: config.Settings) -> int:
-    State.open(settings.db_url)
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import app
+
+    app.upgrade_state(settings)
     print("state database is at the latest schema")
     return ExitCode.OK
 
 
-def cmd_schedule(args: argparse.Namespace, settings: config.Settings) -> int:
+def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.schedule import cron
+
     stop = threading.Event()
     cron.install_signal_handlers(stop)
-    expression = args.cron or settings.schedule
     job = scheduled_pass(args, stop)
-    return cron.run_forever(expression, job, stop=stop, run_at_start=args.run_at_start)
+    return cron.run_forever(
+        settings.schedule,
+        job,
+        stop=stop,
+        run_at_start=args.run_at_start,
+        heartbeat_file=settings.heartbeat_file,
+    )
 
 
 def scheduled_pass(
     args: argparse.Namespace, stop: threading.Event, env: Mapping[str, str] | None = None
-) -> Callable[[], cron.PassOutcome]:
-    """One incremental pass of `schedule`, as a job for `cron.run_forever`.
+) -> Callable[[], PassOutcome]:
+    """One incremental pass of `schedule` (`app.scheduled_pass`) with the command's options.
 
-    The settings (secret files included) and the query files are read afresh at every pass: a
-    key rotated through a mounted secret, or a query file fixed, is used at the next tick. No
-    failure ends the loop; the scheduler logs each pass's outcome in one line.
+    The settings are read afresh from `env` (default: the environment) at every pass.
     """
+    from archiver import app
 
-    def one_pass() -> cron.PassOutcome:
-        try:
-            settings = settings_from(args, env)
-            with passes.recorded_failures(settings, "incremental"):
-                loaded = load_and_report(settings, args)
-            report = passes.run_pass(settings, loaded, None, pass_options(args), stop)
-        except queries.NoQueryFiles as exc:
-            return cron.PassOutcome(
-                exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
-            )
-        except ArchiverError as exc:
-            return cron.PassOutcome.failure(exit_code_of(exc), str(exc))
-        return passes.outcome_of(report)
-
-    return one_pass
+    return app.scheduled_pass(
+        lambda: settings_from(args, env), args.query, args.shard, pass_options(args), stop
+    )
 
 
-def cmd_health(args: argparse.Namespace, settings: config.Settings) -> int:
-    healthy, message = cron.health()
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.schedule import cron
+
+    healthy, message = cron.health(settings.heartbeat_file)
     print(message)
     return ExitCode.OK if healthy else ExitCode.QUERY_FAILED
 
 
-def settings_from(
-    args: argparse.Namespace, env: Mapping[str, str] | None = None
-) -> config.Settings:
-    """The environment's settings; `--queries-dir` and `--db-url` win over it."""
-    return config.from_env(
-        env, queries_dir=getattr(args, "queries_dir", None), db_url=getattr(args, "db_url", None)
+def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """The environment's settings; `--queries-dir`, `--db-url` and `--cron` win over it."""
+    return load(
+        env,
+        queries_dir=getattr(args, "queries_dir", None),
+        db_url=getattr(args, "db_url", None),
+        schedule=getattr(args, "cron", None),
     )
 
 
-def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver.dashboards import importer
+
     options = importer.Options(
         out=args.out or settings.queries_dir,
         database=args.database,
@@ -607,12 +597,10 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
     return ExitCode.OK
 
 
-def cmd_grafana(args: argparse.Namespace, settings: config.Settings) -> int:
-    loaded = queries.load_dir(settings.queries_dir)
-    for problem in loaded.problems:
-        log.error("%s", problem)
-    selected = queries.select(loaded.queries, args.query)
-    text = grafana.to_json(grafana.dashboard(selected, args.datasource))
+def cmd_grafana(args: argparse.Namespace, settings: Settings) -> int:
+    from archiver import app
+
+    text, selected = app.grafana_dashboard(settings, args.query, args.datasource)
     if args.out == "-":
         sys.stdout.write(text)
     else:
@@ -620,8 +608,11 @@ def cmd_grafana(args: argparse.Namespace, settings: config.Settings) -> int:
             Path(args.out).write_text(text, encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot write {args.out}: {exc.strerror}") from None
-        print(f"wrote {args.out}: {len(selected)} queries", file=sys.stderr)
-    return ExitCode.QUERY_FAILED if loaded.problems else ExitCode.OK
+        print(f"wrote {args.out}: {len(selected.queries)} queries", file=sys.stderr)
+    return ExitCode.QUERY_FAILED if selected.problems else ExitCode.OK
+
+
+STATE_COMMANDS = ("status", "reset", "db", "verify")  # "run" and "schedule" passes too
 
 
 def program(args: argparse.Namespace) -> int:
@@ -635,6 +626,10 @@ def program(args: argparse.Namespace) -> int:
         stream=sys.stderr if data_on_stdout else None,
     )
     if args.command == "run":
+        from archiver import app
+        from archiver.schedule import cron
+
+        app.use_state_of(settings)
         # SIGTERM (Kubernetes, docker stop): finish the window being written, release the leases.
         stop = threading.Event()
         cron.install_signal_handlers(stop)
@@ -650,6 +645,10 @@ def program(args: argparse.Namespace) -> int:
         "grafana": cmd_grafana,
         "verify": cmd_verify,
     }
+    if args.command in STATE_COMMANDS:
+        from archiver import app
+
+        app.use_state_of(settings)
     return handlers[args.command](args, settings)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
+from archiver.settings import Settings
 from archiver.sinks.choose import FileSink, open_sink
 from archiver.sinks.influx_client import InfluxClientSink
 from archiver.sinks.influx_v1 import InfluxV1Sink, RetentionPolicy, WriteResult

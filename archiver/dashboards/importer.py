@@ -22,13 +22,13 @@ from typing import Any
 import yaml
 
 from archiver import queries
-from archiver.config import Settings
+from archiver.dashboards import DEFAULT_DATABASE
 from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import ConfigError
 from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.settings import Settings
 from archiver.timeparse import format_duration
 
-DEFAULT_DATABASE = "newrelic"
 SLUG_MAX = 60
 BILLBOARD = "viz.billboard"
 MARKDOWN = "viz.markdown"

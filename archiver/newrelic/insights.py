@@ -52,7 +52,6 @@ from typing import Any
 import requests
 
 from archiver import logs
-from archiver.config import INSIGHTS_URLS
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import (
@@ -65,6 +64,7 @@ from archiver.newrelic.nerdgraph import (
 )
 from archiver.pipeline import completeness
 from archiver.retry import retry_after_seconds
+from archiver.settings import INSIGHTS_URLS
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 

@@ -33,7 +33,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,8 +48,6 @@ from archiver.timeparse import as_utc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEDULE = "0 * * * *"
-DEFAULT_HEARTBEAT_FILE = "/tmp/nr-archiver.heartbeat"
 HEALTH_MARGIN = timedelta(minutes=5)
 # Event.wait measures time on the monotonic clock, which stops while a host sleeps and ignores
 # wall-clock corrections; waking up at least this often keeps the ticks on the wall clock.
@@ -177,17 +175,17 @@ def run_forever(
     stop: threading.Event | None = None,
     clock: Clock = lambda: datetime.now(UTC),
     run_at_start: bool = False,
-    heartbeat_file: Path | None = None,
+    heartbeat_file: Path,
 ) -> int:
     """Run `job` at every tick of `cron` until `stop` is set; returns 0 on a clean stop.
 
     Only `stop` ends the loop: a pass that fails, however it fails, is logged in one line and
     recorded in the heartbeat, and the next tick runs again (a key rotated meanwhile is used).
-    `heartbeat_file` defaults to `heartbeat_path()` (the environment's choice).
+    `heartbeat_file` is the settings' ARCHIVER_HEARTBEAT_FILE.
     """
     schedule = parse_schedule(cron, clock())
     stop = stop if stop is not None else threading.Event()
-    heartbeat = Heartbeat(heartbeat_file or heartbeat_path(), schedule.expression)
+    heartbeat = Heartbeat(heartbeat_file, schedule.expression)
     history = History()
     due = clock() if run_at_start else schedule.next_after(clock())
     while not stop.is_set():
@@ -230,11 +228,6 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     for signum in signals:
         signal.signal(signum, request_stop)
-
-
-def heartbeat_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("ARCHIVER_HEARTBEAT_FILE", "").strip() or DEFAULT_HEARTBEAT_FILE)
 
 
 @dataclass(frozen=True)
@@ -327,9 +320,9 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
     return True, f"ok: last completed run {last} ({how}), next run at {_iso(next_run)}"
 
 
-def health(env: Mapping[str, str] | None = None, now: datetime | None = None) -> tuple[bool, str]:
-    """`check_health` for the heartbeat file named by the environment, as of now."""
-    return check_health(heartbeat_path(env), now or datetime.now(UTC))
+def health(heartbeat_file: Path, now: datetime | None = None) -> tuple[bool, str]:
+    """`check_health` for the heartbeat file (ARCHIVER_HEARTBEAT_FILE), as of now."""
+    return check_health(heartbeat_file, now or datetime.now(UTC))
 
 
 def _wait_until(due: datetime, stop: threading.Event, clock: Clock) -> bool:

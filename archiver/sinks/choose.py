@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from archiver.config import Settings
 from archiver.errors import AuthError, ConfigError, InfluxError, PermanentError
+from archiver.settings import Settings
 from archiver.sinks.influx_v1 import (
     DEFAULT_RP,
     InfluxV1Sink,

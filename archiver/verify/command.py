@@ -23,12 +23,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from archiver import queries, windows
-from archiver.config import Settings
+from archiver.app import connect_sink, new_relic_client_factory
 from archiver.errors import ArchiverError, AuthError
 from archiver.logs import redact
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
-from archiver.passes import connect_sink, new_relic_client_factory
 from archiver.pipeline.readahead import read_ahead
 from archiver.pipeline.runner import (
     READ_AHEAD_WINDOWS,
@@ -40,6 +39,7 @@ from archiver.pipeline.runner import (
     utcnow,
 )
 from archiver.pipeline.transform import escape_key
+from archiver.settings import Settings
 from archiver.sinks.choose import Sink
 from archiver.sinks.influx_v1 import Precision, RetentionPolicy, duration_seconds
 from archiver.sinks.readback import Deleted, Series
