@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import build_parser, main
+from archiver.arguments import build_parser
+from archiver.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
