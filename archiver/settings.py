@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     new_relic_api_key: str | None = _variable("NEW_RELIC_API_KEY", secret=True)
     new_relic_api_key_file: Path | None = _secret_file("NEW_RELIC_API_KEY")
     new_relic_account_id: int | None = _variable("NEW_RELIC_ACCOUNT_ID")
+    new_relic_region: str = _variable("NEW_RELIC_REGION", "US")  # picks the two URLs below
     nerdgraph_url: str = _variable("NEW_RELIC_NERDGRAPH_URL", NERDGRAPH_URLS["US"])
     new_relic_query_key: str | None = _variable("NEW_RELIC_QUERY_KEY", secret=True)
     new_relic_query_key_file: Path | None = _secret_file("NEW_RELIC_QUERY_KEY")
@@ -139,7 +140,8 @@ class Settings(BaseSettings):
             if variable in data:
                 _http_url(variable, data[variable])
             elif "NEW_RELIC_REGION" in data:
-                data[variable] = by_region[_region(data["NEW_RELIC_REGION"], by_region)]
+                data["NEW_RELIC_REGION"] = _region(data["NEW_RELIC_REGION"], by_region)
+                data[variable] = by_region[data["NEW_RELIC_REGION"]]
         return data
 
     @field_validator("influx_url", mode="before")
