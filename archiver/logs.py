@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
-from tqdm import tqdm
-
 REDACTED = "***"
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
@@ -107,6 +105,8 @@ class TqdmAwareHandler(logging.StreamHandler):
     quietly (Python's advice for SIGPIPE), and the program goes on."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # here: `health` and `--help` log nothing and start faster
+
         try:
             message = self.format(record)
             tqdm.write(message, file=self.stream)

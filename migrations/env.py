@@ -1,14 +1,14 @@
 """Alembic environment for the state database.
 
 `nr-archiver db upgrade` (and every run) passes an open connection in
-`config.attributes["connection"]`; the plain `alembic` command uses ARCHIVER_DB_URL.
+`config.attributes["connection"]`; the plain `alembic` command uses the settings' database
+(ARCHIVER_DB_URL).
 """
-
-import os
 
 import sqlalchemy as sa
 from alembic import context
 
+from archiver.settings import load
 from archiver.state.schema import metadata
 
 target_metadata = metadata
@@ -28,6 +28,6 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     run_with(connection)
 else:
-    engine = sa.create_engine(os.environ.get("ARCHIVER_DB_URL", "sqlite:///archiver.db"))
+    engine = sa.create_engine(load().db_url)
     with engine.begin() as conn:
         run_with(conn)

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from archiver import config
+from archiver import settings
 from archiver.errors import ConfigError
 from archiver.state import migrate
 from archiver.state.store import State
@@ -377,8 +377,8 @@ def test_an_events_query_per_account_tags_every_event_and_logs_what_each_window_
     ],
 )
 def test_query_timeout_and_async_settings(env, timeout, is_async):
-    settings = config.from_env(env)
-    assert (settings.query_timeout, settings.async_queries) == (timeout, is_async)
+    loaded = settings.load(env)
+    assert (loaded.query_timeout, loaded.async_queries) == (timeout, is_async)
 
 
 @pytest.mark.parametrize(
@@ -393,4 +393,4 @@ def test_query_timeout_and_async_settings(env, timeout, is_async):
 )
 def test_bad_query_timeout_or_async_is_a_config_error(env, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        config.from_env(env)
+        settings.load(env)

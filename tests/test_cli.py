@@ -1,8 +1,17 @@
-"""Usage errors: exit code 2 and one line, before anything is touched."""
+"""Usage errors: exit code 2 and one line, before anything is touched; a light start-up."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from archiver.cli import build_parser, main
+from archiver.arguments import build_parser
+from archiver.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("option", ["--workers", "--max-concurrent", "--requests-per-minute"])
@@ -51,3 +60,38 @@ def test_health_without_a_scheduler_heartbeat_is_unhealthy(tmp_path, monkeypatch
     monkeypatch.setenv("ARCHIVER_HEARTBEAT_FILE", str(tmp_path / "no-heartbeat"))
     assert main(["health"]) == 1
     assert "no-heartbeat" in capsys.readouterr().out
+
+
+HEAVY_MODULES = ("sqlalchemy", "alembic", "requests", "influxdb_client", "yaml", "tqdm")
+PROBE = """
+import json, sys
+from archiver.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+loaded = sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY))
+print(json.dumps({"code": code, "loaded": loaded}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(["--help"], 0), (["health"], 1)], ids=["help", "health"]
+)
+def test_help_and_health_import_no_heavy_module(args, code, tmp_path):
+    """The container runs `health` every 30 s: it must not load the database or HTTP stack.
+
+    A fresh interpreter, because this test process has imported everything already.
+    """
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO),
+        "ARCHIVER_HEARTBEAT_FILE": str(tmp_path / "no-heartbeat"),
+    }
+    probe = f"HEAVY = {list(HEAVY_MODULES)!r}\n{PROBE}"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"code": code, "loaded": []}, result.stderr

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import responses
 
-from archiver import passes
-from archiver.config import Settings
+from archiver import app
 from archiver.errors import NewRelicError
 from archiver.newrelic.insights import InsightsClient
 from archiver.newrelic.nerdgraph import GRAPHQL, GRAPHQL_WITH_OTHER, NerdGraphClient
@@ -24,6 +23,7 @@ from archiver.queries.load import load_file
 from archiver.queries.model import OTHER_TAG_VALUE
 from archiver.queries.nrql import facet_limit
 from archiver.queries.samples import SampleGuard, sample_counts
+from archiver.settings import Settings
 from fakes.insights import FakeInsights
 from fakes.nerdgraph import FakeNerdGraph
 from tests.e2e import ACCOUNT
@@ -185,14 +185,14 @@ def test_other_is_refused_with_the_insights_api_only(tmp_path):
     assert query is not None and query.other
     loaded = LoadResult([query], [])
     insights = Settings(new_relic_query_key="NRIQ-x")
-    refused = passes.for_api(insights, loaded)
+    refused = app.for_api(insights, loaded)
     assert refused.queries == []
     assert [str(p) for p in refused.problems] == [
         f"{path}: key 'other': `other: true` needs NerdGraph's otherResult, which the Insights "
         "query API does not answer: set NEW_RELIC_API_KEY (a user key) or remove `other: true`"
     ]
     both = Settings(new_relic_api_key="NRAK-x", new_relic_query_key="NRIQ-x")
-    assert passes.for_api(both, loaded) is loaded
+    assert app.for_api(both, loaded) is loaded
 
 
 # -- rows ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from croniter import croniter
 
-from archiver.cli import build_parser
+from archiver.arguments import build_parser
 from archiver.pipeline.sharding import Shard
 from archiver.queries.load import load_files
 

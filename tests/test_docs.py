@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import build_parser
+from archiver.arguments import build_parser
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

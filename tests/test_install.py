@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from archiver import app, settings
+from archiver.state import migrate
 from archiver.state.migrate import migrations_dir
 from tests.e2e import REPO, ago, cli_env, floor, parse_iso
 from tests.faults import assert_exact, small_spec
@@ -182,10 +184,12 @@ def test_upgrade_validate_and_a_real_run_from_the_installed_wheel(
 
 
 def test_a_checkout_uses_its_top_level_migrations(monkeypatch):
-    monkeypatch.delenv("ARCHIVER_MIGRATIONS_DIR", raising=False)
+    monkeypatch.setattr(migrate, "_configured_migrations", None)
+    app.use_state_of(settings.load({}))
     assert migrations_dir() == REPO / "migrations"
 
 
 def test_archiver_migrations_dir_still_overrides(monkeypatch, tmp_path):
-    monkeypatch.setenv("ARCHIVER_MIGRATIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(migrate, "_configured_migrations", None)
+    app.use_state_of(settings.load({"ARCHIVER_MIGRATIONS_DIR": str(tmp_path)}))
     assert migrations_dir() == tmp_path

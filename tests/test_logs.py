@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from archiver import config, logs
+from archiver import logs, settings
 from tests.e2e import ago, floor
 from tests.faults import small_spec
 
@@ -118,15 +118,15 @@ def test_short_strings_are_not_registered():
     ids=["space-and-cr", "crlf", "tab-and-space", "clean"],
 )
 def test_secrets_lose_surrounding_whitespace_from_the_environment_and_files(pasted, tmp_path):
-    assert config.read_secret({"NEW_RELIC_API_KEY": pasted}, "NEW_RELIC_API_KEY") == "NRAK-PASTED"
+    assert settings.read_secret({"NEW_RELIC_API_KEY": pasted}, "NEW_RELIC_API_KEY") == "NRAK-PASTED"
     secret_file = tmp_path / "key"
     secret_file.write_bytes(pasted.encode())
     env = {"INFLUX_TOKEN_FILE": f"{secret_file}\r"}
-    assert config.read_secret(env, "INFLUX_TOKEN") == "NRAK-PASTED"
+    assert settings.read_secret(env, "INFLUX_TOKEN") == "NRAK-PASTED"
 
 
 def test_a_blank_secret_is_no_secret():
-    assert config.read_secret({"INFLUX_PASSWORD": " \r\n"}, "INFLUX_PASSWORD") is None
+    assert settings.read_secret({"INFLUX_PASSWORD": " \r\n"}, "INFLUX_PASSWORD") is None
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

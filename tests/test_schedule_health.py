@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from archiver import cli
+from archiver.arguments import build_parser
 from archiver.schedule import cron, health
 from archiver.state.store import State
 from archiver.status import collect
@@ -90,7 +91,7 @@ class Ticks:
         self.clock = FakeClock(START)
         self.stop = FakeTimeEvent(self.clock)
         self.heartbeat, self.passes, self.before = heartbeat, passes, before or {}
-        args = cli.build_parser().parse_args(["schedule"])
+        args = build_parser().parse_args(["schedule"])
         self.job = cli.scheduled_pass(args, self.stop, env)
         self.healths: list[tuple[bool, str]] = []
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver import settings
 from archiver.errors import ConfigError
 from archiver.schedule import cron, health
 from tests.clocks import FakeClock, FakeTimeEvent
@@ -392,11 +393,12 @@ def test_a_missing_or_broken_heartbeat_is_unhealthy(heartbeat_file, content, exp
 def test_health_reads_the_file_named_by_the_environment(heartbeat_file):
     write_heartbeat(heartbeat_file, next_run=at(5))
     env = {"ARCHIVER_HEARTBEAT_FILE": str(heartbeat_file)}
+    heartbeat = settings.load(env).heartbeat_file
 
-    assert health.heartbeat_path(env) == heartbeat_file
-    assert health.heartbeat_path({}) == Path("/tmp/nr-archiver.heartbeat")
-    assert health.health(env, now=at(5, 30))[0] is True
-    assert health.health(env, now=at(7))[0] is False
+    assert heartbeat == heartbeat_file
+    assert settings.load({}).heartbeat_file == Path("/tmp/nr-archiver.heartbeat")
+    assert health.health(heartbeat, now=at(5, 30))[0] is True
+    assert health.health(heartbeat, now=at(7))[0] is False
 
 
 @pytest.fixture

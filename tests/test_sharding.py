@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from archiver.cli import build_parser
+from archiver.arguments import build_parser
 from archiver.pipeline.sharding import Shard, parse_shard, shard_of
 from archiver.queries import QueryFileProblem
 from tests.e2e import Cli, cli_env

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 import archiver.sinks
-from archiver.config import Settings
 from archiver.errors import ConfigError, InfluxError
+from archiver.settings import Settings
 from archiver.sinks.base import RetentionPolicy, WriteResult
 from archiver.sinks.choose import open_sink
 from archiver.sinks.file import FileSink

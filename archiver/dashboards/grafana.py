@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from archiver.dashboards import DEFAULT_DATASOURCE_UID
 from archiver.pipeline import metrics
 from archiver.queries import QueryDef, Target
 from archiver.queries.model import ACCOUNT_TAG
 from archiver.queries.nrql import SelectItem, select_items
 from archiver.timeparse import format_duration
 
-DEFAULT_DATASOURCE_UID = "influxdb-newrelic"  # the data source deploy/grafana provisions
 DASHBOARD_UID = "nr-archiver"
 SCHEMA_VERSION = 39  # Grafana 11's classic model; newer Grafana migrates it when loading
 STALL_SECONDS = 7200  # the README's stall alert: no checkpoint younger than 2 hours

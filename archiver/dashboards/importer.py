@@ -21,14 +21,14 @@ from typing import Any
 
 import yaml
 
-from archiver.config import Settings
+from archiver.dashboards import DEFAULT_DATABASE
 from archiver.dashboards.nrql_clean import NotArchivable, clean
 from archiver.errors import ConfigError
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.queries.load import QUERY_FILE_PATTERNS, load_file, load_files
+from archiver.settings import Settings
 from archiver.timeparse import format_duration
 
-DEFAULT_DATABASE = "newrelic"
 SLUG_MAX = 60
 BILLBOARD = "viz.billboard"
 MARKDOWN = "viz.markdown"

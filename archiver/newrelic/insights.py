@@ -53,7 +53,6 @@ from typing import Any
 import requests
 
 from archiver import logs
-from archiver.config import INSIGHTS_URLS
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.client import NewRelicClient, NrqlResult, inspected_count
 from archiver.newrelic.limiter import Limiter
@@ -67,6 +66,7 @@ from archiver.newrelic.transport import (
 )
 from archiver.pipeline import completeness
 from archiver.retry import retry_after_seconds
+from archiver.settings import INSIGHTS_URLS
 
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 

@@ -40,14 +40,12 @@ from archiver.schedule.health import (
     History,
     PassOutcome,
     Schedule,
-    heartbeat_path,
     human_duration,
     iso_utc,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEDULE = "0 * * * *"
 # Event.wait measures time on the monotonic clock, which stops while a host sleeps and ignores
 # wall-clock corrections; waking up at least this often keeps the ticks on the wall clock.
 MAX_WAIT_SECONDS = 60.0
@@ -88,17 +86,17 @@ def run_forever(
     stop: threading.Event | None = None,
     clock: Clock = lambda: datetime.now(UTC),
     run_at_start: bool = False,
-    heartbeat_file: Path | None = None,
+    heartbeat_file: Path,
 ) -> int:
     """Run `job` at every tick of `cron` until `stop` is set; returns 0 on a clean stop.
 
     Only `stop` ends the loop: a pass that fails, however it fails, is logged in one line and
     recorded in the heartbeat, and the next tick runs again (a key rotated meanwhile is used).
-    `heartbeat_file` defaults to `heartbeat_path()` (the environment's choice).
+    `heartbeat_file` is the settings' ARCHIVER_HEARTBEAT_FILE.
     """
     schedule = parse_schedule(cron, clock())
     stop = stop if stop is not None else threading.Event()
-    heartbeat = Heartbeat(heartbeat_file or heartbeat_path(), schedule.expression)
+    heartbeat = Heartbeat(heartbeat_file, schedule.expression)
     history = History()
     due = clock() if run_at_start else schedule.next_after(clock())
     while not stop.is_set():

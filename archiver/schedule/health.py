@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,6 @@ from archiver.timeparse import as_utc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_FILE = "/tmp/nr-archiver.heartbeat"
 HEALTH_MARGIN = timedelta(minutes=5)
 MAX_REASON_CHARS = 500
 
@@ -116,11 +114,6 @@ class Schedule:
         """The time between the first two ticks after `moment`."""
         first = self.next_after(moment)
         return self.next_after(first) - first
-
-
-def heartbeat_path(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("ARCHIVER_HEARTBEAT_FILE", "").strip() or DEFAULT_HEARTBEAT_FILE)
 
 
 @dataclass(frozen=True)
@@ -213,9 +206,9 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
     return True, f"ok: last completed run {last} ({how}), next run at {iso_utc(next_run)}"
 
 
-def health(env: Mapping[str, str] | None = None, now: datetime | None = None) -> tuple[bool, str]:
-    """`check_health` for the heartbeat file named by the environment, as of now."""
-    return check_health(heartbeat_path(env), now or datetime.now(UTC))
+def health(heartbeat_file: Path, now: datetime | None = None) -> tuple[bool, str]:
+    """`check_health` for the heartbeat file (ARCHIVER_HEARTBEAT_FILE), as of now."""
+    return check_health(heartbeat_file, now or datetime.now(UTC))
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from archiver.config import Settings
 from archiver.errors import AuthError, ConfigError, InfluxError
+from archiver.settings import Settings
 from archiver.sinks.base import Sink
 from archiver.sinks.file import FileSink
 from archiver.sinks.influx_v1 import InfluxV1Sink

@@ -27,15 +27,25 @@ from archiver.logs import redact
 MIGRATION_LOCK = 0x6E72_6172  # pg_advisory_xact_lock key of the migrations ('nrar')
 
 
+_configured_migrations: Path | None = None
+
+
+def use_migrations(configured: Path | None) -> None:
+    """Take the migrations from `configured` (the settings' ARCHIVER_MIGRATIONS_DIR) if set."""
+    global _configured_migrations
+    _configured_migrations = configured
+
+
 def migrations_dir() -> Path:
     """Where the Alembic migrations are.
 
-    `ARCHIVER_MIGRATIONS_DIR` if set; else `archiver/migrations/` in an installed wheel (the
-    top-level `migrations/` ships there as package data); else `migrations/` beside the package
-    in a source checkout (or an editable install).
+    ARCHIVER_MIGRATIONS_DIR if the settings name it (`use_migrations`); else
+    `archiver/migrations/` in an installed wheel (the top-level `migrations/` ships there as
+    package data); else `migrations/` beside the package in a source checkout (or an editable
+    install).
     """
-    if configured := os.environ.get("ARCHIVER_MIGRATIONS_DIR"):
-        return Path(configured)
+    if _configured_migrations is not None:
+        return _configured_migrations
     package = Path(__file__).resolve().parents[1]  # archiver/
     installed = package / "migrations"
     return installed if installed.is_dir() else package.parent / "migrations"

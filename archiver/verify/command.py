@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from archiver import queries, windows
-from archiver.config import Settings
+from archiver.app import connect_sink, new_relic_client_factory
 from archiver.errors import ArchiverError, AuthError
 from archiver.lineprotocol import escape_key, unescape_key
 from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.limiter import Limiter
-from archiver.passes import connect_sink, new_relic_client_factory
 from archiver.pipeline.job import (
     READ_AHEAD_WINDOWS,
     Job,
@@ -39,6 +38,7 @@ from archiver.pipeline.job import (
 )
 from archiver.pipeline.plan import PlannedJob, account_for, sizer_for, utcnow
 from archiver.pipeline.readahead import read_ahead
+from archiver.settings import Settings
 from archiver.sinks.base import (
     Precision,
     ReadableSink,

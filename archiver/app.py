@@ -1,24 +1,28 @@
-"""One pass of the archiver, assembled from the settings: what `run` and `schedule` call.
+"""The library under the CLI: each command's work, assembled from the settings.
 
-It picks the New Relic client (NerdGraph, or the Insights API for a query key), checks the
-sink before New Relic is asked anything (its answers cost money), opens the state and hands
-everything to the runner. The CLI only parses options and prints.
+One pass of the archiver (what `run` and `schedule` call) picks the New Relic client
+(NerdGraph, or the Insights API for a query key), checks the sink before New Relic is asked
+anything (its answers cost money), opens the state and hands everything to the runner. Also
+the query selection, `validate`, `db upgrade` and `grafana`. The CLI only parses options,
+calls one function of this module and prints.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from archiver import queries
-from archiver.config import Settings
+from archiver.dashboards import grafana
 from archiver.errors import (
     ArchiverError,
     ConfigError,
+    ExitCode,
     InfluxError,
     StateError,
     TransientError,
@@ -29,14 +33,16 @@ from archiver.newrelic.client import NewRelicClient
 from archiver.newrelic.insights import OTHER_REFUSED, InsightsClient
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
-from archiver.pipeline import plan
+from archiver.pipeline import plan, sharding
 from archiver.pipeline.plan import Backfill, PlannedJob
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.report import RunReport
 from archiver.pipeline.run import Runner
 from archiver.schedule.health import PassOutcome
+from archiver.settings import Settings
 from archiver.sinks.base import Sink
 from archiver.sinks.choose import open_sink
+from archiver.state import migrate
 from archiver.state.store import State
 from archiver.windows import Window
 
@@ -208,3 +214,86 @@ def new_relic_client_factory(settings: Settings, limiter: Limiter) -> Callable[[
         limiter=limiter,
         backoff_base=settings.retry_base_seconds,
     )
+
+
+def use_state_of(settings: Settings) -> None:
+    """Where the state database's migrations are, from the settings (ARCHIVER_MIGRATIONS_DIR)."""
+    migrate.use_migrations(settings.migrations_dir)
+
+
+def load_queries(
+    settings: Settings, names: Sequence[str], shard: sharding.Shard | None = None
+) -> queries.LoadResult:
+    """The query files of the settings' folder, only `names` (all if empty) of `shard`."""
+    loaded = queries.load_dir(settings.queries_dir)
+    selected = queries.select(loaded.queries, names) if names else loaded.queries
+    problems = [p for p in loaded.problems if not names or p.query in names]
+    if shard is not None:
+        selected, problems = shard.queries(selected), shard.problems(problems)
+    return for_api(settings, queries.LoadResult(selected, problems))
+
+
+def load_and_report(
+    settings: Settings, names: Sequence[str], shard: sharding.Shard | None = None
+) -> queries.LoadResult:
+    """The selected queries; each broken file is logged in one line."""
+    loaded = load_queries(settings, names, shard)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    return loaded
+
+
+def validate(settings: Settings, files: Sequence[Path]) -> queries.LoadResult:
+    """`files` (default: the queries folder) checked as `run` would load them."""
+    loaded = queries.load_files(files) if files else queries.load_dir(settings.queries_dir)
+    return for_api(settings, loaded)
+
+
+def upgrade_state(settings: Settings) -> None:
+    """`db upgrade`: the Alembic migrations applied to the state database."""
+    use_state_of(settings)
+    State.open(settings.db_url)
+
+
+def grafana_dashboard(
+    settings: Settings, names: Sequence[str], datasource: str
+) -> tuple[str, queries.LoadResult]:
+    """The Grafana dashboard's JSON for the selected queries; broken files are logged."""
+    loaded = queries.load_dir(settings.queries_dir)
+    for problem in loaded.problems:
+        log.error("%s", problem)
+    selected = queries.select(loaded.queries, names)
+    text = grafana.to_json(grafana.dashboard(selected, datasource))
+    return text, queries.LoadResult(selected, loaded.problems)
+
+
+def scheduled_pass(
+    read_settings: Callable[[], Settings],
+    names: Sequence[str],
+    shard: sharding.Shard | None,
+    options: PassOptions,
+    stop: threading.Event,
+) -> Callable[[], PassOutcome]:
+    """One incremental pass of `schedule`, as a job for `cron.run_forever`.
+
+    The settings (secret files included) and the query files are read afresh at every pass: a
+    key rotated through a mounted secret, or a query file fixed, is used at the next tick. No
+    failure ends the loop; the scheduler logs each pass's outcome in one line.
+    """
+
+    def one_pass() -> PassOutcome:
+        try:
+            settings = read_settings()
+            use_state_of(settings)
+            with recorded_failures(settings, "incremental"):
+                loaded = load_and_report(settings, names, shard)
+            report = run_pass(settings, loaded, None, options, stop)
+        except queries.NoQueryFiles as exc:
+            return PassOutcome(
+                exit_code=ExitCode.USAGE, reason=f"{exc}; add query files to it", nothing_to_do=True
+            )
+        except ArchiverError as exc:
+            return PassOutcome.failure(exit_code_of(exc), str(exc))
+        return outcome_of(report)
+
+    return one_pass
