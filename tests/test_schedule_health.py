@@ -342,3 +342,10 @@ def test_health_fails_only_when_the_last_pass_failed_as_a_whole(heartbeat, outco
     assert ok is healthy, message
     if outcome.reason:
         assert outcome.reason in message
+
+
+def test_the_pass_summary_counts_in_words():
+    one = health.PassOutcome(0, targets_ok=1, targets_failed=0, query_file_problems=1, points=1)
+    assert one.summary == "1 target ok, 0 failed, 1 query file problem, 1 point written"
+    many = health.PassOutcome(1, targets_ok=2, targets_failed=1, query_file_problems=0, points=0)
+    assert many.summary == "2 targets ok, 1 failed, 0 query file problems, 0 points written"

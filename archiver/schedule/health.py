@@ -24,6 +24,7 @@ from croniter import CroniterError, croniter
 from archiver.errors import ExitCode
 from archiver.logs import redact
 from archiver.timeparse import as_utc
+from archiver.wording import plural
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class PassOutcome:
         if self.reason and not (self.targets_ok or self.targets_failed or self.query_file_problems):
             return self.reason
         return (
-            f"{self.targets_ok} targets ok, {self.targets_failed} failed, "
-            f"{self.query_file_problems} query file problems, {self.points} points written"
+            f"{plural(self.targets_ok, 'target')} ok, {self.targets_failed} failed, "
+            f"{plural(self.query_file_problems, 'query file problem')}, "
+            f"{plural(self.points, 'point')} written"
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -198,9 +200,9 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
         )
     how = f"exit {outcome.exit_code}"
     if outcome.targets_ok is not None:
-        how += f": {outcome.targets_ok} targets ok, {outcome.targets_failed} failed"
+        how += f": {plural(outcome.targets_ok, 'target')} ok, {outcome.targets_failed} failed"
         if outcome.query_file_problems:
-            how += f", {outcome.query_file_problems} query file problems"
+            how += f", {plural(outcome.query_file_problems, 'query file problem')}"
     if outcome.exit_code != ExitCode.OK and outcome.reason:
         how += f"; first failure: {outcome.reason}"
     return True, f"ok: last completed run {last} ({how}), next run at {iso_utc(next_run)}"
