@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from archiver import queries
-from archiver.app import connect_sink, new_relic_client_factory
-from archiver.errors import ArchiverError, AuthError
+from archiver.app import WorkOptions, connect_sink, new_relic_client_factory
+from archiver.errors import AuthError
 from archiver.newrelic.client import NewRelicClient
-from archiver.newrelic.limiter import Limiter
 from archiver.pipeline.failures import job_failures
 from archiver.pipeline.job import (
     READ_AHEAD_WINDOWS,
@@ -34,6 +33,7 @@ from archiver.pipeline.job import (
 )
 from archiver.pipeline.plan import PlannedJob, account_for, utcnow
 from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.report import SelfMetrics
 from archiver.settings import Settings
 from archiver.sinks.base import ReadableSink
 from archiver.state.store import State
@@ -47,17 +47,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class VerifyOptions:
+class VerifyOptions(WorkOptions):
     since: datetime | None = None
     until: datetime | None = None
     sample: int | None = None  # windows per target, chosen at random
     seed: int | None = None  # of the random choice (reproducible samples)
     repair: bool = False
     prune: bool = False
-    workers: int = 4
-    max_concurrent: int = 5
-    requests_per_minute: int = 1000
-    self_metrics: bool = True
 
 
 def parse_iso(text: str) -> datetime:
@@ -91,8 +87,7 @@ class Verifier:
         self._sampler = Sampler(state, options.sample, options.seed)
         self._windows = WindowCheck(sink, repair=options.repair, prune=options.prune)
         self._auth_failure: AuthError | None = None
-        self._metric_lines: dict[str, list[str]] = {}
-        self._metrics_lock = threading.Lock()
+        self._metrics = SelfMetrics(now)
 
     def verify(self, selected: list[queries.QueryDef]) -> VerifyReport:
         for query in selected:
@@ -107,7 +102,7 @@ class Verifier:
             report = VerifyReport(list(pool.map(lambda job: self._job(*job), jobs)))
         if self._auth_failure is not None:
             raise self._auth_failure
-        self._write_metrics()
+        self._metrics.write(self.sink)  # one `nr_archiver` point (kind=verify) per target
         return report
 
     # -- one (query, target) -------------------------------------------------------------------
@@ -249,17 +244,7 @@ class Verifier:
     def _collect_metrics(self, report: TargetReport, target: queries.Target) -> None:
         if not self.options.self_metrics or report.status == "busy":
             return
-        line = metrics_line(report, self.now())
-        with self._metrics_lock:
-            self._metric_lines.setdefault(target.database, []).append(line)
-
-    def _write_metrics(self) -> None:
-        """One `nr_archiver` point (kind=verify) per target; never fails the verify."""
-        for database, lines in self._metric_lines.items():
-            try:
-                self.sink.write(database, None, lines)
-            except ArchiverError as exc:
-                log.warning("self-metrics not written to %s: %s", database, exc)
+        self._metrics.add(target.database, metrics_line(report, self.now()))
 
 
 # -- the pass, from settings, and its output ---------------------------------------------------
@@ -271,8 +256,7 @@ def verify_pass(
     options: VerifyOptions,
     stop: threading.Event | None = None,
 ) -> VerifyReport:
-    limiter = Limiter(max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute)
-    client_factory = new_relic_client_factory(settings, limiter)
+    client_factory = new_relic_client_factory(settings, options.limiter())
     sink = connect_sink(settings, None)
     try:
         verifier = Verifier(
