@@ -50,11 +50,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PassOptions:
+class WorkOptions:
+    """What `run` and `verify` share: worker threads, New Relic's limits, self-metrics."""
+
     workers: int = 4
     max_concurrent: int = 5
     requests_per_minute: int = 1000
     self_metrics: bool = True
+
+    def limiter(self) -> Limiter:
+        """One limiter for the whole pass, shared by every New Relic client."""
+        return Limiter(max_concurrent=self.max_concurrent, per_minute=self.requests_per_minute)
+
+
+@dataclass(frozen=True)
+class PassOptions(WorkOptions):
     output: str | None = None  # a line-protocol file (or "-") instead of InfluxDB
 
 
@@ -77,10 +87,7 @@ def run_pass(
         if not loaded.queries:
             first = f": {loaded.problems[0]}" if loaded.problems else ""
             raise NoQueries(f"no valid query file to run{first}")
-        limiter = Limiter(
-            max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute
-        )
-        client_factory = new_relic_client_factory(settings, limiter)
+        client_factory = new_relic_client_factory(settings, options.limiter())
         sink = connect_sink(settings, options.output)
         try:
             # A file output is for inspection: it must not move the real target's checkpoints.

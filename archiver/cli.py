@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from archiver import logs
 from archiver.arguments import build_parser
@@ -53,13 +53,17 @@ def backfill_from(args: argparse.Namespace, now: datetime) -> Backfill | None:
 def pass_options(args: argparse.Namespace) -> PassOptions:
     from archiver.app import PassOptions
 
-    return PassOptions(
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        requests_per_minute=args.requests_per_minute,
-        self_metrics=args.self_metrics,
-        output=getattr(args, "output", None),
-    )
+    return PassOptions(**work_options(args), output=getattr(args, "output", None))
+
+
+def work_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options `run` and `verify` share (`app.WorkOptions`)."""
+    return {
+        "workers": args.workers,
+        "max_concurrent": args.max_concurrent,
+        "requests_per_minute": args.requests_per_minute,
+        "self_metrics": args.self_metrics,
+    }
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
@@ -123,10 +127,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         repair=args.repair,
         prune=args.prune,
-        workers=args.workers,
-        max_concurrent=args.max_concurrent,
-        requests_per_minute=args.requests_per_minute,
-        self_metrics=args.self_metrics,
+        **work_options(args),
     )
     report = verify.verify_pass(settings, loaded.queries, options)
     print(verify_report.to_json(report) if args.json else verify_report.to_table(report))

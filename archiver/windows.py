@@ -18,6 +18,20 @@ ROWS_PER_REQUEST = 20_000  # keep each answer small: facets × buckets stays und
 FIRST_FACET_BUCKETS = 60  # before the first answer tells how many facets a query has
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def interval_problem(interval: timedelta) -> str | None:
+    """Why `interval` cannot be a bucket interval (None: it can): epoch-aligned buckets line up
+    in UTC days only when the interval divides a day."""
+    if interval > DAY:
+        return "is longer than the longest interval, 1 day"
+    if DAY % interval:
+        return (
+            "does not divide a day evenly, so its buckets would not line up in UTC; "
+            "use e.g. 1, 5, 10, 15 or 30 minutes, or 1, 2, 3, 4, 6, 8, 12 or 24 hours"
+        )
+    return None
 
 
 @dataclass(frozen=True)

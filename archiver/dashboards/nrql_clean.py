@@ -22,9 +22,9 @@ from archiver.queries.nrql import (
     without_clauses,
 )
 from archiver.timeparse import parse_duration
+from archiver.windows import interval_problem
 
 DEFAULT_INTERVAL = timedelta(minutes=1)
-DAY = timedelta(days=1)
 REMOVED_CLAUSES = ("SINCE", "UNTIL", "TIMESERIES", "COMPARE WITH", "WITH TIMEZONE", "EXTRAPOLATE")
 _SUBQUERY = re.compile(r"\(\s*(?:SELECT|FROM)\b", re.IGNORECASE)
 _DASHBOARD_VARIABLE = re.compile(r"\{\{\s*[\w.-]+\s*\}\}")
@@ -115,6 +115,6 @@ def _interval(timeseries_clause: str) -> timedelta:
         step = parse_duration(step_text)
     except ValueError:  # AUTO, MAX, months...
         return DEFAULT_INTERVAL
-    if step > DAY or DAY % step:
+    if interval_problem(step):
         return DEFAULT_INTERVAL
     return step

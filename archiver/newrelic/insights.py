@@ -71,7 +71,6 @@ from archiver.settings import INSIGHTS_URLS
 __all__ = ["INSIGHTS_URLS", "MAX_NRQL_BYTES", "InsightsClient", "to_nerdgraph_rows"]
 
 MAX_NRQL_BYTES = 4000  # the API takes NRQL strictly under this size
-CONNECT_TIMEOUT_SECONDS = 10.0
 MIN_READ_TIMEOUT_SECONDS = 5.0
 BAD_KEY_HINT = "check NEW_RELIC_QUERY_KEY (an Insights query key of this account)"
 # Error texts that New Relic sends for an overloaded service, not for a bad query.
@@ -119,13 +118,9 @@ class InsightsClient(NewRelicClient):
         logs.register_secret(query_key)
         self._base = url_base.rstrip("/")
         headers = {"Accept": "application/json", "X-Query-Key": query_key}
-        # No NRQL timeout travels with the request: the HTTP read timeout is `timeout` (≥ 5 s).
-        http_timeout = (
-            min(timeout, CONNECT_TIMEOUT_SECONDS),
-            max(timeout, MIN_READ_TIMEOUT_SECONDS),
-        )
         super().__init__(
-            limited(self._base, headers, http_timeout, session, limiter),
+            # No NRQL timeout travels with the request: the HTTP read timeout is `timeout` (≥ 5 s).
+            limited(self._base, headers, timeout, MIN_READ_TIMEOUT_SECONDS, session, limiter),
             retry_policy(max_attempts, max_total_seconds, backoff_base, sleep, clock),
         )
 

@@ -92,7 +92,6 @@ TOO_BIG_MESSAGE = re.compile(
     r"exceeded the set timeout|query is a little too big|fewer buckets", re.IGNORECASE
 )
 BAD_KEY_HINT = "check NEW_RELIC_API_KEY (a user key, NRAK-...)"
-CONNECT_TIMEOUT_SECONDS = 10.0
 # The HTTP read timeout outlasts the NRQL timeout, so that New Relic's own TIMEOUT answer
 # (with its message) arrives before we give up on the connection.
 NRQL_TIMEOUT_MARGIN_SECONDS = 5.0
@@ -130,16 +129,14 @@ class NerdGraphClient(NewRelicClient):
         backoff_base: float = 1.0,
     ) -> None:
         logs.register_secret(api_key)
-        http_timeout = (
-            min(timeout, CONNECT_TIMEOUT_SECONDS),
-            max(timeout, nrql_timeout + NRQL_TIMEOUT_MARGIN_SECONDS),
-        )
         headers = {"Content-Type": "application/json", "API-Key": api_key}
         self._post_url = url
         self._nrql_timeout = nrql_timeout
         self._async = async_queries
         super().__init__(
-            limited(url, headers, http_timeout, session, limiter),
+            limited(
+                url, headers, timeout, nrql_timeout + NRQL_TIMEOUT_MARGIN_SECONDS, session, limiter
+            ),
             retry_policy(max_attempts, max_total_seconds, backoff_base, sleep, clock),
         )
         self._sleep = sleep

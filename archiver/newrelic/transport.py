@@ -33,6 +33,7 @@ _frozen = {"answers": 0}
 T = TypeVar("T")
 EXCERPT_CHARS = 80
 BACKOFF_MAX_SECONDS = 60.0
+CONNECT_TIMEOUT_SECONDS = 10.0  # of a request's `timeout`, connecting takes at most this
 
 
 class Transport(Protocol):
@@ -91,13 +92,17 @@ class HttpTransport:
 def limited(
     url: str,
     headers: Mapping[str, str],
-    timeout: tuple[float, float],
+    timeout: float,
+    read_at_least: float,
     session: requests.Session | None,
     limiter: Limiter | None,
 ) -> Transport:
-    """An HttpTransport wrapped with `limiter` (a private default one when None)."""
+    """An HttpTransport wrapped with `limiter` (a private default one when None). Connecting
+    takes at most CONNECT_TIMEOUT_SECONDS of `timeout`; reading, `timeout` but at least
+    `read_at_least`."""
+    http_timeout = (min(timeout, CONNECT_TIMEOUT_SECONDS), max(timeout, read_at_least))
     return LimitedTransport(
-        HttpTransport(url, headers, timeout, session),
+        HttpTransport(url, headers, http_timeout, session),
         limiter if limiter is not None else Limiter(),
     )
 

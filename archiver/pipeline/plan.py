@@ -21,7 +21,8 @@ from archiver.windows import Range, Window, iso
 
 if TYPE_CHECKING:  # planning needs neither a database driver nor an HTTP client to import
     from archiver.sinks.base import RetentionPolicy
-    from archiver.state.store import State, WindowCosts
+    from archiver.state.logged_windows import WindowCosts
+    from archiver.state.store import State
 
 
 def utcnow() -> datetime:

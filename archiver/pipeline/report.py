@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,11 +99,17 @@ def log_result(result: JobResult) -> None:
 
 
 class SelfMetrics:
-    """The run's own `nr_archiver` points, collected per job, written at the end of the run."""
+    """The pass's own `nr_archiver` points, collected per job (from the jobs' threads), written
+    at the end of the pass (`run` and `verify`)."""
 
     def __init__(self, now: Callable[[], datetime]) -> None:
         self.now = now
         self._lines: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, database: str, line: str) -> None:
+        with self._lock:
+            self._lines.setdefault(database, []).append(line)
 
     def collect(self, result: JobResult, database: str, kind: str) -> None:
         if result.status == "busy":
@@ -124,10 +131,10 @@ class SelfMetrics:
             nr_messages=len(result.messages),
             facet_limit_hit=result.facet_limit_hit,
         )
-        self._lines.setdefault(database, []).append(line)
+        self.add(database, line)
 
     def write(self, sink: Sink) -> None:
-        """One write per database; never fails the run."""
+        """One write per database; never fails the pass."""
         for database, lines in self._lines.items():
             try:
                 sink.write(database, None, lines)

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-from archiver.errors import ArchiverError, AuthError, ExitCode
+from archiver.errors import AuthError, ExitCode
 from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient
 from archiver.pipeline import plan
+from archiver.pipeline.failures import job_failures
 from archiver.pipeline.job import (
     LEASE_TTL,
     Job,
@@ -137,40 +138,29 @@ class Runner:
         export_id = self.state.start_export(run_id, name, target.key, self.now())
         job: PlannedJob | None = None
         try:
-            if not self._lease(name, target.key):
-                return self._busy(result, backfill is not None)
-            try:
-                job = self._plan(query, target, backfill, account)
-                backfill_id = None
-                if backfill is not None:
-                    backfill_id = self.state.open_backfill(
-                        name, target.key, backfill.request, job.range,
-                        holder=self.holder, export_id=export_id, now=self.now(),
+            with job_failures(
+                result, on_refused=self._refused, log=log, unexpected="unexpected error in %s → %s",
+                name=name, target=target.key, extra=log_fields(name, target.key),
+            ):  # fmt: skip
+                if not self._lease(name, target.key):
+                    return self._busy(result, backfill is not None)
+                try:
+                    job = self._plan(query, target, backfill, account)
+                    backfill_id = None
+                    if backfill is not None:
+                        backfill_id = self.state.open_backfill(
+                            name, target.key, backfill.request, job.range,
+                            holder=self.holder, export_id=export_id, now=self.now(),
+                        )  # fmt: skip
+                    # here: the batches are produced on the read-ahead thread
+                    client = self._client()
+                    one = Job(
+                        job, result, self.state, client, self._stopping,
+                        said=self._said, now=self.now, progress=self.progress,
                     )  # fmt: skip
-                client = self._client()  # here: the batches are produced on the read-ahead thread
-                one = Job(
-                    job, result, self.state, client, self._stopping,
-                    said=self._said, now=self.now, progress=self.progress,
-                )  # fmt: skip
-                one.export(self.sink, export_id, backfill_id, self.holder, self.lease_ttl)
-            finally:
-                self.state.release_lease(name, target.key, self.holder)
-        except AuthError as exc:
-            # A refused credential fails every query alike: stop the run, say it once.
-            result.status, result.error = "failed", redact(str(exc))
-            self._auth_failure = self._auth_failure or exc
-            self._abort.set()
-        except ArchiverError as exc:
-            result.status, result.error = "failed", redact(str(exc))
-        except Exception as exc:  # a bug must fail this job only, with its type in the message
-            log.debug(
-                "unexpected error in %s → %s",
-                name,
-                target.key,
-                exc_info=True,
-                extra=log_fields(name, target.key),
-            )
-            result.status, result.error = "failed", redact(f"{type(exc).__name__}: {exc}")
+                    one.export(self.sink, export_id, backfill_id, self.holder, self.lease_ttl)
+                finally:
+                    self.state.release_lease(name, target.key, self.holder)
         finally:
             result.seconds = time.monotonic() - started
             result.exported_until = self.state.checkpoint(name, target.key)
@@ -189,6 +179,11 @@ class Runner:
                 kind = "backfill" if backfill else "incremental"
                 self._metrics.collect(result, target.database, kind)
         return result
+
+    def _refused(self, exc: AuthError) -> None:
+        """A refused credential fails every query alike: stop the run, say it once."""
+        self._auth_failure = self._auth_failure or exc
+        self._abort.set()
 
     def _plan(
         self, query: QueryDef, target: Target, backfill: Backfill | None, account: int | None

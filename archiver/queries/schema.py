@@ -36,9 +36,9 @@ from archiver.queries.names import CONTROL_CHARACTERS, NAME_PATTERN, name_proble
 from archiver.queries.nrql import analyse_nrql
 from archiver.queries.samples import SAMPLE_COUNT_PREFIX
 from archiver.timeparse import influx_duration, parse_duration, parse_time
+from archiver.windows import interval_problem
 
 EVENTS_WINDOW = timedelta(hours=1)
-DAY = timedelta(days=1)
 
 # ---------------------------------------------------------------------------------------------
 # Per-key validation (each raises ValueError with the message the user sees)
@@ -96,13 +96,9 @@ def _tag_value(value: Any) -> str:
 
 def _interval(value: Any) -> timedelta:
     interval = parse_duration(value)
-    if interval > DAY:
-        raise ValueError(f"{value!r} is longer than the longest interval, 1 day")
-    if DAY % interval:
-        raise ValueError(
-            f"{value!r} does not divide a day evenly, so its buckets would not line up in UTC; "
-            "use e.g. 1, 5, 10, 15 or 30 minutes, or 1, 2, 3, 4, 6, 8, 12 or 24 hours"
-        )
+    problem = interval_problem(interval)
+    if problem:
+        raise ValueError(f"{value!r} {problem}")
     return interval
 
 

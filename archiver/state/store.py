@@ -27,6 +27,7 @@ from archiver.errors import StateError
 from archiver.logs import redact
 from archiver.state.backfills import Backfills, extend_backfill
 from archiver.state.leases import Leases
+from archiver.state.logged_windows import LoggedWindows
 from archiver.state.migrate import current_revision, describe, head_revision, make_engine, upgrade
 from archiver.state.schema import checkpoints, epoch, exports, from_epoch, runs, windows_log
 from archiver.state.verifications import Verifications
@@ -65,25 +66,7 @@ class PassRecord:
     error: str | None
 
 
-@dataclass(frozen=True)
-class WindowCosts:
-    """Totals over logged windows: seconds covered, points written, events inspected (over
-    `inspected_seconds` of those seconds: New Relic does not always tell)."""
-
-    seconds: int
-    points: int
-    inspected: int | None
-    inspected_seconds: int
-
-    def estimate(self, seconds: float) -> tuple[int, int | None]:
-        """(points, inspected) for `seconds` of the same query at the same rate."""
-        points = round(self.points * seconds / self.seconds)
-        if self.inspected is None or not self.inspected_seconds:
-            return points, None
-        return points, round(self.inspected * seconds / self.inspected_seconds)
-
-
-class State(Backfills, Leases, Verifications):
+class State(Backfills, Leases, LoggedWindows, Verifications):
     """All reads and writes of the state database. Every method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
@@ -332,66 +315,6 @@ class State(Backfills, Leases, Verifications):
             )
             for r in rows
         }
-
-    def windows_written(self, query: str, target: str) -> list[tuple[datetime, datetime]]:
-        with self._begin() as conn:
-            rows = conn.execute(
-                sa.select(windows_log.c.since, windows_log.c.until)
-                .where(windows_log.c.query == query, windows_log.c.target == target)
-                .order_by(windows_log.c.id)
-            ).all()
-        return [(from_epoch(r.since), from_epoch(r.until)) for r in rows]
-
-    def last_window(self, query: str, target: str) -> tuple[datetime, datetime, int] | None:
-        """The newest window written for (query, target): since, until, points."""
-        with self._begin() as conn:
-            row = conn.execute(
-                sa.select(windows_log.c.since, windows_log.c.until, windows_log.c.points)
-                .where(windows_log.c.query == query, windows_log.c.target == target)
-                .order_by(windows_log.c.id.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else (from_epoch(row.since), from_epoch(row.until), row.points)
-
-    def bucket_cap(self, query: str, target: str) -> int | None:
-        """The bucket cap of the newest window written for (query, target), if it had one."""
-        with self._begin() as conn:
-            return conn.execute(
-                sa.select(windows_log.c.max_buckets)
-                .where(windows_log.c.query == query, windows_log.c.target == target)
-                .order_by(windows_log.c.id.desc())
-                .limit(1)
-            ).scalar()
-
-    def window_costs(self, query: str, target: str) -> WindowCosts | None:
-        """What the logged windows of (query, target) covered and cost (the last 30 days)."""
-        with self._begin() as conn:
-            row = conn.execute(
-                sa.select(
-                    sa.func.count(),
-                    sa.func.sum(windows_log.c.until - windows_log.c.since),
-                    sa.func.sum(windows_log.c.points),
-                    sa.func.sum(windows_log.c.inspected),
-                    sa.func.sum(
-                        sa.case(
-                            (
-                                windows_log.c.inspected.is_not(None),
-                                windows_log.c.until - windows_log.c.since,
-                            ),
-                            else_=0,
-                        )
-                    ),
-                ).where(windows_log.c.query == query, windows_log.c.target == target)
-            ).one()
-        count, seconds, points, inspected, inspected_seconds = row
-        if not count or not seconds:
-            return None
-        return WindowCosts(
-            seconds=int(seconds),
-            points=int(points or 0),
-            inspected=None if inspected is None else int(inspected),
-            inspected_seconds=int(inspected_seconds or 0),
-        )
 
     def is_migrated(self) -> bool:
         with self._begin() as conn:

@@ -5,29 +5,24 @@ Everything `run` does to produce points is reused, not copied: the window planni
 transform (`pipeline.job.Job.batches`), the same sink for repairs, and the
 same (query, target) leases, so a verify never races a `run`. Checkpoints never move.
 
-Per (query, target), the range is what was exported and New Relic still holds: from the query's
-`start` or the oldest window the state logged, whichever is older, to the checkpoint, narrowed
-to what New Relic and the retention policy keep, and by `--since` / `--until`; never past the
-checkpoint.
+This module is the orchestration: which range and windows (`scope`), each window compared and
+repaired (`repair`), the per-target report, its log line, state record and self-metric.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from archiver import queries, windows
-from archiver.app import connect_sink, new_relic_client_factory
-from archiver.errors import ArchiverError, AuthError
-from archiver.lineprotocol import escape_key, unescape_key
-from archiver.logs import redact
+from archiver import queries
+from archiver.app import WorkOptions, connect_sink, new_relic_client_factory
+from archiver.errors import AuthError
 from archiver.newrelic.client import NewRelicClient
-from archiver.newrelic.limiter import Limiter
+from archiver.pipeline.failures import job_failures
 from archiver.pipeline.job import (
     READ_AHEAD_WINDOWS,
     Job,
@@ -36,65 +31,33 @@ from archiver.pipeline.job import (
     holder_is_dead,
     new_holder,
 )
-from archiver.pipeline.plan import PlannedJob, account_for, sizer_for, utcnow
+from archiver.pipeline.plan import PlannedJob, account_for, utcnow
 from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.report import SelfMetrics
 from archiver.settings import Settings
-from archiver.sinks.base import (
-    Precision,
-    ReadableSink,
-    RetentionPolicy,
-    Series,
-)
+from archiver.sinks.base import ReadableSink
 from archiver.state.store import State
 from archiver.state.verifications import VerifyRecord
-from archiver.timeparse import influxdb_duration_seconds
-from archiver.verify.compare import Comparison, Point, compare, parse_line
-from archiver.verify.report import (
-    EXAMPLES,
-    TargetReport,
-    VerifyReport,
-    describe,
-    example,
-    metrics_line,
-)
-from archiver.windows import EPOCH, Window, iso
+from archiver.verify.repair import WindowCheck
+from archiver.verify.report import TargetReport, VerifyReport, metrics_line
+from archiver.verify.scope import Sampler, series_of, verify_range
+from archiver.windows import iso
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class VerifyOptions:
+class VerifyOptions(WorkOptions):
     since: datetime | None = None
     until: datetime | None = None
     sample: int | None = None  # windows per target, chosen at random
     seed: int | None = None  # of the random choice (reproducible samples)
     repair: bool = False
     prune: bool = False
-    workers: int = 4
-    max_concurrent: int = 5
-    requests_per_minute: int = 1000
-    self_metrics: bool = True
-
-
-def series_of(query: queries.QueryDef, account: int | None = None) -> Series:
-    """Static tags and tag keys of the query's points for `account`, as InfluxDB stores them."""
-
-    def stored(text: str) -> str:
-        return unescape_key(escape_key(text))
-
-    tags = query.job_tags(account)  # an `account_ids` file adds account_id=<id>
-    static = {stored(k): stored(str(v)) for k, v in tags.items() if stored(str(v))}
-    dynamic = {stored(name) for name in (query.tag_attributes or query.facets)}
-    fixed = {k: v for k, v in static.items() if k not in dynamic}  # an attribute wins (events)
-    return Series(stored(query.measurement), fixed, frozenset(static.keys() | dynamic))
 
 
 def parse_iso(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def epoch_ns(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class Verifier:
@@ -121,11 +84,10 @@ class Verifier:
         # Jobs plan, size, fetch and transform exactly as in `run`; they write nothing here.
         self.holder = new_holder()
         self._said = Said()
-        self._random = random.Random(options.seed)
-        self._random_lock = threading.Lock()
+        self._sampler = Sampler(state, options.sample, options.seed)
+        self._windows = WindowCheck(sink, repair=options.repair, prune=options.prune)
         self._auth_failure: AuthError | None = None
-        self._metric_lines: dict[str, list[str]] = {}
-        self._metrics_lock = threading.Lock()
+        self._metrics = SelfMetrics(now)
 
     def verify(self, selected: list[queries.QueryDef]) -> VerifyReport:
         for query in selected:
@@ -140,7 +102,7 @@ class Verifier:
             report = VerifyReport(list(pool.map(lambda job: self._job(*job), jobs)))
         if self._auth_failure is not None:
             raise self._auth_failure
-        self._write_metrics()
+        self._metrics.write(self.sink)  # one `nr_archiver` point (kind=verify) per target
         return report
 
     # -- one (query, target) -------------------------------------------------------------------
@@ -160,16 +122,11 @@ class Verifier:
             report.error = "a run is exporting it (its lease is held); verify it later"
             return report
         try:
-            self._verify(query, target, report)
-        except AuthError as exc:
-            report.status, report.error = "failed", redact(str(exc))
-            self._auth_failure = self._auth_failure or exc
-            self.stop.set()
-        except ArchiverError as exc:
-            report.status, report.error = "failed", redact(str(exc))
-        except Exception as exc:  # a bug fails this target only, with its type in the message
-            log.debug("unexpected error verifying %s → %s", *lease, exc_info=True)
-            report.status, report.error = "failed", redact(f"{type(exc).__name__}: {exc}")
+            with job_failures(
+                report, on_refused=self._refused, log=log,
+                unexpected="unexpected error verifying %s → %s", name=name, target=target.key,
+            ):  # fmt: skip
+                self._verify(query, target, report)
         finally:
             self.state.release_lease(*lease, holder)
         if report.status == "ok" and report.remaining:
@@ -179,11 +136,19 @@ class Verifier:
         self._record(report)
         return report
 
+    def _refused(self, exc: AuthError) -> None:
+        """A refused key fails every target alike: stop the others, raise it at the end."""
+        self._auth_failure = self._auth_failure or exc
+        self.stop.set()
+
     def _verify(
         self, query: queries.QueryDef, target: queries.Target, report: TargetReport
     ) -> None:
         policy = self.sink.existing_policy(target.database, target.retention_policy)
-        rng = self._range(query, target, policy, report.query)
+        rng = verify_range(
+            self.state, query, target, policy, report.query,
+            now=self.now, since=self.options.since, until=self.options.until,
+        )  # fmt: skip
         if rng is None:
             report.status = "not exported"
             return
@@ -194,7 +159,7 @@ class Verifier:
             return
         job = PlannedJob(query, target, report.account_id, [(rng.since, rng.until)], rng.skipped)
         if self.options.sample is not None:
-            chosen = self._sample(job)
+            chosen = self._sampler.sample(job)
             report.sampled = [str(window) for window in chosen]
             segments = [(window.since, window.until) for window in chosen]
             job = PlannedJob(query, target, job.account_id, segments, [])
@@ -210,8 +175,8 @@ class Verifier:
         ahead = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         try:
             for window, lines, precision, _inspected in ahead:
-                self._window(target, series, window, lines, precision, policy, report)
-                policy = policy or self._policy_after_repair(target)
+                self._windows.check(target, series, window, lines, precision, policy, report)
+                policy = policy or self._windows.policy_after_repair(target)
                 if not self._renew_lease(report.query, target):
                     report.status = "failed"
                     report.error = (
@@ -230,132 +195,6 @@ class Verifier:
             name, target.key, self.holder, self.lease_ttl, self.now(),
             holder_is_dead=holder_is_dead,
         )  # fmt: skip
-
-    def _range(
-        self,
-        query: queries.QueryDef,
-        target: queries.Target,
-        policy: RetentionPolicy | None,
-        name: str,
-    ) -> windows.Range | None:
-        """What was exported and New Relic still holds; None when nothing was exported yet."""
-        checkpoint = self.state.checkpoint(name, target.key)
-        if checkpoint is None:
-            return None
-        now = self.now()
-        interval = timedelta(seconds=1) if query.mode == "events" else target.interval
-        # What was exported begins at `start` or at the oldest window logged (a backfill may
-        # reach further back); --since only narrows it.
-        logged = [s for s, _ in self.state.windows_written(name, target.key)]
-        starts = [*logged, *([query.start] if query.start is not None else [])]
-        since = windows.floor(min(starts, default=now - query.nr_retention), interval)
-        if self.options.since is not None:
-            since = max(since, windows.floor(self.options.since, interval))
-        until = checkpoint
-        if self.options.until is not None:
-            until = min(until, windows.ceil(self.options.until, interval))
-        if policy is not None:
-            seconds = policy.duration_seconds
-        else:
-            seconds = influxdb_duration_seconds(target.retention_duration or "INF")
-        rng = windows.clamp(
-            since,
-            until,
-            now=now,
-            interval=interval,
-            nr_retention=query.nr_retention,
-            rp_duration=timedelta(seconds=seconds) if seconds else None,
-        )
-        return windows.Range(rng.since, max(rng.since, rng.until), rng.skipped)
-
-    def _sample(self, job: PlannedJob) -> list[Window]:
-        """N of the windows `run` would cut (at the size it uses now), chosen at random."""
-        (since, until), query = job.segments[0], job.query
-        if query.mode == "events":
-            buckets = 1
-        else:
-            buckets = sizer_for(self.state, job).buckets(bool(query.facets))
-        planned = list(windows.plan(since, until, job.target.interval, buckets))
-        with self._random_lock:
-            chosen = self._random.sample(planned, min(self.options.sample or 0, len(planned)))
-        return sorted(chosen, key=lambda window: window.since)
-
-    def _window(
-        self,
-        target: queries.Target,
-        series: Series,
-        window: Window,
-        lines: list[str],
-        precision: Precision,
-        policy: RetentionPolicy | None,
-        report: TargetReport,
-    ) -> None:
-        expected = [parse_line(line, precision) for line in lines]
-        comparison = compare(expected, self._read(target, series, window, policy))
-        report.windows += 1
-        report.checked += comparison.checked
-        for kind in ("missing", "different", "extra"):
-            setattr(report, kind, getattr(report, kind) + len(comparison.of(kind)))
-        for kind in ("missing", "different", "extra"):  # the first few of each kind
-            shown = sum(e["kind"] == kind for e in report.examples)
-            report.examples += [example(d) for d in comparison.of(kind)[: EXAMPLES - shown]]
-        if comparison.clean:
-            return
-        if not self.options.repair:
-            report.remaining += len(comparison.differences)
-            return
-        self._repair(target, series, comparison, precision, report)
-        after = compare(expected, self._read(target, series, window, policy=True))
-        report.remaining += len(after.differences)
-
-    def _read(
-        self,
-        target: queries.Target,
-        series: Series,
-        window: Window,
-        policy: RetentionPolicy | bool | None,
-    ) -> list[Point]:
-        if not policy:  # no database or retention policy: nothing was kept
-            return []
-        return self.sink.read_points(
-            target.database,
-            target.retention_policy,
-            series,
-            epoch_ns(window.since),
-            epoch_ns(window.until),
-        )
-
-    def _repair(
-        self,
-        target: queries.Target,
-        series: Series,
-        comparison: Comparison,
-        precision: Precision,
-        report: TargetReport,
-    ) -> None:
-        """Delete (with --prune) the extra points, rewrite the missing and different ones."""
-        database, rp = target.database, target.retention_policy
-        self.sink.ensure_target(database, rp, target.retention_duration)
-        rewrite = comparison.of("missing") + comparison.of("different")
-        if self.options.prune:
-            extra = [d.actual for d in comparison.of("extra")]
-            # Fields only InfluxDB has survive a rewrite (it merges fields): delete, then write.
-            stale = [d.actual for d in rewrite if d.fields_only_in_influxdb]
-            deleted = self.sink.delete_points(database, rp, series, [*extra, *stale])  # type: ignore[list-item]
-            extra_keys = {point.key for point in extra if point}
-            report.pruned += sum(point.key in extra_keys for point in deleted.deleted)
-            report.not_pruned += [f"{describe(point)}: {reason}" for point, reason in deleted.kept][
-                : EXAMPLES - len(report.not_pruned)
-            ]
-        lines = [d.expected.line for d in rewrite if d.expected and d.expected.line]
-        if lines:
-            self.sink.write(database, rp, lines, precision)
-            report.repaired += len(lines)
-
-    def _policy_after_repair(self, target: queries.Target) -> RetentionPolicy | None:
-        if not self.options.repair:
-            return None
-        return self.sink.existing_policy(target.database, target.retention_policy)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -405,17 +244,7 @@ class Verifier:
     def _collect_metrics(self, report: TargetReport, target: queries.Target) -> None:
         if not self.options.self_metrics or report.status == "busy":
             return
-        line = metrics_line(report, self.now())
-        with self._metrics_lock:
-            self._metric_lines.setdefault(target.database, []).append(line)
-
-    def _write_metrics(self) -> None:
-        """One `nr_archiver` point (kind=verify) per target; never fails the verify."""
-        for database, lines in self._metric_lines.items():
-            try:
-                self.sink.write(database, None, lines)
-            except ArchiverError as exc:
-                log.warning("self-metrics not written to %s: %s", database, exc)
+        self._metrics.add(target.database, metrics_line(report, self.now()))
 
 
 # -- the pass, from settings, and its output ---------------------------------------------------
@@ -427,8 +256,7 @@ def verify_pass(
     options: VerifyOptions,
     stop: threading.Event | None = None,
 ) -> VerifyReport:
-    limiter = Limiter(max_concurrent=options.max_concurrent, per_minute=options.requests_per_minute)
-    client_factory = new_relic_client_factory(settings, limiter)
+    client_factory = new_relic_client_factory(settings, options.limiter())
     sink = connect_sink(settings, None)
     try:
         verifier = Verifier(
