@@ -319,7 +319,7 @@ def add_new_relic_limits(parser: argparse.ArgumentParser, per_minute_default: st
         "--requests-per-minute",
         type=positive_int,
         default=1000,
-        help=f"New Relic requests per minute at most ({per_minute_default})",
+        help=f"New Relic requests per minute and account at most ({per_minute_default})",
     )
 
 

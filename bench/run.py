@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from archiver import queries, windows  # noqa: E402
 from archiver.queries import QueryDef  # noqa: E402
-from bench import matrix, measures, profiling  # noqa: E402
+from bench import hourly, matrix, measures, profiling  # noqa: E402
 from bench.fastfake import PrecomputedNerdGraph  # noqa: E402
 from bench.harness import (  # noqa: E402
     ACCOUNT,
@@ -541,7 +541,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rows",
-        help=f"comma-separated rows to run, of {','.join(matrix.KEYS)} (default: every row)",
+        help=f"comma-separated rows to run, of {','.join(matrix.KEYS)} and {hourly.KEY} "
+        "(2,000 hourly query files, bench/hourly.py) (default: every row)",
     )
     parser.add_argument(
         "--short",
@@ -572,6 +573,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, default=RESULTS / "latest.json", help="where the JSON goes"
     )
     args = parser.parse_args(argv)
+    wanted = args.rows.split(",") if args.rows else []
+    args.hourly2000 = hourly.KEY in wanted or (args.rows is None and not args.short)
+    args.matrix = wanted != [hourly.KEY]
+    args.rows = ",".join(row for row in wanted if row != hourly.KEY) or None
     try:
         args.shapes = matrix.select(args.rows)
     except ValueError as exc:
@@ -593,14 +598,23 @@ def main(argv: list[str] | None = None) -> int:
                 profile(bench, args.shapes)
                 return 0
             extras = not args.short and args.rows is None
-            figures = measure(bench, args.shapes, repeat=repeat, extras=extras)
+            figures = None
+            if args.matrix:
+                figures = measure(bench, args.shapes, repeat=repeat, extras=extras)
+            if args.hourly2000:
+                say(f"{hourly.KEY}: one hourly run of {hourly.FILES:,} query files")
+                hourly_figures = hourly.measure(Path(tmp), source, args.timeout)
         except BenchError as exc:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 1
     print()
-    print(report(figures))
+    document = as_json(figures, source, short=args.short) if figures else {}
+    if figures:
+        print(report(figures))
+    if args.hourly2000:
+        print(hourly_figures.line())
+        document[hourly.KEY] = asdict(hourly_figures) | {"ok": hourly_figures.ok}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    document = as_json(figures, source, short=args.short)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwritten to {args.output}")
     return 0

@@ -85,7 +85,12 @@ Faults (set_faults): http429 (Retry-After when retry_after is given), http500, h
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
 connection is closed unanswered). Every request waits `latency` first.
-Log outcomes: "ok", a fault kind, "bad_api_key", "bad_request", "forbidden", "nrql_error".
+`limit_same_text(per_minute)`: like New Relic, answer HTTP 429 (outcome "same_text_limit") to a
+query whose NRQL text arrived more than `per_minute` times (120 at New Relic) in the last 60 s
+of the fake's clock `now`, counting every arrival; polls do not count. Off unless asked for
+(`--same-text-per-minute N` on the command line).
+Log outcomes: "ok", a fault kind, "same_text_limit", "bad_api_key", "bad_request", "forbidden",
+"nrql_error".
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ import struct
 import sys
 import threading
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -343,6 +349,8 @@ class FakeNerdGraph:
         self._async_retry_after = 1.0
         self._async_retry_deadline = 30.0
         self._async_queries: dict[str, AsyncQuery] = {}
+        self._same_text_per_minute: int | None = None
+        self._same_text: defaultdict[str, deque[float]] = defaultdict(deque)
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -448,6 +456,12 @@ class FakeNerdGraph:
             self._async_retry_after = retry_after
             self._async_retry_deadline = retry_deadline
 
+    def limit_same_text(self, per_minute: int | None = 120) -> None:
+        """Refuse one NRQL text over `per_minute` times a minute with HTTP 429 (None: never)."""
+        with self._lock:
+            self._same_text_per_minute = per_minute
+            self._same_text.clear()
+
     def reset_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -458,7 +472,11 @@ class FakeNerdGraph:
         fault = self._next_fault()
         self._wait(self.latency)
         request = _read_request(body)
-        reply = self._reply(fault, api_key, request)
+        if self._over_same_text(request):
+            message = "Too many requests with the same query text, please try again later"
+            reply = json_reply(429, {"errors": [{"message": message}]}, "same_text_limit")
+        else:
+            reply = self._reply(fault, api_key, request)
         self._record(request, reply)
         return reply
 
@@ -597,6 +615,20 @@ class FakeNerdGraph:
             for row in results
         ]
 
+    def _over_same_text(self, request: GraphqlRequest) -> bool:
+        """Count this arrival of its NRQL text; True if it is one too many in 60 s."""
+        if request.nrql is None or request.query_id is not None:
+            return False
+        with self._lock:
+            if self._same_text_per_minute is None:
+                return False
+            now = self.now()
+            arrivals = self._same_text[request.nrql]
+            while arrivals and arrivals[0] <= now - 60.0:
+                arrivals.popleft()
+            arrivals.append(now)
+            return len(arrivals) > self._same_text_per_minute
+
     def _bad_key(self) -> Reply:
         error = {"message": "Invalid API key", "extensions": {"error_code": "BAD_API_KEY"}}
         if self.bad_key_style == "http401":
@@ -705,6 +737,11 @@ def command_line(
     parser.add_argument("--fault-every", type=int, default=1)
     parser.add_argument("--retry-after", type=float)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument(
+        "--same-text-per-minute",
+        type=int,
+        help="answer HTTP 429 to one NRQL text over N times a minute (New Relic: 120)",
+    )
     return parser
 
 
@@ -713,6 +750,8 @@ def serve(fake: FakeNerdGraph, args: argparse.Namespace, parser: argparse.Argume
     faults = [kind for kind in args.faults.split(",") if kind]
     try:
         fake.set_faults(faults, args.fault_every, args.retry_after)
+        if args.same_text_per_minute is not None and hasattr(fake, "limit_same_text"):
+            fake.limit_same_text(args.same_text_per_minute)
     except ValueError as error:
         parser.error(str(error))
     stop = threading.Event()

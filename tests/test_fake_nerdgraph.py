@@ -798,3 +798,20 @@ def test_an_async_query_not_polled_before_its_deadline_is_cancelled():
 def test_without_set_async_an_async_query_answers_at_once(fake):
     answer = start_async(fake, f"SELECT count(*) FROM Login {hours(1)}")
     assert answer["results"] and "queryProgress" not in answer
+
+
+def test_one_text_over_its_per_minute_limit_is_refused_with_429_as_at_new_relic() -> None:
+    clock = FakeClock(float(NOW))
+    nrql = f"SELECT count(*) FROM Transaction {hours(1)}"
+    with FakeNerdGraph(now=clock, accounts={ACCOUNT, 7654321}) as fake:
+        fake.limit_same_text(3)
+        statuses = [post(fake, nrql, account=account).status_code for account in (ACCOUNT,) * 3]
+        refused = post(fake, nrql, account=7654321)  # the text counts, whatever the account
+        other = post(fake, f"SELECT count(*) FROM Transaction {hours(2)}")
+        clock.advance(60.0)
+        again = post(fake, nrql)
+
+    assert statuses == [200, 200, 200]
+    assert refused.status_code == 429 and "same query text" in refused.text
+    assert (other.status_code, again.status_code) == (200, 200)
+    assert [r.outcome for r in fake.requests] == ["ok"] * 3 + ["same_text_limit", "ok", "ok"]

@@ -736,9 +736,9 @@ def test_every_insights_request_passes_the_shared_limiter_retries_included(
     entered: list[str] = []
 
     class RecordingLimiter(Limiter):
-        def __enter__(self) -> Limiter:
+        def acquire(self, account: int | None = None, nrql: str | None = None) -> None:
             entered.append("enter")
-            return super().__enter__()
+            super().acquire(account, nrql)
 
     with responses.RequestsMock() as mock:
         mock.get(QUERY_URL, status=500, body="")

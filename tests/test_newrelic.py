@@ -501,13 +501,13 @@ def test_the_limiter_wraps_each_request_but_not_the_waits(
     events: list[str] = []
 
     class RecordingLimiter(Limiter):
-        def __enter__(self) -> Limiter:
+        def acquire(self, account: int | None = None, nrql: str | None = None) -> None:
             events.append("enter")
-            return super().__enter__()
+            super().acquire(account, nrql)
 
-        def __exit__(self, *exc_info: Any) -> None:
+        def release(self) -> None:
             events.append("exit")
-            super().__exit__(*exc_info)
+            super().release()
 
     def sleep(seconds: float) -> None:
         events.append("sleep")
@@ -802,14 +802,14 @@ class CountingLimiter(Limiter):
         self.entered = 0
         self.inside = False
 
-    def __enter__(self) -> Limiter:
+    def acquire(self, account: int | None = None, nrql: str | None = None) -> None:
+        super().acquire(account, nrql)
         self.entered += 1
         self.inside = True
-        return super().__enter__()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def release(self) -> None:
         self.inside = False
-        super().__exit__(*exc_info)
+        super().release()
 
 
 def test_every_request_of_an_async_query_passes_the_limiter_polls_and_retries_included(

@@ -140,7 +140,12 @@ class InsightsClient(NewRelicClient):
         body, attempts = with_retries(
             self._retry,
             account_id,
-            lambda: _classify(self._transport.request("GET", url, params={"nrql": nrql}), self.url),
+            lambda: _classify(
+                self._transport.request(
+                    "GET", url, account=account_id, nrql=nrql, params={"nrql": nrql}
+                ),
+                self.url,
+            ),
             shrinkable=shrinkable,
         )
         rows, facets = to_nerdgraph_rows(body)

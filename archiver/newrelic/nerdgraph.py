@@ -164,7 +164,7 @@ class NerdGraphClient(NewRelicClient):
                 },
             }
         )
-        answer, attempts = self._send(account_id, body, "nrql", shrinkable)
+        answer, attempts = self._send(account_id, body, "nrql", shrinkable, nrql)
         requests, retries = attempts, attempts - 1
         if _running(answer):
             answer, polls, poll_retries = self._poll(account_id, answer, shrinkable, other)
@@ -190,17 +190,22 @@ class NerdGraphClient(NewRelicClient):
         return answer
 
     def _send(
-        self, account_id: int, body: bytes, field: str, shrinkable: bool
+        self, account_id: int, body: bytes, field: str, shrinkable: bool, nrql: str | None = None
     ) -> tuple[dict[str, Any], int]:
+        """`nrql`: the query's text, for the limiter's same-text cap (None for a poll)."""
         return with_retries(
             self._retry,
             account_id,
-            lambda: _classify(self._post(body), self.url, field),
+            lambda: _classify(self._post(body, account_id, nrql), self.url, field),
             shrinkable=shrinkable,
         )
 
-    def _post(self, body: bytes) -> requests.Response:
-        return self._transport.request("POST", self._post_url, data=body)
+    def _post(
+        self, body: bytes, account: int | None = None, nrql: str | None = None
+    ) -> requests.Response:
+        return self._transport.request(
+            "POST", self._post_url, account=account, nrql=nrql, data=body
+        )
 
     def _poll(
         self, account_id: int, answer: dict[str, Any], shrinkable: bool, other: bool = False

@@ -37,11 +37,23 @@ CONNECT_TIMEOUT_SECONDS = 10.0  # of a request's `timeout`, connecting takes at 
 
 
 class Transport(Protocol):
-    """One HTTP request to New Relic; transport failures raise TransientError."""
+    """One HTTP request to New Relic; transport failures raise TransientError.
+
+    `account` and `nrql` (the query's account and NRQL text, when it has them) are what the
+    limiter keys its per-account and same-text caps by; they are not sent.
+    """
 
     url: str  # without credentials, for messages
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response: ...
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        account: int | None = None,
+        nrql: str | None = None,
+        **kwargs: Any,
+    ) -> requests.Response: ...
 
     def close(self) -> None: ...
 
@@ -64,7 +76,15 @@ class HttpTransport:
         if self._owns_session:
             self._session.close()
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        account: int | None = None,
+        nrql: str | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
         try:
             return self._session.request(
                 method,
