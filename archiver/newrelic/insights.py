@@ -147,6 +147,7 @@ class InsightsClient(NewRelicClient):
             account_id,
             lambda: _classify(self._transport.request("GET", url, params={"nrql": nrql}), self.url),
             shrinkable=shrinkable,
+            transport=self._transport,
         )
         rows, facets = to_nerdgraph_rows(body)
         return NrqlResult(

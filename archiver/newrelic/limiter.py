@@ -46,18 +46,27 @@ class Limiter:
         self._sleep = sleep
         self._lock = threading.Lock()
         self._recent_starts: deque[float] = deque()
+        self._waits = threading.local()
 
     def __repr__(self) -> str:
         return f"Limiter(max_concurrent={self.max_concurrent}, per_minute={self.per_minute})"
 
+    def waited(self) -> float:
+        """Seconds the calling thread has spent at the door so far (a running total): the
+        retry policy leaves them out of its total-time cap."""
+        return getattr(self._waits, "seconds", 0.0)
+
     def __enter__(self) -> Limiter:
         # The slot first, then the rate: the start is recorded when the request really goes out.
+        arrived = self._clock()
         self._slots.acquire()
         try:
             self._wait_for_rate()
         except BaseException:
             self._slots.release()
             raise
+        finally:
+            self._waits.seconds = self.waited() + (self._clock() - arrived)
         return self
 
     def __exit__(
