@@ -523,7 +523,7 @@ def test_command_line_serves_until_sigterm():
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        query = {"params": {"nrql": NRQL}, "headers": {"X-Query-Key": "NRIQ-CLI"}, "timeout": 10}
+        query = {"params": {"nrql": NRQL}, "headers": {"X-Query-Key": "NRIQ-CLI"}, "timeout": 60}
         first = requests.get(f"{url}/v1/accounts/42/query", **query)
         second = requests.get(f"{url}/v1/accounts/42/query", **query)
         assert (first.status_code, second.status_code) == (200, 503)
