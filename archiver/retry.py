@@ -4,8 +4,9 @@ Only `TransientError` is retried (callers may add a class, e.g. New Relic's Quer
 window that cannot shrink). Waits grow exponentially from `base` (doubling, at most `max_wait`)
 with up to `base` of random jitter, and are never shorter than a `Retry-After` the server sent.
 Attempts and total time are both capped: a wait that would end past `max_total_seconds` after
-the first attempt started is never begun (measured on `clock`, so slow answers count too). The
-last TransientError is re-raised saying how many attempts were made and how long they took.
+the first attempt started is never begun (measured on `clock`, so slow answers count too, but
+not the time `not_counted` reports: waiting for the New Relic limiter to let a request out).
+The last TransientError is re-raised saying how many attempts were made and how long they took.
 """
 
 from __future__ import annotations
@@ -54,10 +55,12 @@ class RetryPolicy:
         *,
         what: str = "request",
         retry_on: tuple[type[Exception], ...] = (TransientError,),
+        not_counted: Callable[[], float] | None = None,
     ) -> tuple[T, int]:
         """`action()` retried while it raises one of `retry_on`; its result and the attempts.
 
-        `what` names the action in the warning logged before each wait.
+        `what` names the action in the warning logged before each wait. `not_counted`: a
+        running total of seconds (this thread's) that the total-time cap leaves out.
         """
         attempts = 0
 
@@ -66,11 +69,15 @@ class RetryPolicy:
             attempts += 1
             return action()
 
-        started = self._clock()
+        left_out = not_counted or (lambda: 0.0)
+        started, left_out_before = self._clock(), left_out()
+
+        def elapsed() -> float:
+            return self._clock() - started - (left_out() - left_out_before)
 
         def out_of_time(state: tenacity.RetryCallState) -> bool:
             # Never start a wait that would end past the total-time cap.
-            return self._clock() - started + state.upcoming_sleep > self.max_total_seconds
+            return elapsed() + state.upcoming_sleep > self.max_total_seconds
 
         def log_retry(state: tenacity.RetryCallState) -> None:
             log.warning(
@@ -93,10 +100,9 @@ class RetryPolicy:
         try:
             return retrying(attempt), attempts
         except TransientError as exc:
-            elapsed = self._clock() - started
             raise TransientError(
                 f"{exc} (gave up after {attempts} attempt{'s' if attempts > 1 else ''} "
-                f"in {elapsed:.0f} s)",
+                f"in {self._clock() - started:.0f} s)",
                 retry_after=exc.retry_after,
             ) from exc
 

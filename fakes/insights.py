@@ -111,20 +111,26 @@ class FakeInsights(FakeNerdGraph):
         return f"http://{host}:{port}"
 
     def set_faults(
-        self, kinds: Sequence[str], every: int = 1, retry_after: float | None = None
+        self,
+        kinds: Sequence[str],
+        every: int = 1,
+        retry_after: float | None = None,
+        *,
+        per_query: bool = False,
     ) -> None:
-        """From now on, every `every`-th query gets the next of `kinds` (cycling)."""
+        """From now on, every `every`-th query gets the next of `kinds` (cycling); see
+        FakeNerdGraph.set_faults for `per_query`."""
         unknown = sorted(set(kinds) - FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {unknown}; known: {sorted(FAULT_KINDS)}")
-        super().set_faults(kinds, every, retry_after)
+        super().set_faults(kinds, every, retry_after, per_query=per_query)
 
     # -- serving -----------------------------------------------------------------------------
 
     def handle_query(self, query_key: str | None, account_id: int, query_string: str) -> Reply:
-        fault = self._next_fault()
-        self._wait(self.latency)
         request = _read_request(account_id, query_string)
+        fault = self._next_fault(request.nrql)
+        self._wait(self.latency)
         reply = self._reply(fault, query_key, request)
         self._record(request, reply)
         return reply

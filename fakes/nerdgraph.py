@@ -84,7 +84,10 @@ Big accounts
 Faults (set_faults): http429 (Retry-After when retry_after is given), http500, http502, http503,
 graphql_timeout, too_many_requests, internal_server_error, slow (waits `latency` or 2 s, then
 answers), html (502 proxy page), html200 (200 login page), not_json, no_data, reset (the
-connection is closed unanswered). Every request waits `latency` first.
+connection is closed unanswered). Every request waits `latency` first. `per_query=True` counts
+the requests of each query (its NRQL without SINCE/UNTIL) apart: every `every`-th request of
+that query is a fault, so with `every` >= 2 no query meets two faults in a row, however the
+requests of concurrent workers interleave (each fault still takes the next kind of the cycle).
 `limit_same_text(per_minute)`: like New Relic, answer HTTP 429 (outcome "same_text_limit") to a
 query whose NRQL text arrived more than `per_minute` times (120 at New Relic) in the last 60 s
 of the fake's clock `now`, counting every arrival; polls do not count. Off unless asked for
@@ -224,6 +227,9 @@ def _request_error(message: str) -> Reply:
     return json_reply(200, payload, "bad_request")
 
 
+_SINCE_UNTIL = re.compile(r"\s+(?:SINCE|UNTIL)\s+\d+")
+
+
 def _fault_reply(kind: str, retry_after: float | None) -> Reply:
     if kind in HTTP_FAULTS:
         status = HTTP_FAULTS[kind]
@@ -338,6 +344,8 @@ class FakeNerdGraph:
         self._lock = threading.Lock()
         self._log: list[RequestRecord] = []
         self._counter = 0
+        self._faults_given = 0
+        self._per_query: dict[str, int] | None = None  # query → its requests, when per_query
         self._faults: list[str] = []
         self._every = 1
         self._retry_after: float | None = None
@@ -402,9 +410,18 @@ class FakeNerdGraph:
             return list(self._log)
 
     def set_faults(
-        self, kinds: Sequence[str], every: int = 1, retry_after: float | None = None
+        self,
+        kinds: Sequence[str],
+        every: int = 1,
+        retry_after: float | None = None,
+        *,
+        per_query: bool = False,
     ) -> None:
-        """From now on, every `every`-th POST /graphql gets the next of `kinds` (cycling)."""
+        """From now on, every `every`-th POST /graphql gets the next of `kinds` (cycling).
+
+        `per_query`: every `every`-th request *of each query* (its NRQL without SINCE/UNTIL),
+        a schedule that does not depend on how concurrent requests interleave.
+        """
         unknown = sorted(set(kinds) - FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {unknown}; known: {sorted(FAULT_KINDS)}")
@@ -412,7 +429,8 @@ class FakeNerdGraph:
             raise ValueError(f"every must be >= 1, got {every}")
         with self._lock:
             self._faults, self._every, self._retry_after = list(kinds), every, retry_after
-            self._counter = 0
+            self._counter = self._faults_given = 0
+            self._per_query = {} if per_query else None
 
     def reject_nrql(
         self,
@@ -469,9 +487,9 @@ class FakeNerdGraph:
     # -- serving -----------------------------------------------------------------------------
 
     def handle_graphql(self, api_key: str | None, body: bytes) -> Reply:
-        fault = self._next_fault()
-        self._wait(self.latency)
         request = _read_request(body)
+        fault = self._next_fault(request.nrql)
+        self._wait(self.latency)
         if self._over_same_text(request):
             message = "Too many requests with the same query text, please try again later"
             reply = json_reply(429, {"errors": [{"message": message}]}, "same_text_limit")
@@ -635,12 +653,17 @@ class FakeNerdGraph:
             return json_reply(401, {"errors": [error]}, "bad_api_key")
         return json_reply(200, {"data": {"actor": None}, "errors": [error]}, "bad_api_key")
 
-    def _next_fault(self) -> str | None:
+    def _next_fault(self, nrql: str | None) -> str | None:
         with self._lock:
             self._counter += 1
-            if not self._faults or self._counter % self._every:
+            count = self._counter
+            if self._per_query is not None:
+                query = _SINCE_UNTIL.sub("", nrql or "")
+                count = self._per_query[query] = self._per_query.get(query, 0) + 1
+            if not self._faults or count % self._every:
                 return None
-            return self._faults[(self._counter // self._every - 1) % len(self._faults)]
+            self._faults_given += 1
+            return self._faults[(self._faults_given - 1) % len(self._faults)]
 
     def _record(self, request: GraphqlRequest, reply: Reply) -> None:
         record = RequestRecord(
@@ -669,7 +692,10 @@ class FakeNerdGraph:
             settings = orjson.loads(body or b"{}")
             if path == "/_faults":
                 self.set_faults(
-                    settings["kinds"], settings.get("every", 1), settings.get("retry_after")
+                    settings["kinds"],
+                    settings.get("every", 1),
+                    settings.get("retry_after"),
+                    per_query=bool(settings.get("per_query", False)),
                 )
             elif path == "/_messages":
                 self.add_messages(settings["substring"], list(settings["messages"]))

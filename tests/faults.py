@@ -64,10 +64,15 @@ class Output:
     def text(self) -> str:
         return "\n".join(self.lines)
 
-    def finish(self, timeout: float = 90) -> int:
-        """Wait for the process to end and for its last line to be read; its exit code."""
+    def finish(self, timeout: float = 300) -> int:
+        """Wait for the process to end and for its last line to be read; its exit code.
+
+        `timeout` only bounds a hung run: generous, for a loaded 2-core CI machine. The reader
+        must have reached the end of the output, or assertions on `lines` would miss its tail.
+        """
         code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=10)
+        self._reader.join(timeout=timeout)
+        assert not self._reader.is_alive(), "the run's output was not read to its end"
         return code
 
 
@@ -77,13 +82,13 @@ def kill_after_requests(cli: Cli, fake: FakeNerdGraph, answered: int) -> None:
     try:
         wait_until(
             lambda: len(fake.requests) >= answered or process.poll() is not None,
-            timeout=60,
+            timeout=120,
             what=f"{answered} New Relic requests",
         )
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 

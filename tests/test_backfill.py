@@ -102,7 +102,7 @@ def test_backfill_killed_then_restarted_completes_without_asking_twice(
     process = cli.popen(*args)
     wait_until(lambda: len(fake_nr.requests) >= 3, 60, "three New Relic requests")
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.wait(timeout=120)
     assert process.returncode == -signal.SIGKILL
 
     state = State.open(f"sqlite:///{state_path}")

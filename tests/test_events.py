@@ -155,7 +155,7 @@ def test_plan_over_http_against_the_fake_nerdgraph():
                 fake.url,
                 json={"query": QUERY, "variables": variables},
                 headers={"API-Key": DEFAULT_API_KEY},
-                timeout=10,
+                timeout=60,
             )
             return response.json()["data"]["actor"]["account"]["nrql"]["results"]
 

@@ -371,11 +371,13 @@ def test_benchmark_sized_query_is_answered_quickly(fake):
         f" SINCE {UNTIL_MS - 366 * MINUTE_MS} UNTIL {UNTIL_MS} TIMESERIES 1 minute"
     )
     post(fake, nrql)  # warm the caches
-    started = time.perf_counter()
+    # CPU time of this process (the fake serves on a thread of it), not wall time: the other
+    # processes of a loaded CI machine do not count, only the fake's own work does.
+    started = time.process_time()
     rows, _ = nrql_result(fake, nrql)
-    elapsed = time.perf_counter() - started
+    spent = time.process_time() - started
     assert len(rows) == 100 * 366
-    assert elapsed < 2.0  # typically ~0.2 s; loose so a busy CI machine does not flake
+    assert spent < 2.0  # typically ~0.3 s
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -548,6 +550,23 @@ def test_every_nth_request_gets_the_next_fault_cycling(fake):
     assert outcomes == ["ok", "http500", "ok", "graphql_timeout", "ok", "http500"]
 
 
+def test_per_query_faults_count_each_querys_requests_apart_whatever_the_interleaving(fake):
+    fake.set_faults(["http500", "graphql_timeout", "http502"], every=3, per_query=True)
+    since = UNTIL_MS - HOUR_MS
+    a = [f"SELECT count(*) FROM Bench SINCE {since + i} UNTIL {UNTIL_MS}" for i in range(6)]
+    b = [f"SELECT count(*) FROM Login SINCE {since + i} UNTIL {UNTIL_MS}" for i in range(3)]
+    # Interleaved as concurrent workers might: A A B A B A A B A.
+    for nrql in (a[0], a[1], b[0], a[2], b[1], a[3], a[4], b[2], a[5]):
+        post(fake, nrql)
+    outcomes = [(record.nrql.split()[3], record.outcome) for record in fake.requests]
+    assert [outcome for query, outcome in outcomes if query == "Bench"] == [
+        "ok", "ok", "http500", "ok", "ok", "http502",
+    ]  # fmt: skip
+    assert [outcome for query, outcome in outcomes if query == "Login"] == [
+        "ok", "ok", "graphql_timeout",
+    ]  # fmt: skip
+
+
 def test_every_fault_kind_is_covered_and_unknown_kinds_are_refused(fake):
     tested = {"http429", "http500", "http502", "http503", "html", "html200", "graphql_timeout"}
     tested |= {"too_many_requests", "internal_server_error", "not_json", "no_data", "reset", "slow"}
@@ -576,21 +595,21 @@ def test_request_log_records_every_request(fake):
 def test_control_endpoints(fake):
     base = fake.url.removesuffix("/graphql")
     post(fake, NRQL)
-    [logged] = requests.get(f"{base}/_requests", timeout=5).json()
+    [logged] = requests.get(f"{base}/_requests", timeout=60).json()
     assert logged["nrql"] == NRQL and logged["outcome"] == "ok" and logged["status"] == 200
-    assert requests.post(f"{base}/_faults", json={"kinds": ["http502"], "every": 1}, timeout=5).ok
+    assert requests.post(f"{base}/_faults", json={"kinds": ["http502"], "every": 1}, timeout=60).ok
     assert post(fake, NRQL).status_code == 502
-    assert requests.post(f"{base}/_faults", json={"kinds": ["nope"]}, timeout=5).status_code == 400
-    assert requests.post(f"{base}/_faults", json={"kinds": []}, timeout=5).ok
+    assert requests.post(f"{base}/_faults", json={"kinds": ["nope"]}, timeout=60).status_code == 400
+    assert requests.post(f"{base}/_faults", json={"kinds": []}, timeout=60).ok
     warning = {"substring": "Transaction", "messages": ["a warning"]}
-    assert requests.post(f"{base}/_messages", json=warning, timeout=5).ok
+    assert requests.post(f"{base}/_messages", json=warning, timeout=60).ok
     assert post(fake, NRQL).json()["data"]["actor"]["account"]["nrql"]["metadata"]["messages"] == [
         "a warning"
     ]
-    assert requests.post(f"{base}/_reject", json={"substring": "Transaction"}, timeout=5).ok
+    assert requests.post(f"{base}/_reject", json={"substring": "Transaction"}, timeout=60).ok
     assert "NRQL Syntax Error" in graphql_error(post(fake, NRQL))["message"]
-    assert requests.post(f"{base}/_reset", timeout=5).ok
-    assert requests.get(f"{base}/_requests", timeout=5).json() == []
+    assert requests.post(f"{base}/_reset", timeout=60).ok
+    assert requests.get(f"{base}/_requests", timeout=60).json() == []
 
 
 def test_answers_are_deterministic_whatever_the_order():
@@ -624,14 +643,14 @@ def test_command_line_serves_until_sigterm():
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/graphql")
         body = {"query": QUERY, "variables": {"accountId": 42, "nrql": NRQL}}
-        first = requests.post(url, json=body, headers={"API-Key": "NRAK-CLI"}, timeout=10)
-        second = requests.post(url, json=body, headers={"API-Key": "NRAK-CLI"}, timeout=10)
+        first = requests.post(url, json=body, headers={"API-Key": "NRAK-CLI"}, timeout=60)
+        second = requests.post(url, json=body, headers={"API-Key": "NRAK-CLI"}, timeout=60)
         assert (first.status_code, second.status_code) == (200, 500)
         assert first.json()["data"]["actor"]["account"]["nrql"]["results"]
-        log = requests.get(url.removesuffix("/graphql") + "/_requests", timeout=5).json()
+        log = requests.get(url.removesuffix("/graphql") + "/_requests", timeout=60).json()
         assert [entry["outcome"] for entry in log] == ["ok", "http500"]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=60) == 0
     finally:
         process.kill()
         process.wait()
@@ -738,13 +757,13 @@ POLL_QUERY = (
 
 def start_async(fake: FakeNerdGraph, nrql: str) -> dict:
     body = {"query": ASYNC_QUERY, "variables": {"accountId": ACCOUNT, "nrql": nrql, "async": True}}
-    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=10)
+    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=60)
     return response.json()["data"]["actor"]["account"]["nrql"]
 
 
 def poll(fake: FakeNerdGraph, query_id: str, account: int = ACCOUNT) -> dict:
     body = {"query": POLL_QUERY, "variables": {"accountId": account, "queryId": query_id}}
-    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=10)
+    response = requests.post(fake.url, json=body, headers={"API-Key": fake.api_key}, timeout=60)
     return response.json()
 
 

@@ -226,7 +226,7 @@ def test_the_fallback_panel_reads_every_field_from_influxd(influxd, influx_db):
         f"{influxd.url}/write",
         params={"db": influx_db, "rp": "raw", "precision": "s"},
         data=lines,
-        timeout=10,
+        timeout=60,
     )
     assert response.status_code == 204, response.text
     fallback = query("cpu", "SELECT average(x) / 3 FROM T FACET host", database=influx_db)

@@ -460,7 +460,7 @@ def test_the_fake_answers_in_the_legacy_shapes(insights):
         f"{insights.url}/v1/accounts/{ACCOUNT}/query",
         params={"nrql": nrql},
         headers={"X-Query-Key": QUERY_KEY},
-        timeout=10,
+        timeout=60,
     )
     body = response.json()
     assert response.status_code == 200
@@ -523,15 +523,15 @@ def test_command_line_serves_until_sigterm():
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        query = {"params": {"nrql": NRQL}, "headers": {"X-Query-Key": "NRIQ-CLI"}, "timeout": 10}
+        query = {"params": {"nrql": NRQL}, "headers": {"X-Query-Key": "NRIQ-CLI"}, "timeout": 60}
         first = requests.get(f"{url}/v1/accounts/42/query", **query)
         second = requests.get(f"{url}/v1/accounts/42/query", **query)
         assert (first.status_code, second.status_code) == (200, 503)
         assert first.json()["timeSeries"] and second.json() == {"error": "HTTP 503"}
-        log = requests.get(f"{url}/_requests", timeout=5).json()
+        log = requests.get(f"{url}/_requests", timeout=60).json()
         assert [entry["outcome"] for entry in log] == ["ok", "http503"]
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=60) == 0
     finally:
         process.kill()
         process.wait()

@@ -495,6 +495,25 @@ def test_slow_requests_count_towards_the_total_time_cap(
     assert len(nr.calls) == 2  # 20 s + a wait + 20 s: a third attempt would start past 30 s
 
 
+def test_waiting_for_the_limiter_does_not_count_towards_the_total_time_cap(
+    fake_time: FakeClock, nr: responses.RequestsMock
+) -> None:
+    # One request a minute: every attempt waits about 60 s at the limiter's door, queued
+    # behind the other queries' requests. That is not time spent on this query's retries.
+    limiter = Limiter(per_minute=1, clock=fake_time, sleep=fake_time.sleep)
+    nr.post(URL, status=503, body="")
+    nr.post(URL, status=503, body="")
+    nr.post(URL, json=nrql_answer(ROWS))
+    client = NerdGraphClient(
+        URL, KEY, limiter=limiter, max_total_seconds=30, sleep=fake_time.sleep, clock=fake_time
+    )
+
+    result = client.query(ACCOUNT, NRQL)
+
+    assert result.requests == 3 and len(nr.calls) == 3
+    assert fake_time() >= 120  # the limiter did make it wait, twice
+
+
 def test_the_limiter_wraps_each_request_but_not_the_waits(
     fake_time: FakeClock, nr: responses.RequestsMock
 ) -> None:

@@ -55,7 +55,7 @@ def write_lp(influxd, database: str, lines: list[str], rp: str = "autogen") -> N
         f"{influxd.url}/write",
         params={"db": database, "rp": rp, "precision": "s"},
         data="\n".join(lines).encode(),
-        timeout=10,
+        timeout=60,
     )
     assert response.status_code == 204, response.text
 
@@ -307,7 +307,7 @@ def test_events_are_compared_at_nanosecond_precision(cli, influxd, influx_db, qu
     response = requests.get(
         f"{influxd.url}/query",
         params={"db": influx_db, "epoch": "ns", "q": 'SELECT * FROM "nr_events" LIMIT 1'},
-        timeout=10,
+        timeout=60,
     )
     first = response.json()["results"][0]["series"][0]["values"][0][0]
     influxd.query(f'DELETE FROM "nr_events" WHERE time = {first}', influx_db)

@@ -147,6 +147,7 @@ class InsightsClient(NewRelicClient):
                 self.url,
             ),
             shrinkable=shrinkable,
+            transport=self._transport,
         )
         rows, facets = to_nerdgraph_rows(body)
         return NrqlResult(

@@ -104,6 +104,7 @@ class Limiter:
         self._lock = threading.Lock()
         self._per_account = SlidingWindows(per_minute)
         self._per_text = SlidingWindows(same_text_per_minute)
+        self._waits = threading.local()
 
     def __repr__(self) -> str:
         return (
@@ -118,17 +119,21 @@ class Limiter:
         its minute gives its slot back while it waits.
         """
         text = text_key(nrql) if nrql is not None else None
-        while True:
-            self._slots.acquire()
-            try:
-                delay = self._reserve_start(account, text)
-            except BaseException:
+        arrived = self._clock()
+        try:
+            while True:
+                self._slots.acquire()
+                try:
+                    delay = self._reserve_start(account, text)
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if delay <= 0:
+                    return
                 self._slots.release()
-                raise
-            if delay <= 0:
-                return
-            self._slots.release()
-            self._sleep(delay)
+                self._sleep(delay)
+        finally:
+            self._waits.seconds = self.waited() + (self._clock() - arrived)
 
     def release(self) -> None:
         self._slots.release()
@@ -136,6 +141,11 @@ class Limiter:
     def request(self, account: int | None = None, nrql: str | None = None) -> _Held:
         """A context manager holding the limiter for one request of `account` with `nrql`."""
         return _Held(self, account, nrql)
+
+    def waited(self) -> float:
+        """Seconds the calling thread has spent at the door so far (a running total): the
+        retry policy leaves them out of its total-time cap."""
+        return getattr(self._waits, "seconds", 0.0)
 
     def __enter__(self) -> Limiter:
         self.acquire()

@@ -186,6 +186,7 @@ class NerdGraphClient(NewRelicClient):
             self._retry,
             f"dashboard {guid}",
             lambda: _dashboard_object(_checked_json(self._post(body), self.url), guid),
+            transport=self._transport,
         )
         return answer
 
@@ -198,6 +199,7 @@ class NerdGraphClient(NewRelicClient):
             account_id,
             lambda: _classify(self._post(body, account_id, nrql), self.url, field),
             shrinkable=shrinkable,
+            transport=self._transport,
         )
 
     def _post(

@@ -146,9 +146,17 @@ def retry_policy(
 
 
 def with_retries(
-    policy: RetryPolicy, subject: int | str, send: Callable[[], T], *, shrinkable: bool = False
+    policy: RetryPolicy,
+    subject: int | str,
+    send: Callable[[], T],
+    *,
+    shrinkable: bool = False,
+    transport: object = None,
 ) -> tuple[T, int]:
     """`send()` under the retry policy; returns its value and the attempts it took.
+
+    Time spent waiting at `transport`'s limiter (a LimitedTransport) is left out of the
+    policy's total-time cap: it is other queries' turn, not this query's retries.
 
     A QueryTooBig is retried too unless the caller can shrink the query (`shrinkable`); when it
     is raised, its `requests` says how many requests it took.
@@ -166,6 +174,9 @@ def with_retries(
             attempt,
             what=f"New Relic query for {what}",
             retry_on=(TransientError,) if shrinkable else (TransientError, QueryTooBig),
+            not_counted=(
+                transport.limiter.waited if isinstance(transport, LimitedTransport) else None
+            ),
         )
     except QueryTooBig as exc:
         exc.requests = attempts
