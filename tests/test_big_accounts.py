@@ -60,10 +60,7 @@ def test_a_facet_query_timing_out_above_n_buckets_archives_exactly_with_smaller_
     cli, fake_nr, influxd, influx_db, queries_dir
 ):
     start = floor(ago(hours=5), 60)
-    # LIMIT 100: the first FACET window is 60 buckets (LIMIT MAX would make it 4, too few to
-    # time out)
-    spec = facet_spec("busy", influx_db, start)
-    spec = replace(spec, nrql=f"{spec.nrql} LIMIT 100")
+    spec = facet_spec("busy", influx_db, start)  # the first FACET window is 60 buckets
     spec.write(queries_dir)
     fake_nr.time_out_above(20, "FROM Transaction")
 
@@ -123,9 +120,7 @@ def test_an_async_query_that_needs_several_polls_archives_exactly(
     cli, fake_nr, influxd, influx_db, queries_dir
 ):
     start = floor(ago(hours=2), 300)
-    # LIMIT 100: one window (of 24 buckets; LIMIT MAX would ask a first one of 4)
     spec = small_spec("logins", influx_db, start)
-    spec = replace(spec, nrql=f"{spec.nrql} LIMIT 100")
     spec.write(queries_dir)
     fake_nr.set_async(polls=3, retry_after=0.05, retry_deadline=30)
 
