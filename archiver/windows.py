@@ -16,7 +16,6 @@ from archiver.timeparse import as_utc, compact_duration, format_duration
 MAX_BUCKETS = 366  # New Relic: "TIMESERIES supports a maximum of 366 buckets"
 ROWS_PER_REQUEST = 20_000  # keep each answer small: facets × buckets stays under this
 FIRST_FACET_BUCKETS = 60  # before the first answer tells how many facets a query has
-# (fewer when the query's facet LIMIT could fill them beyond ROWS_PER_REQUEST: LIMIT MAX, 4)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -207,18 +206,14 @@ def plan(since: datetime, until: datetime, interval: timedelta, buckets: int) ->
         since = window.until
 
 
-def buckets_per_request(
-    *, has_facets: bool, rows_per_bucket: float | None, facet_limit: int | None = None
-) -> int:
+def buckets_per_request(*, has_facets: bool, rows_per_bucket: float | None) -> int:
     """How many buckets the next request may cover, from the rows per bucket seen so far.
 
     Without FACET a bucket is one row, so the only limit is New Relic's 366. With FACET every
-    bucket brings one row per facet value: keep facets × buckets under ROWS_PER_REQUEST. Before
-    any answer, FIRST_FACET_BUCKETS, or fewer if the query's facet LIMIT could fill them beyond
-    ROWS_PER_REQUEST (a first answer of 60 × 5,000 rows took 350 MiB).
+    bucket brings one row per facet value: keep facets × buckets under ROWS_PER_REQUEST.
     """
     if not has_facets:
         return MAX_BUCKETS
     if rows_per_bucket is None:
-        return max(1, min(FIRST_FACET_BUCKETS, ROWS_PER_REQUEST // max(facet_limit or 1, 1)))
+        return FIRST_FACET_BUCKETS
     return max(1, min(MAX_BUCKETS, int(ROWS_PER_REQUEST // max(rows_per_bucket, 1.0))))

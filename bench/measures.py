@@ -46,7 +46,7 @@ def runner_answers(
     """
     target = query.targets[0]
     job = PlannedJob(query, target, ACCOUNT, [(since, until)], [])
-    sizer = WindowSizer(target.interval, facet_limit=query.facet_limit)
+    sizer = WindowSizer(target.interval)
 
     def rows(window_since: datetime, window_until: datetime) -> list[dict[str, object]]:
         return ask(query.nrql_for(window_since, window_until, target.interval)).rows

@@ -212,24 +212,6 @@ def test_buckets_per_request_keeps_answers_small(has_facets, rows_per_bucket, ex
 
 
 @pytest.mark.parametrize(
-    ("facet_limit", "expected"),
-    [
-        pytest.param(10, windows.FIRST_FACET_BUCKETS, id="default-limit"),
-        pytest.param(100, windows.FIRST_FACET_BUCKETS, id="limit-100"),
-        pytest.param(1000, 20, id="limit-1000"),
-        pytest.param(5000, 4, id="limit-max"),
-        pytest.param(50_000, 1, id="never-zero"),
-    ],
-)
-def test_the_first_window_of_a_facet_query_is_sized_from_its_limit(facet_limit, expected):
-    """Before any answer, LIMIT × buckets stays under ROWS_PER_REQUEST (LIMIT MAX: 4 buckets)."""
-    first = windows.buckets_per_request(
-        has_facets=True, rows_per_bucket=None, facet_limit=facet_limit
-    )
-    assert first == expected
-
-
-@pytest.mark.parametrize(
     ("done", "remaining"),
     [
         pytest.param([], [(0, 10)], id="nothing-done"),

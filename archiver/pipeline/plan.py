@@ -68,7 +68,6 @@ class WindowSizer:
     interval: timedelta
     rows_per_bucket: float | None = None
     max_buckets: int | None = None
-    facet_limit: int | None = None  # the query's LIMIT: sizes the first window
 
     @classmethod
     def resume(
@@ -76,10 +75,9 @@ class WindowSizer:
         interval: timedelta,
         last_window: tuple[datetime, datetime, int] | None,
         bucket_cap: int | None,
-        facet_limit: int | None = None,
     ) -> WindowSizer:
         """Start from the last window this (query, target) wrote (since, until, points), if any."""
-        sizer = cls(interval, facet_limit=facet_limit)
+        sizer = cls(interval)
         if last_window:
             sizer.learn(Window(last_window[0], last_window[1]), last_window[2])
             sizer.max_buckets = bucket_cap
@@ -87,9 +85,7 @@ class WindowSizer:
 
     def buckets(self, has_facets: bool) -> int:
         learned = windows.buckets_per_request(
-            has_facets=has_facets,
-            rows_per_bucket=self.rows_per_bucket,
-            facet_limit=self.facet_limit,
+            has_facets=has_facets, rows_per_bucket=self.rows_per_bucket
         )
         return learned if self.max_buckets is None else min(learned, self.max_buckets)
 
@@ -218,7 +214,7 @@ def sizer_for(state: State, job: PlannedJob) -> WindowSizer:
     name, key = job.name, job.target.key
     last = state.last_window(name, key)
     cap = state.bucket_cap(name, key) if last else None
-    return WindowSizer.resume(job.target.interval, last, cap, job.query.facet_limit)
+    return WindowSizer.resume(job.target.interval, last, cap)
 
 
 def dry_run(
