@@ -42,9 +42,10 @@ OTHER_KEPT = "the facets beyond it are archived together as __other__"
 OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
 READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written
 # TIMESERIES windows asked of New Relic at once, ahead of those (at most the limiter's
-# max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s) + 1;
-# 4 hid it no better in the bench (row g) and held more answers (RSS of row b 225 → 196 MiB at 3).
-FETCH_AHEAD = 3
+# max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s).
+# Measured (bench rows b, c, g): 2 hides 300 ms of latency (g as fast as b) with peak RSS of c
+# 230 MiB; 3 hid it no better and held more answers (c 315 MiB; one window ahead: 214 MiB).
+FETCH_AHEAD = 2
 LEASE_TTL = timedelta(minutes=10)
 
 
