@@ -43,8 +43,9 @@ OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or se
 READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written
 # TIMESERIES windows asked of New Relic at once, ahead of those (at most the limiter's
 # max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s).
-# Measured (bench rows b, c, g): 2 hides 300 ms of latency (g as fast as b) with peak RSS of c
-# 230 MiB; 3 hid it no better and held more answers (c 315 MiB; one window ahead: 214 MiB).
+# Measured (bench rows b, c, g; README: Performance): at 2, g had 0.57 of b's points/s on a
+# quiet machine (0.36 with one window ahead) and c a peak RSS of 239-255 MiB (214); 3 gave
+# 0.77 but 301 MiB. Latency against memory: 2 until answers are held in less memory.
 FETCH_AHEAD = 2
 LEASE_TTL = timedelta(minutes=10)
 
