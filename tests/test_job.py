@@ -8,7 +8,9 @@ middle of its third write, after half of the window's lines, as InfluxDB going a
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 from archiver.errors import ExitCode, TransientError
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline.job import FETCH_AHEAD, Job, JobResult
+from archiver.pipeline.plan import PlannedJob
 from archiver.pipeline.report import RunReport
 from archiver.pipeline.run import Runner
 from archiver.queries import QueryDef
@@ -25,6 +29,7 @@ from archiver.sinks.base import RetentionPolicy, WriteResult
 from archiver.state.store import State
 from archiver.verify.compare import parse_line
 from archiver.windows import Window, floor
+from fakes.nerdgraph import FakeNerdGraph, GraphqlRequest
 from tests.e2e import ACCOUNT, expected_points
 from tests.faults import small_spec
 
@@ -139,3 +144,101 @@ def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledge
     assert len(everything) == len(set(everything)), "a point was exported twice"
     expected = expected_points(SPEC, START, end)
     assert set(everything) == {(tags, seconds * 10**9) for tags, seconds in expected}
+
+
+# -- windows asked ahead, several at once --------------------------------------------------
+
+WAIT_SECONDS = 30  # a bound on waiting for the other threads, never reached when it works
+
+
+class HeldNerdGraph(FakeNerdGraph):
+    """Holds each answer until the test lets it go; records when each window was asked."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.changed = threading.Condition()
+        self.asked: list[int] = []  # each request's SINCE, in the order they arrived
+        self.taken_when_asked: list[int] = []  # batches the consumer had taken by then
+        self.taken = 0
+        self.released: set[int] = set()
+        self.holding = True
+
+    def _answer(self, api_key, request: GraphqlRequest):
+        with self.changed:
+            self.asked.append(request.since_ms)
+            self.taken_when_asked.append(self.taken)
+            self.changed.notify_all()
+            assert self.changed.wait_for(
+                lambda: not self.holding or request.since_ms in self.released, WAIT_SECONDS
+            ), "never released"
+        return super()._answer(api_key, request)
+
+    def wait_asked(self, count: int) -> list[int]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.asked) >= count, WAIT_SECONDS)
+            return list(self.asked)
+
+    def release(self, *since_ms: int) -> None:
+        with self.changed:
+            self.released.update(since_ms)
+            self.changed.notify_all()
+
+    def release_all(self) -> None:
+        with self.changed:
+            self.holding = False
+            self.changed.notify_all()
+
+
+def test_windows_are_asked_several_at_once_and_written_in_order_a_bounded_number_ahead(
+    tmp_path, query
+):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    target = query.targets[0]
+    planned = PlannedJob(query, target, ACCOUNT, [(START, START + timedelta(days=2))], [])
+    with (
+        HeldNerdGraph(accounts={ACCOUNT}).start() as fake,
+        NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=1) as client,
+        ThreadPoolExecutor(1) as consumer,
+    ):
+        try:
+            job = Job(planned, JobResult(query.name, target.key), state, client, lambda: False)
+            batches = job.batches()
+            taken: list[Window] = []
+
+            def take() -> Window:
+                batch = next(batches)
+                with fake.changed:
+                    fake.taken += 1
+                return batch.window
+
+            # The first window is asked alone: its answer sizes the next ones.
+            first = consumer.submit(take)
+            [since] = fake.wait_asked(1)
+            fake.release(since)
+            taken.append(first.result(WAIT_SECONDS))
+            # Then FETCH_AHEAD windows are asked at once, before any of them is answered ...
+            second = consumer.submit(take)
+            ahead = sorted(fake.wait_asked(1 + FETCH_AHEAD)[1:])  # on as many threads
+            assert len(ahead) == FETCH_AHEAD and ahead[0] > since
+            # ... and answered in reverse order, they still come out in order.
+            fake.release(*ahead[1:])
+            fake.release(ahead[0])
+            taken.append(second.result(WAIT_SECONDS))
+            fake.release_all()  # the rest: as soon as they are asked
+            while True:
+                step = consumer.submit(take)
+                try:
+                    taken.append(step.result(WAIT_SECONDS))
+                except StopIteration:
+                    break
+
+        finally:
+            fake.release_all()  # a failure above leaves no request held
+
+    assert [w.since for w in taken[1:]] == [w.until for w in taken[:-1]]
+    assert (taken[0].since, taken[-1].until) == (START, START + timedelta(days=2))
+    assert [int(w.since.timestamp() * 1000) for w in taken] == sorted(fake.asked)
+    assert len(fake.asked) == len(taken), "a window was asked twice"
+    # Never more than FETCH_AHEAD windows asked and not yet taken by the consumer.
+    for number, taken_then in enumerate(fake.taken_when_asked, start=1):
+        assert number - taken_then <= FETCH_AHEAD, (number, fake.taken_when_asked)

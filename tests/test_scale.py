@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from archiver.pipeline.job import READ_AHEAD_WINDOWS
+from archiver.pipeline.job import FETCH_AHEAD, READ_AHEAD_WINDOWS
 from archiver.state.store import State
 from archiver.windows import iso
 from fakes.nerdgraph import FakeNerdGraph
@@ -291,9 +291,10 @@ def assert_exported_exactly(
         assert floor(started - LAG, spec.interval_seconds) <= until
         assert until <= floor(finished - LAG, spec.interval_seconds)
         windows = answered[spec.name]
-        # A killed worker's windows in flight (the one being written and the one read ahead)
-        # were answered but never acknowledged: the worker that takes over asks for them again.
-        in_flight = 1 + READ_AHEAD_WINDOWS
+        # A killed worker's windows in flight (the one being written, those read ahead and
+        # those asked ahead) were answered but never acknowledged: the worker that takes over
+        # asks for them again.
+        in_flight = 1 + READ_AHEAD_WINDOWS + FETCH_AHEAD
         expected_overlaps = (
             range(in_flight + 1) if spec.name in may_repeat_windows_in_flight else (0,)
         )

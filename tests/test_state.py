@@ -159,6 +159,23 @@ def test_read_only_state_database_gives_one_line(tmp_path):
         s.start_run("incremental", NOW)
 
 
+def test_a_sqlite_state_writes_ahead_and_is_still_read_by_a_read_only_connection(tmp_path):
+    """WAL with synchronous=NORMAL: a commit per window without an fsync (README: Performance)."""
+    path = tmp_path / "wal.db"
+    state = State.open(f"sqlite:///{path}")
+    with state.engine.connect() as conn:
+        modes = [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in MODES]
+    assert modes == ["wal", 1]  # 1: NORMAL
+    state.start_run("incremental", NOW)
+    state.engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wal.db"]  # no -wal/-shm left
+    reader = State.open(f"sqlite:///file:{path}?mode=ro&uri=true")
+    assert reader.checkpoint("q", "t") is None
+
+
+MODES = ("journal_mode", "synchronous")
+
+
 def test_locked_state_database_gives_one_line(tmp_path):
     path = tmp_path / "locked.db"
     State.open(f"sqlite:///{path}").engine.dispose()
@@ -166,8 +183,9 @@ def test_locked_state_database_gives_one_line(tmp_path):
     with locker.connect() as conn:
         conn.exec_driver_sql("BEGIN EXCLUSIVE")
         s = State(sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1}))
+        # (a write: in WAL mode, readers are not blocked by a writer)
         with pytest.raises(StateError, match="state database: database is locked"):
-            s.checkpoint("q", "t")
+            s.start_run("incremental", NOW)
         conn.exec_driver_sql("ROLLBACK")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -75,9 +76,23 @@ def make_engine(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """Foreign keys, a 30 s busy timeout, and the write-ahead log with synchronous=NORMAL.
+
+    WAL makes a commit one append without fsync (the log is synced at checkpoints): a window's
+    commit costs ~0.05 ms instead of ~9 ms, which on small windows (no facet, raw events) was a
+    fifth of a run. A power loss may forget the last commits, never corrupt the database: those
+    windows are exported again (InfluxDB keeps one point per series and time). WAL is recorded in
+    the file; a read-only connection leaves the database as it is.
+    """
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    try:
+        [mode] = cursor.execute("PRAGMA journal_mode=WAL").fetchone()
+    except sqlite3.OperationalError:  # read-only: its first write says so, by name
+        mode = None
+    if mode == "wal":
+        cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
