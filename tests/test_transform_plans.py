@@ -7,7 +7,9 @@ give the same lines, in the same order, the same dropped keys, and the same erro
 
 from __future__ import annotations
 
+import math
 import random
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
@@ -103,32 +105,26 @@ def reference_to_lines(
 
 TEXTS = ["a", "b", "x y", "a,b", "k=v", 'q"t', "back\\slash", "end\\", "new\nline", "Zürich ☃", ""]
 VALUES = [
-    0,
-    1,
-    7,
-    -3,
-    10**15,
-    10**16,
-    2**63,
-    0.5,
-    1.0,
-    -2.25,
-    1e-7,
-    1e22,
-    float("nan"),
-    float("inf"),
-    None,
-    True,
-    False,
-    "s",
-    'q"t\\',
-    [1, 2],
-    {"50": 1.5, "95": None},
-    {"a": {"b": 2}},
-]
+    0, 1, 7, -3, 10**15 - 1, -(10**15) + 1, 10**15, -(10**15), 10**16, 2**63, 2**64, 0.5, 1.0,
+    -2.25, -0.0, 1e-7, -2.5e-05, 0.00012, 1e16, 1e22, 1.7976931348623157e308, 5e-324,
+    float("nan"), float("inf"), None, True, False, "s", 'q"t\\', [1, 2], [],
+    {"50": 1.5, "95": None}, {"50": 2.5e-05, "95": 7}, {"a": {"b": 2}}, {"steps": [1, 2]}, {},
+]  # fmt: skip
 
 
-def _row(rng: random.Random, facets: Sequence[str], fields: Sequence[str]) -> dict:
+NUMBERS = [value for value in VALUES if type(value) in (int, float) or value is None]
+
+
+def _value(rng: random.Random, numeric: bool) -> object:
+    """Any value; or, for rows like real aggregates, a number, a null or percentiles."""
+    if not numeric or rng.random() < 0.03:
+        return rng.choice(VALUES)
+    if rng.random() < 0.2:
+        return {"50": rng.choice(NUMBERS), "95": rng.choice(NUMBERS), "99": rng.choice(NUMBERS)}
+    return rng.choice(NUMBERS)
+
+
+def _row(rng: random.Random, facets: Sequence[str], fields: Sequence[str], numeric: bool) -> dict:
     row: dict[str, object] = {}
     keys = [*list(fields), "beginTimeSeconds", "endTimeSeconds"]
     rng.shuffle(keys)
@@ -137,7 +133,7 @@ def _row(rng: random.Random, facets: Sequence[str], fields: Sequence[str]) -> di
         if key in ("beginTimeSeconds", "endTimeSeconds"):
             row[key] = rng.choice([1700000000, 1700000060, 1700000060.0])
         elif rng.random() < 0.9:
-            row[key] = rng.choice(VALUES)
+            row[key] = _value(rng, numeric)
     kind = rng.random()
     if facets and kind < 0.7:
         row["facet"] = values[0] if len(facets) == 1 and rng.random() < 0.5 else list(values)
@@ -159,12 +155,13 @@ def _outcome(function, rows: Iterable[Mapping[str, object]], facets, **kwargs):
     return (lines, dropped)
 
 
-@pytest.mark.parametrize("seed", range(200))
+@pytest.mark.parametrize("seed", range(300))
 def test_plans_give_the_lines_the_reference_gives(seed):
     rng = random.Random(seed)
     facets = rng.choice([[], ["app"], ["app", "host"], ["app", "host", "zone"]])
     fields = rng.sample(["count", "average.duration", "p", "steps", "x\\", "x", "a b", "a.b"], 4)
-    rows = [_row(rng, facets, fields) for _ in range(rng.randint(1, 40))]
+    numeric = seed % 2 == 0  # rows of numbers: every field formatted in one call (_Leaves)
+    rows = [_row(rng, facets, fields, numeric) for _ in range(rng.randint(1, 40))]
     funnels = {"steps": ["first", "second"]} if rng.random() < 0.3 else None
     new = _outcome(transform.to_lines, rows, facets, funnels=funnels)
     old = _outcome(reference_to_lines, rows, facets, funnels=funnels)
@@ -193,3 +190,17 @@ def test_a_disagreement_after_the_same_strings_agreed_is_still_refused():
     disagree = {"beginTimeSeconds": 2, "facet": ["x", "y"], "app": "x", "host": "z", "count": 1}
     with pytest.raises(NewRelicError, match="disagrees"):
         transform.to_lines([agree, disagree], ["app", "host"], "m", {})
+
+
+def test_floats_formatted_together_are_written_as_repr_writes_them():
+    rng = random.Random(16)
+    floats = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(20_000)]
+    floats += [rng.random() * 10.0 ** rng.randint(-300, 300) for _ in range(20_000)]
+    floats = [x for x in floats if math.isfinite(x)]
+    rows = [
+        {"beginTimeSeconds": 1, "a": a, "b": b, "c": c}
+        for a, b, c in zip(floats[::3], floats[1::3], floats[2::3], strict=False)
+    ]
+    lines = transform.to_lines(rows, [], "m", {})
+    assert lines == reference_to_lines(rows, [], "m", {})
+    assert len(lines) == len(rows)
