@@ -114,7 +114,7 @@ def to_lines(
     tags once per distinct tuple of tag values; floats and ints are formatted inline as
     `lineprotocol.format_field` formats them (tests/test_events_lines.py checks every byte
     against the plain implementation this replaced). On the bench's row (f) this took
-    `to_lines` from 8.6 to ~2 µs per line.
+    `to_lines` from 8 to 1.9 µs per line (in process, one core).
     """
     dropped = dropped if dropped is not None else set()
     static = {escape_key(key): escape_key(str(value)) for key, value in static_tags.items()}
@@ -148,7 +148,7 @@ def to_lines(
             kind = type(value)
             if kind is float:
                 if value - value == 0.0:  # finite: inf and nan give no field
-                    parts.append(name + repr(value))
+                    parts.append(f"{name}{value!r}")
             elif kind is str:
                 text = strings.get(value)
                 if text is None:
