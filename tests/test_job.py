@@ -19,6 +19,7 @@ import pytest
 from archiver.errors import ExitCode, TransientError
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
+from archiver.pipeline import job as job_module
 from archiver.pipeline.job import FETCH_AHEAD, Job, JobResult
 from archiver.pipeline.plan import PlannedJob
 from archiver.pipeline.report import RunReport
@@ -104,8 +105,9 @@ def instants(lines: list[str]) -> set[datetime]:
 
 
 def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledged_window(
-    fake_nr, tmp_path, query
+    fake_nr, tmp_path, query, monkeypatch
 ):
+    monkeypatch.setattr(job_module, "COALESCE_LINES", 1)  # one write per window
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     # Meanwhile the read-ahead thread asks New Relic for the next windows: it must not move
     # the checkpoint, nor be named as the window that failed.
@@ -144,6 +146,39 @@ def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledge
     assert len(everything) == len(set(everything)), "a point was exported twice"
     expected = expected_points(SPEC, START, end)
     assert set(everything) == {(tags, seconds * 10**9) for tags, seconds in expected}
+
+
+def test_windows_ready_together_are_written_together_and_each_is_recorded(fake_nr, tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    sink = RecordingSink()
+
+    report = run_once(fake_nr, state, query, sink)
+
+    [job] = report.jobs
+    windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert job.status == "ok" and job.windows == len(windows) > 2
+    assert len(sink.acknowledged) < len(windows)  # several windows in one write
+    assert all(len(lines) <= job_module.COALESCE_LINES for lines in sink.acknowledged[1:])
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    assert state.checkpoint("logins", TARGET) == windows[-1].until == NOW - query.lag
+    written = keys([line for lines in sink.acknowledged for line in lines])
+    expected = expected_points(SPEC, START, NOW - query.lag)
+    assert sorted(written) == sorted((tags, seconds * 10**9) for tags, seconds in expected)
+
+
+def test_a_failed_write_of_several_windows_records_none_of_them(fake_nr, tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    failing = RecordingSink(fail_on=2)
+
+    report = run_once(fake_nr, state, query, failing)
+
+    [job] = report.jobs
+    assert job.status == "failed" and "InfluxDB went away" in job.error
+    windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert job.windows == len(windows) >= 1
+    assert state.checkpoint("logins", TARGET) == windows[-1].until == job.window.since
+    acknowledged = [line for lines in failing.acknowledged for line in lines]
+    assert max(instants(acknowledged)) < windows[-1].until <= min(instants(failing.unacknowledged))
 
 
 # -- windows asked ahead, several at once --------------------------------------------------

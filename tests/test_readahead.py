@@ -5,7 +5,9 @@ from contextlib import closing
 
 import pytest
 
-from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.readahead import read_ahead, read_ahead_groups
+
+WAIT_SECONDS = 30  # a bound on waiting for the other thread, never reached when it works
 
 
 def test_items_arrive_in_order_from_another_thread():
@@ -66,3 +68,72 @@ def test_closing_stops_the_producer_and_closes_its_iterator():
     assert closed.is_set()  # close() returns only once the producer is done
     assert len(produced) <= 4
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
+
+
+# -- read_ahead_groups: what is ready, written together --------------------------------------
+
+
+def test_groups_hold_what_is_ready_up_to_the_limit():
+    produced = threading.Condition()
+    count = [0]
+
+    def items():
+        for item in ["xxxx", "aa", "bb", "c", "dddd", "ee"]:
+            with produced:
+                count[0] += 1
+                produced.notify_all()
+            yield item
+
+    groups = read_ahead_groups(items(), limit=4, size=len)
+    with closing(groups):
+        assert next(groups) == ["xxxx"]
+        with produced:  # "c" produced: "aa" and "bb" (4 characters) wait, "c" waits for room
+            assert produced.wait_for(lambda: count[0] >= 4, WAIT_SECONDS)
+        assert list(groups) == [["aa", "bb"], ["c"], ["dddd"], ["ee"]]
+
+
+def test_an_item_bigger_than_the_limit_is_a_group_of_its_own():
+    groups = list(read_ahead_groups(iter(["x" * 10, "y", "z"]), limit=4, size=len))
+    assert groups[0] == ["x" * 10] and [i for g in groups for i in g] == ["x" * 10, "y", "z"]
+
+
+def test_a_slow_item_is_not_waited_for_to_fill_a_group():
+    second = threading.Event()
+
+    def items():
+        yield "a"
+        assert second.wait(WAIT_SECONDS)
+        yield "b"
+
+    groups = read_ahead_groups(items(), limit=100, size=len)
+    with closing(groups):
+        assert next(groups) == ["a"]  # "b" is not produced until the test has "a"
+        second.set()
+        assert next(groups) == ["b"]
+
+
+def test_a_group_is_yielded_before_the_error_that_follows_it():
+    def items():
+        yield "a"
+        yield "b"
+        raise ValueError("window 3 failed")
+
+    received = []
+    with pytest.raises(ValueError, match="window 3 failed"):
+        for group in read_ahead_groups(items(), limit=10, size=len):
+            received.extend(group)
+    assert received == ["a", "b"]
+
+
+def test_closing_the_groups_stops_the_producer():
+    produced = []
+
+    def items():
+        for number in range(1000):
+            produced.append(number)
+            yield "x"
+
+    groups = read_ahead_groups(items(), limit=3, size=len)
+    with closing(groups):
+        assert next(groups)
+    assert len(produced) <= 3 + 3 + 1  # in our hands, waiting, being produced

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import NamedTuple
 
 from archiver import windows
@@ -29,10 +30,10 @@ from archiver.pipeline import completeness, events, transform
 from archiver.pipeline.cardinality import SeriesGuard
 from archiver.pipeline.plan import PlannedJob, WindowSizer, sizer_for, utcnow, windows_of
 from archiver.pipeline.progress import Progress
-from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.readahead import read_ahead_groups
 from archiver.queries import funnels
-from archiver.sinks.base import Precision, Sink
-from archiver.state.store import State
+from archiver.sinks.base import BATCH_SIZE, Precision, Sink
+from archiver.state.store import State, Written
 from archiver.windows import Window, iso
 from archiver.wording import plural
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 OTHER_KEPT = "the facets beyond it are archived together as __other__"
 OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
-READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written
+READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written (verify)
 # TIMESERIES windows asked of New Relic at once, ahead of those (at most the limiter's
 # max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s).
 # Measured (bench rows b, c, g; README: Performance): at 2, g had 0.57 of b's points/s on a
@@ -48,6 +49,10 @@ READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written
 # 0.77 but 301 MiB. Latency against memory: 2 until answers are held in less memory.
 FETCH_AHEAD = 2
 LEASE_TTL = timedelta(minutes=10)
+# Windows ready together are written together up to this many lines: one write request (the
+# sink's batch) and one state transaction for all of them. Windows of a few hundred points
+# (no facet, 366 buckets; raw events) spent more on the round trips than on their points.
+COALESCE_LINES = BATCH_SIZE
 
 
 @dataclass
@@ -112,6 +117,10 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+def _lines(batch: Batch) -> int:
+    return len(batch.lines)
+
+
 def log_fields(query: str, target: str, window: Window | None = None, **more: object) -> dict:
     """The `extra=` of a log call: JSON log lines carry these as keys (archiver.logs)."""
     fields: dict[str, object] = {"query": query, "target": target}
@@ -162,45 +171,57 @@ class Job:
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         sizer = sizer_for(state, job)
-        # New Relic answers the next window (and it is transformed) while the sink writes this
-        # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
+        # New Relic answers the next windows (and they are transformed) while the sink writes
+        # these. The windows ready by then are written together (one write, one transaction),
+        # up to COALESCE_LINES lines; one window waits whatever its size, so memory stays a few
+        # windows. A slow New Relic gives groups of one: nothing is held back to fill a group.
         thread = threading.current_thread().name
-        ahead = read_ahead(self.batches(sizer), depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
+        ahead = read_ahead_groups(
+            self.batches(sizer), limit=COALESCE_LINES, size=_lines, name=f"{thread}-fetch"
+        )
         writing: Window | None = None  # until the sink acknowledged it and the state recorded it
         try:
             with closing(ahead):
-                for window, lines, precision, inspected in ahead:
-                    writing = window
-                    written = sink.write(
-                        job.target.database, job.target.retention_policy, lines, precision
+                for group in ahead:
+                    writing = group[0].window
+                    lines = (
+                        group[0].lines if len(group) == 1 else [*chain(*(b.lines for b in group))]
                     )
-                    state.record_window(
-                        export_id, name, key, window.since, window.until, len(lines),
-                        self.now(), backfill_id=backfill_id, inspected=inspected,
-                        max_buckets=sizer.max_buckets,
+                    written = sink.write(
+                        job.target.database, job.target.retention_policy, lines, group[0].precision
+                    )
+                    done = [
+                        Written(b.window.since, b.window.until, len(b.lines), b.inspected)
+                        for b in group
+                    ]
+                    state.record_windows(
+                        export_id, name, key, done, self.now(),
+                        backfill_id=backfill_id, max_buckets=sizer.max_buckets,
                     )  # fmt: skip
                     writing = None
-                    result.windows += 1
+                    result.windows += len(group)
                     result.points += written.lines - written.dropped_beyond_retention
-                    if self.progress is not None:
-                        seconds = (window.until - window.since).total_seconds()
-                        self.progress.advance(seconds, len(lines))
-                    log.debug(
-                        "%s → %s: %s: %s",
-                        name,
-                        key,
-                        window,
-                        plural(len(lines), "point"),
-                        extra=log_fields(name, key, window, points=len(lines)),
-                    )
+                    for batch in group:
+                        if self.progress is not None:
+                            seconds = (batch.window.until - batch.window.since).total_seconds()
+                            self.progress.advance(seconds, len(batch.lines))
+                        log.debug(
+                            "%s → %s: %s: %s",
+                            name,
+                            key,
+                            batch.window,
+                            plural(len(batch.lines), "point"),
+                            extra=log_fields(name, key, batch.window, points=len(batch.lines)),
+                        )
+                    last = group[-1].window
                     if not self._renew_lease(holder, lease_ttl):
                         log.warning(
                             "%s → %s: lost the lease after %s (a window took longer than "
                             "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
                             name,
                             key,
-                            window,
-                            extra=log_fields(name, key, window),
+                            last,
+                            extra=log_fields(name, key, last),
                         )
                         result.status = "busy"
                         return

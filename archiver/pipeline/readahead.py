@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -72,3 +73,84 @@ def _drain(slots: queue.Queue[object]) -> None:
             slots.get_nowait()
     except queue.Empty:
         pass
+
+
+def read_ahead_groups(
+    items: Iterator[T], *, limit: int, size: Callable[[T], int], name: str = "read-ahead"
+) -> Iterator[list[T]]:
+    """`items` produced on a helper thread, yielded as groups of what is ready.
+
+    Each group is the next item (waited for) and the items already produced after it, while
+    their `size`s add up to at most `limit`. The producer stops when the items waiting add up
+    to `limit` (one item waits whatever its size), so memory stays bounded by `limit` and one
+    item. Slow items are yielded one by one as they come, never held to fill a group; an
+    exception is raised after the items produced before it; closing this generator stops the
+    producer as `read_ahead` does.
+    """
+    ready: deque[tuple[object, int]] = deque()  # (item or _END or _Raised, its size)
+    changed = threading.Condition()
+    waiting = [0]  # the size of the items in `ready`
+    stopped = threading.Event()
+
+    def offer(entry: object, weight: int) -> bool:
+        with changed:
+            while ready and waiting[0] + weight > limit and not stopped.is_set():
+                changed.wait()
+            if stopped.is_set():
+                return False
+            ready.append((entry, weight))
+            waiting[0] += weight
+            changed.notify_all()
+            return True
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item, size(item)):
+                    return
+            offer(_END, 0)
+        except BaseException as error:  # raised again in the consumer's thread
+            offer(_Raised(error), 0)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def take() -> tuple[list[T], object]:
+        """The next group, and the end marker or error that follows it (None if neither)."""
+        with changed:
+            while not ready:
+                changed.wait()
+            group: list[T] = []
+            taken, after = 0, None
+            while ready:
+                entry, weight = ready[0]
+                if entry is _END or isinstance(entry, _Raised):
+                    if not group:
+                        after = entry
+                    break
+                if group and taken + weight > limit:
+                    break
+                ready.popleft()
+                group.append(entry)  # type: ignore[arg-type]
+                taken += weight
+            waiting[0] -= taken
+            changed.notify_all()
+            return group, after
+
+    producer = threading.Thread(target=produce, name=name, daemon=True)
+    producer.start()
+    try:
+        while True:
+            group, after = take()
+            if after is _END:
+                return
+            if isinstance(after, _Raised):
+                raise after.error
+            yield group
+    finally:
+        stopped.set()
+        with changed:
+            changed.notify_all()
+        while producer.is_alive():
+            producer.join(timeout=JOIN_POLL_SECONDS)

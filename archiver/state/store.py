@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -33,6 +34,15 @@ from archiver.state.schema import checkpoints, epoch, exports, from_epoch, runs,
 from archiver.state.verifications import Verifications
 
 WINDOW_LOG_DAYS = 30
+
+
+class Written(NamedTuple):
+    """A window InfluxDB acknowledged: its range, its points, what New Relic inspected for it."""
+
+    since: datetime
+    until: datetime
+    points: int
+    inspected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -252,39 +262,70 @@ class State(Backfills, Leases, LoggedWindows, Verifications):
 
         `inspected` is what New Relic inspected for it; `max_buckets` the query's bucket cap.
         """
+        self.record_windows(
+            export_id, query, target, [Written(since, until, points, inspected)], now,
+            backfill_id=backfill_id, max_buckets=max_buckets,
+        )  # fmt: skip
+
+    def record_windows(
+        self,
+        export_id: int,
+        query: str,
+        target: str,
+        written: Sequence[Written],
+        now: datetime,
+        *,
+        backfill_id: int | None = None,
+        max_buckets: int | None = None,
+    ) -> None:
+        """`record_window` for consecutive windows written together, in one transaction."""
         with self._begin() as conn:
-            conn.execute(
-                windows_log.insert().values(
-                    export_id=export_id,
-                    query=query,
-                    target=target,
-                    since=epoch(since),
-                    until=epoch(until),
-                    points=points,
-                    written_at=epoch(now),
-                    inspected=inspected,
-                    max_buckets=max_buckets,
-                )
+            for window in written:
+                self._record(conn, export_id, query, target, window, now, backfill_id, max_buckets)
+
+    @staticmethod
+    def _record(
+        conn: Connection,
+        export_id: int,
+        query: str,
+        target: str,
+        window: Written,
+        now: datetime,
+        backfill_id: int | None,
+        max_buckets: int | None,
+    ) -> None:
+        since, until, points, inspected = window
+        begin, end, at = epoch(since), epoch(until), epoch(now)
+        conn.execute(
+            windows_log.insert().values(
+                export_id=export_id,
+                query=query,
+                target=target,
+                since=begin,
+                until=end,
+                points=points,
+                written_at=at,
+                inspected=inspected,
+                max_buckets=max_buckets,
             )
-            inspected_sum = exports.c.inspected
-            if inspected is not None:
-                inspected_sum = sa.func.coalesce(exports.c.inspected, 0) + inspected
-            conn.execute(
-                exports.update()
-                .where(exports.c.id == export_id)
-                .values(
-                    windows=exports.c.windows + 1,
-                    points=exports.c.points + points,
-                    until=epoch(until),
-                    inspected=inspected_sum,
-                )
+        )
+        inspected_sum = exports.c.inspected
+        if inspected is not None:
+            inspected_sum = sa.func.coalesce(exports.c.inspected, 0) + inspected
+        conn.execute(
+            exports.update()
+            .where(exports.c.id == export_id)
+            .values(
+                windows=exports.c.windows + 1,
+                points=exports.c.points + points,
+                until=end,
+                inspected=inspected_sum,
             )
-            if backfill_id is not None:
-                extend_backfill(
-                    conn, backfill_id, query, target, epoch(since), epoch(until), epoch(now)
-                )
-            else:
-                _upsert_checkpoint(conn, query, target, epoch(until), epoch(now), only_forward=True)
+        )
+        if backfill_id is not None:
+            extend_backfill(conn, backfill_id, query, target, begin, end, at)
+        else:
+            _upsert_checkpoint(conn, query, target, end, at, only_forward=True)
 
     def latest_exports(
         self, kind: str | None = "incremental"
