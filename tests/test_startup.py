@@ -7,6 +7,7 @@ Each probe is a fresh interpreter (this test process has imported everything alr
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -18,7 +19,7 @@ from alembic.script import ScriptDirectory
 
 from archiver.state import migrate
 from archiver.windows import iso
-from tests.e2e import ago, cli_env, floor
+from tests.e2e import REPO, ago, cli_env, floor
 from tests.faults import small_spec
 
 # Modules `run` does without: Alembic (and Mako, its templates) unless the state database needs
@@ -50,8 +51,10 @@ print(json.dumps({"code": code, "loaded": sorted(set(WATCHED) & set(sys.modules)
 """
 
 
-def probe(args: list[str], env: dict[str, str], cwd: Path) -> dict:
-    script = f"WATCHED = {list(NOT_FOR_RUN)!r}\n{PROBE}"
+def probe(
+    args: list[str], env: dict[str, str], cwd: Path, watched: tuple[str, ...] = NOT_FOR_RUN
+) -> dict:
+    script = f"WATCHED = {list(watched)!r}\n{PROBE}"
     result = subprocess.run(
         [sys.executable, "-c", script, *args], env=env, cwd=cwd,
         capture_output=True, text=True, timeout=120, check=False,
@@ -107,3 +110,13 @@ def test_run_imports_neither_alembic_nor_what_only_other_commands_use(
         assert migrate.current_revision(conn) == migrate.HEAD_REVISION
         assert sa.inspect(conn).has_table("verifications")  # created by 0003
     engine.dispose()
+
+
+def test_help_does_not_even_import_pydantic(tmp_path):
+    """`--help` needs argparse and text: not the settings' pydantic (0.02 s of CPU, not 0.16 s);
+    tests/test_cli.py keeps the database and HTTP stacks out of `--help` and `health`."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    report = probe(["--help"], env, tmp_path, ("pydantic", "pydantic_settings", "yaml"))
+    assert report["code"] == 0, report["output"]
+    assert "ARCHIVER_MIGRATIONS_DIR" in report["output"]  # the environment's epilog
+    assert report["loaded"] == []
