@@ -1,6 +1,7 @@
 """Upgrading a state database written at revision 0001 keeps its checkpoints and progress; a
 new database, created from `schema` without the migrations, is exactly what they would give."""
 
+import threading
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
@@ -174,4 +175,34 @@ def test_a_database_at_head_is_recognised_without_alembic(db_url):
         with engine.connect() as conn:
             assert migrate.current_revision(conn) == revision
             assert MigrationContext.configure(conn).get_current_revision() == revision
+    assert State(engine).is_migrated()
+
+
+def test_processes_starting_at_once_on_a_new_database_create_it_once(db_url):
+    """Under the migration lock the first creates the tables; the others find them at head
+    (a second `create_all` + stamp would add a second `alembic_version` row or fail)."""
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        engine = migrate.make_engine(db_url)
+        barrier.wait(timeout=30)
+        try:
+            migrate.upgrade(engine)
+        except BaseException as exc:  # reported below, with the others'
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    engine = migrate.make_engine(db_url)
+    with engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    assert versions == [(migrate.HEAD_REVISION,)]
     assert State(engine).is_migrated()
