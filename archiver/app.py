@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from archiver import queries
-from archiver.dashboards import grafana
 from archiver.errors import (
     ArchiverError,
     ConfigError,
@@ -30,7 +29,6 @@ from archiver.errors import (
 )
 from archiver.logs import redact
 from archiver.newrelic.client import NewRelicClient
-from archiver.newrelic.insights import OTHER_REFUSED, InsightsClient
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from archiver.pipeline import plan, sharding
@@ -176,6 +174,8 @@ def for_api(settings: Settings, loaded: queries.LoadResult) -> queries.LoadResul
     """
     if settings.new_relic_api_key or not settings.new_relic_query_key:
         return loaded
+    from archiver.newrelic.insights import OTHER_REFUSED
+
     refused = [query for query in loaded.queries if query.other]
     problems = [
         queries.QueryFileProblem(query.path, "other", OTHER_REFUSED, query.name)
@@ -214,6 +214,8 @@ def new_relic_client_factory(settings: Settings, limiter: Limiter) -> Callable[[
             limiter=limiter,
             backoff_base=settings.retry_base_seconds,
         )
+    from archiver.newrelic.insights import InsightsClient
+
     return lambda: InsightsClient(
         settings.insights_url,
         key,
@@ -266,6 +268,8 @@ def grafana_dashboard(
     settings: Settings, names: Sequence[str], datasource: str
 ) -> tuple[str, queries.LoadResult]:
     """The Grafana dashboard's JSON for the selected queries; broken files are logged."""
+    from archiver.dashboards import grafana
+
     loaded = queries.load_dir(settings.queries_dir)
     for problem in loaded.problems:
         log.error("%s", problem)

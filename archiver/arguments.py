@@ -1,6 +1,7 @@
 """The command line's options: `build_parser()`, the `--help` of every command.
 
-Only argparse and light modules here: `--help` and `health` must start fast (tests/test_cli.py).
+Only argparse and light modules here, not even pydantic (`settings` needs it): `--help` must start
+fast (tests/test_cli.py).
 """
 
 from __future__ import annotations
@@ -11,10 +12,39 @@ from typing import TYPE_CHECKING
 
 from archiver import __version__
 from archiver.dashboards import DEFAULT_DATABASE, DEFAULT_DATASOURCE_UID
-from archiver.settings import ENVIRONMENT_HELP
 
 if TYPE_CHECKING:
     from archiver.pipeline.sharding import Shard
+
+# The epilog of `nr-archiver --help`: the variables `settings.Settings` reads (checked by
+# tests/test_settings.py); README's Configuration table says more (tests/test_docs.py).
+ENVIRONMENT_HELP = """\
+environment variables (README.md, "Configuration", says more):
+  NEW_RELIC_API_KEY            user key (NRAK-...) for NerdGraph
+  NEW_RELIC_ACCOUNT_ID         account of the query files that name none
+  NEW_RELIC_REGION             US (default) or EU
+  NEW_RELIC_NERDGRAPH_URL      GraphQL URL; overrides the region
+  NEW_RELIC_QUERY_KEY          Insights query key (used without an API key)
+  NEW_RELIC_INSIGHTS_URL       Insights API URL; overrides the region
+  NEW_RELIC_QUERY_TIMEOUT      NerdGraph NRQL timeout, 1-120 s (60)
+  NEW_RELIC_ASYNC              true: asynchronous NRQL (Data Plus accounts)
+  INFLUX_URL                   InfluxDB URL (http://localhost:8086)
+  INFLUX_USERNAME              InfluxDB 1.x user
+  INFLUX_PASSWORD              InfluxDB 1.x password
+  INFLUX_TOKEN                 InfluxDB 2.x/3.x token
+  INFLUX_ORG                   InfluxDB 2.x organisation
+  INFLUX_API                   auto (default), v1 or v2
+  ARCHIVER_DB_URL              state database (SQLAlchemy URL); --db-url wins
+  ARCHIVER_QUERIES_DIR         folder of query files; --queries-dir wins
+  ARCHIVER_LOG_LEVEL           DEBUG, INFO (default), WARNING or ERROR
+  ARCHIVER_SCHEDULE            cron of schedule (0 * * * *); --cron wins
+  ARCHIVER_HEARTBEAT_FILE      heartbeat of schedule, read by health
+  ARCHIVER_LEASE_SECONDS       lease of a crashed holder, in seconds (600)
+  ARCHIVER_RETRY_BASE_SECONDS  first wait between New Relic retries (1 s)
+  ARCHIVER_MIGRATIONS_DIR      where the Alembic migrations are
+Each secret (NEW_RELIC_API_KEY, NEW_RELIC_QUERY_KEY, INFLUX_PASSWORD,
+INFLUX_TOKEN) may instead be read from the file named by NAME_FILE.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:

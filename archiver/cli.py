@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from archiver import logs
 from archiver.arguments import build_parser
 from archiver.errors import ArchiverError, AuthError, ConfigError, ExitCode, StateError
-from archiver.settings import Settings, load
 from archiver.wording import plural
 
 if TYPE_CHECKING:  # the command handlers import these when they run: `--help` and `health`
     from archiver.app import PassOptions  # stay fast (tests/test_cli.py)
     from archiver.pipeline.plan import Backfill, PlannedJob
     from archiver.schedule.health import PassOutcome
+    from archiver.settings import Settings
     from archiver.windows import Window
 
 log = logging.getLogger("archiver")
@@ -234,6 +234,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 def settings_from(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     """The environment's settings; `--queries-dir`, `--db-url` and `--cron` win over it."""
+    from archiver.settings import load  # pydantic: not for `--help`
+
     return load(
         env,
         queries_dir=getattr(args, "queries_dir", None),

@@ -100,16 +100,20 @@ class JsonFormatter(logging.Formatter):
 
 
 class TqdmAwareHandler(logging.StreamHandler):
-    """Writes each line through `tqdm.write`: a progress bar is cleared, the line written above
-    it, the bar drawn again. On a closed pipe the stream is pointed at the null device once,
-    quietly (Python's advice for SIGPIPE), and the program goes on."""
+    """Writes each line through `tqdm.write` once tqdm is loaded: a progress bar is cleared, the
+    line written above it, the bar drawn again. Only a bar on a terminal loads tqdm
+    (`pipeline.progress`); without it there is no bar and the line is written as it is. On a
+    closed pipe the stream is pointed at the null device once, quietly (Python's advice for
+    SIGPIPE), and the program goes on."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm  # here: `health` and `--help` log nothing and start faster
-
         try:
             message = self.format(record)
-            tqdm.write(message, file=self.stream)
+            bars = sys.modules.get("tqdm")
+            if bars is None:
+                self.stream.write(message + self.terminator)
+            else:
+                bars.tqdm.write(message, file=self.stream)
             self.flush()
         except BrokenPipeError:
             silence(self.stream)

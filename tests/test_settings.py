@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from archiver.arguments import ENVIRONMENT_HELP
 from archiver.errors import ConfigError
 from archiver.settings import (
-    ENVIRONMENT_HELP,
     INSIGHTS_URLS,
     NERDGRAPH_URLS,
     SECRET_VARIABLES,

@@ -1,13 +1,20 @@
-"""Upgrading a state database written at revision 0001 keeps its checkpoints and progress."""
+"""Upgrading a state database written at revision 0001 keeps its checkpoints and progress; a
+new database, created from `schema` without the migrations, is exactly what they would give."""
 
+import threading
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
+from archiver.errors import StateError
 from archiver.state import migrate
 from archiver.state.store import State
+from tests.conftest import fresh_postgres_database
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -87,3 +94,115 @@ def test_upgrade_from_0001_keeps_checkpoints_and_backfill_progress(db_url):
     assert state.backfill_done("q", "t", ("2h", "now")) == []
     state.finish_backfill(adopted, NOW)
     assert state.backfill_done("q", "t", ("1h", "now")) == []
+
+
+# -- a new database: created from `schema`, not by running every migration ----------------------
+
+
+def described(engine: sa.Engine) -> dict[str, dict[str, object]]:
+    """Every table as SQLAlchemy inspects it: columns in order (name, type, null, default),
+    primary key, foreign keys, indexes and unique constraints, with their names."""
+    inspector = sa.inspect(engine)
+    tables = {}
+    for table in inspector.get_table_names():
+        columns = inspector.get_columns(table)
+        tables[table] = {
+            "columns": [(c["name"], str(c["type"]), c["nullable"], c["default"]) for c in columns],
+            "primary key": inspector.get_pk_constraint(table),
+            "foreign keys": sorted(map(repr, inspector.get_foreign_keys(table))),
+            "indexes": sorted(map(repr, inspector.get_indexes(table))),
+            "unique": sorted(map(repr, inspector.get_unique_constraints(table))),
+        }
+    return tables
+
+
+def by_the_migrations(url: str) -> sa.Engine:
+    engine = migrate.make_engine(url)
+    config = migrate._alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    return engine
+
+
+def test_a_new_database_has_exactly_the_schema_the_migrations_give(db_url, tmp_path):
+    """`upgrade` creates a database without tables from `schema` and stamps it at head; the
+    result must not differ in anything from running every migration, `alembic_version` too."""
+    with ExitStack() as stack:
+        if db_url.startswith("sqlite"):
+            other_url = f"sqlite:///{tmp_path / 'migrated.db'}"
+        else:
+            other_url = stack.enter_context(fresh_postgres_database("nr_archiver_migrated"))
+        migrated = by_the_migrations(other_url)
+        expected = described(migrated)
+        migrated.dispose()
+    created = migrate.make_engine(db_url)
+    migrate.upgrade(created)
+
+    assert sorted(described(created)) == sorted(expected)
+    assert described(created) == expected
+    with created.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == migrate.HEAD_REVISION
+    assert State(created).is_migrated()
+
+
+def test_a_database_with_any_table_is_left_to_the_migrations(db_url):
+    """Only a database without a single table is created from `schema`: one with a stray
+    table, or tables of an earlier release without `alembic_version`, goes through Alembic
+    (which here fails on the existing table rather than quietly stamping it)."""
+    engine = migrate.make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE checkpoints (query VARCHAR(200))"))
+    with pytest.raises(StateError, match="checkpoints"):
+        migrate.upgrade(engine)
+    with engine.connect() as conn:
+        assert migrate.current_revision(conn) is None
+
+
+def test_a_database_at_head_is_recognised_without_alembic(db_url):
+    """`current_revision` reads what Alembic wrote, at every revision."""
+    engine = migrate.make_engine(db_url)
+    config = migrate._alembic_config()
+    with engine.connect() as conn:
+        assert migrate.current_revision(conn) is None
+    script = ScriptDirectory.from_config(config)
+    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert revisions[-1] == migrate.HEAD_REVISION
+    for revision in revisions:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == revision
+            assert MigrationContext.configure(conn).get_current_revision() == revision
+    assert State(engine).is_migrated()
+
+
+def test_processes_starting_at_once_on_a_new_database_create_it_once(db_url):
+    """Under the migration lock the first creates the tables; the others find them at head
+    (a second `create_all` + stamp would add a second `alembic_version` row or fail)."""
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        engine = migrate.make_engine(db_url)
+        barrier.wait(timeout=30)
+        try:
+            migrate.upgrade(engine)
+        except BaseException as exc:  # reported below, with the others'
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    engine = migrate.make_engine(db_url)
+    with engine.connect() as conn:
+        versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    assert versions == [(migrate.HEAD_REVISION,)]
+    assert State(engine).is_migrated()

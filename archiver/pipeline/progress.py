@@ -13,11 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TextIO
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, TextIO
 
 from archiver.timeparse import compact_duration
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Progress:
         self._last_log = self._started
         self._bar: tqdm | None = None
         if self.stream.isatty():
+            from tqdm import tqdm  # only for a terminal
+
             self._bar = tqdm(
                 total=0,
                 unit="s",

@@ -32,8 +32,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from croniter import CroniterError
-
 from archiver.errors import ConfigError, ExitCode
 from archiver.schedule.health import (
     Heartbeat,
@@ -74,7 +72,7 @@ def parse_schedule(cron: str, now: datetime | None = None) -> Schedule:
             raise ValueError(f"expected 5 fields (or 6 with seconds last), got {fields}")
         schedule = Schedule(expression)
         schedule.next_after(now or datetime.now(UTC))
-    except (CroniterError, ValueError) as exc:
+    except ValueError as exc:  # croniter's CroniterError is one
         raise ConfigError(f"ARCHIVER_SCHEDULE {cron!r} is not a cron expression: {exc}") from None
     return schedule
 

@@ -19,8 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from croniter import CroniterError, croniter
-
 from archiver.errors import ExitCode
 from archiver.logs import redact
 from archiver.timeparse import as_utc
@@ -110,6 +108,8 @@ class Schedule:
     expression: str
 
     def next_after(self, moment: datetime) -> datetime:
+        from croniter import croniter  # here: `run` needs PassOutcome, not croniter (~5 ms)
+
         return croniter(self.expression, as_utc(moment)).get_next(datetime)
 
     def period_after(self, moment: datetime) -> timedelta:
@@ -176,7 +176,7 @@ def check_health(path: Path, now: datetime, max_age: timedelta | None = None) ->
         return False, f"no heartbeat file {path}: is `nr-archiver schedule` running?"
     except OSError as exc:
         return False, f"cannot read the heartbeat file {path}: {exc.strerror}"
-    except (ValueError, KeyError, TypeError, CroniterError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # croniter's CroniterError is a ValueError
         return False, f"the heartbeat file {path} is not valid: {type(exc).__name__}: {exc}"
     last = record.get("last_completed") or "never"
     overdue = as_utc(now) - next_run

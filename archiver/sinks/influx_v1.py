@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 import requests
 
 from archiver.errors import InfluxError
-from archiver.sinks import readback
 from archiver.sinks.base import (
     BATCH_SIZE,
     Deleted,
@@ -114,12 +113,16 @@ class InfluxV1Sink(InfluxQLClient):
         until_ns: int,
     ) -> list[Point]:
         """The points of one query's series in [since_ns, until_ns) (`archiver.sinks.readback`)."""
+        from archiver.sinks import readback  # `verify` only: `run` starts without it
+
         return readback.read_points(self, database, retention_policy, series, since_ns, until_ns)
 
     def delete_points(
         self, database: str, retention_policy: str | None, series: Series, points: list[Point]
     ) -> Deleted:
         """Delete exactly these points, never another policy's (`archiver.sinks.readback`)."""
+        from archiver.sinks import readback
+
         return readback.delete_points(self, database, retention_policy, series, points)
 
     # --- writing -----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The state database's tables, as the Alembic migrations in `migrations/` create them.
 
-They only describe the schema for queries (and for `migrations/env.py`); `migrate.upgrade()` is
-the one place that changes it. Instants are stored as epoch seconds (BIGINT): the same on every
+They describe the schema for queries (and for `migrations/env.py`), and `migrate.upgrade()`
+creates a new database from them: the same tables, columns in the same order, indexes and
+constraint names as the migrations give (tests/test_state_upgrade.py). `migrate.upgrade()` is the
+one place that changes the schema. Instants are stored as epoch seconds (BIGINT): the same on every
 backend, with no time-zone surprises.
 """
 
@@ -48,11 +50,11 @@ exports = sa.Table(
     sa.Column("points", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("nr_requests", sa.Integer, nullable=False, server_default="0"),
     sa.Column("retries", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("inspected", sa.BigInteger),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("error", sa.Text),
     sa.Column("started_at", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.BigInteger),
+    sa.Column("inspected", sa.BigInteger),  # added by 0004, last as in a migrated database
     sa.Index("ix_exports_query_target", "query", "target", "id"),
 )
 
@@ -104,7 +106,12 @@ backfill_progress = sa.Table(
     sa.Column("since", sa.BigInteger, nullable=False),
     sa.Column("until", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
-    sa.Column("backfill_id", sa.Integer, sa.ForeignKey("backfills.id"), nullable=False),
+    sa.Column(
+        "backfill_id",
+        sa.Integer,
+        sa.ForeignKey("backfills.id", name="fk_backfill_progress_backfill_id"),  # as 0002 names it
+        nullable=False,
+    ),
     sa.Index("ix_backfill_progress_query_target", "query", "target"),
     sa.Index("ix_backfill_progress_backfill_id", "backfill_id"),
 )
