@@ -38,8 +38,9 @@ def runner_answers(
     """The answers a fresh backfill of [since, until) writes, in order; `ask` answers each NRQL.
 
     The windows come from the pipeline's own planning (`plan.windows_of` with its
-    `WindowSizer`, and `events.plan_events` for raw events, which asks again for the halves of
-    a capped window), so the requests are the ones the archiver will send. `ask` is called for
+    `WindowSizer`, and one `events.EventPlanner` for raw events, which cuts each window as
+    finely as the last one needed and asks again for the halves of a capped part), so the
+    requests are the ones the archiver will send. `ask` is called for
     every request, capped event answers included; only the answers that get written are
     yielded. Should the runner plan differently, the precomputed answers are not asked for
     and the fake answers live: `precomputed_answers` in the results tells.
@@ -51,9 +52,10 @@ def runner_answers(
     def rows(window_since: datetime, window_until: datetime) -> list[dict[str, object]]:
         return ask(query.nrql_for(window_since, window_until, target.interval)).rows
 
+    planner = events.EventPlanner()
     for window in windows_of(job, sizer):
         if query.mode == "events":
-            for part in events.plan_events(rows, window.since, window.until):
+            for part in planner.plan(rows, window.since, window.until):
                 yield Answer(list(part.rows), ())
         else:
             answer = ask(query.nrql_for(window.since, window.until, target.interval))

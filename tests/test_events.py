@@ -15,14 +15,18 @@ import requests
 from archiver.errors import NewRelicError
 from archiver.pipeline.events import (
     MAX_ROWS,
+    EventPlanner,
     is_capped,
     plan_events,
     split,
     to_lines,
 )
 from archiver.queries.model import events_nrql
+from archiver.windows import iso
 from fakes.events import events
 from fakes.nerdgraph import DEFAULT_ACCOUNT, DEFAULT_API_KEY, FakeNerdGraph
+from tests.e2e import ago, floor
+from tests.faults import ok_nrqls
 
 NOW = datetime(2026, 11, 19, 12, tzinfo=UTC)
 HOUR_AGO = NOW - timedelta(hours=1)
@@ -49,6 +53,41 @@ def oracle_fetch(event_type: str, calls: list[tuple[datetime, datetime]]):
         return events(event_type, ms(since), ms(until))[:MAX_ROWS]
 
     return fetch
+
+
+def switching(before: str, after: str, at_: datetime):
+    """A stream of `before` events until `at_`, then of `after`: (since_ms, until_ms) → its
+    events, newest first (the data model the planner's tests compare with)."""
+    cut = ms(at_)
+
+    def model(since_ms: int, until_ms: int) -> list[dict]:
+        newer = events(after, max(since_ms, cut), until_ms)
+        return newer + events(before, since_ms, min(until_ms, cut))
+
+    return model
+
+
+def capped_fetch(model, calls: list[tuple[datetime, datetime]]):
+    """New Relic over `model`: the newest 5,000 events of the window."""
+
+    def fetch(since: datetime, until: datetime) -> list[dict]:
+        calls.append((since, until))
+        return model(ms(since), ms(until))[:MAX_ROWS]
+
+    return fetch
+
+
+def minutes(since: datetime, count: int) -> list[tuple[datetime, datetime]]:
+    return [(since + timedelta(minutes=i), since + timedelta(minutes=i + 1)) for i in range(count)]
+
+
+def halves(windows) -> list[tuple[datetime, datetime]]:
+    return [half for window in windows for half in split(*window)]
+
+
+def plan_windows(planner: EventPlanner, fetch, windows) -> list[list]:
+    """Each window's parts as the job asks them: one planner, the windows in order."""
+    return [list(planner.plan(fetch, since, until)) for since, until in windows]
 
 
 def series_and_time(line: str) -> tuple[str, str]:
@@ -138,6 +177,107 @@ def test_a_capped_second_is_yielded_with_a_warning(caplog):
     assert len(warnings) == 3
     assert warnings[0].startswith("busy → raw: New Relic returned its maximum of 5000 events")
     assert "[2026-11-19T11:59:57Z, 2026-11-19T11:59:58Z)" in warnings[0]
+
+
+def test_a_steady_stream_over_the_cap_is_asked_in_halves_from_the_second_window_on():
+    since = NOW - timedelta(minutes=5)
+    windows = minutes(since, 5)
+    model = switching("Busy100Transaction", "Busy100Transaction", NOW)  # ~6,000 a minute
+    assert all(len(model(ms(a), ms(b))) > MAX_ROWS for a, b in windows)
+    calls: list[tuple[datetime, datetime]] = []
+    parts = plan_windows(EventPlanner(), capped_fetch(model, calls), windows)
+
+    # Nothing is known of the first window: asked whole (capped), then in halves. The others
+    # are asked in halves straight away: no capped answer, nothing asked twice.
+    assert calls == [windows[0], *halves(windows)]
+    assert [(part.since, part.until) for window in parts for part in window] == halves(windows)
+    assert not any(is_capped(part.rows) for window in parts for part in window)
+    rows = [row for window in parts for part in window for row in part.rows]
+    assert canonical(rows) == canonical(model(ms(since), ms(NOW)))
+
+
+def test_after_a_burst_the_quiet_windows_are_asked_whole_again():
+    since = NOW - timedelta(minutes=7)
+    windows = minutes(since, 7)
+    model = switching("Busy100Transaction", "Transaction", since + timedelta(minutes=3))
+    calls: list[tuple[datetime, datetime]] = []
+    parts = plan_windows(EventPlanner(), capped_fetch(model, calls), windows)
+
+    # The first quiet window is still asked in halves; its answers hold fewer than a quarter
+    # of the cap, so the windows after it are asked whole.
+    assert all(len(part.rows) < MAX_ROWS // 4 for part in parts[3])
+    assert calls == [windows[0], *halves(windows[:4]), *windows[4:]]
+    assert [len(window) for window in parts] == [2, 2, 2, 2, 1, 1, 1]
+    rows = [row for window in parts for part in window for row in part.rows]
+    assert canonical(rows) == canonical(model(ms(since), ms(NOW)))
+
+
+def test_a_window_busier_than_the_last_is_cut_further():
+    since = NOW - timedelta(minutes=4)
+    windows = minutes(since, 4)
+    # ~6,000 events a minute, then ~12,000: halves are capped too, quarters are not.
+    model = switching("Busy100Transaction", "Busy200Transaction", since + timedelta(minutes=2))
+    calls: list[tuple[datetime, datetime]] = []
+    parts = plan_windows(EventPlanner(), capped_fetch(model, calls), windows)
+
+    first, second = split(*windows[2])
+    fourth_in_quarters = halves(halves(windows[3:]))  # asked so straight away
+    assert calls == [
+        windows[0],
+        *halves(windows[:2]),
+        first,  # capped: asked again in halves
+        *split(*first),
+        second,  # capped too
+        *split(*second),
+        *fourth_in_quarters,
+    ]
+    assert [len(window) for window in parts] == [2, 2, 4, 4]
+    assert not any(is_capped(part.rows) for window in parts for part in window)
+    assert [part.since for window in parts for part in window][1:] == [
+        part.until for window in parts for part in window
+    ][:-1]  # oldest first, no gap, no overlap
+    rows = [row for window in parts for part in window for row in part.rows]
+    assert canonical(rows) == canonical(model(ms(since), ms(NOW)))
+
+
+def test_windows_of_another_length_are_cut_to_parts_about_as_long_as_the_learned_ones():
+    calls: list[tuple[datetime, datetime]] = []
+    planner = EventPlanner()
+    since = NOW - timedelta(minutes=1)
+    list(planner.plan(oracle_fetch("Busy100Transaction", calls), since, NOW))
+    assert planner.part == timedelta(seconds=30)
+    lengths = {20: 0, 37: 0, 40: 1, 61: 1, 120: 2, 3600: 7}  # seconds → halvings
+    assert {s: planner.depth(timedelta(seconds=s)) for s in lengths} == lengths
+
+
+def test_a_quiet_planner_asks_every_window_whole():
+    calls: list[tuple[datetime, datetime]] = []
+    windows = minutes(NOW - timedelta(minutes=3), 3)
+    parts = plan_windows(EventPlanner(), oracle_fetch("BusyTransaction", calls), windows)
+    assert calls == windows  # ~180 events a minute: never cut
+    assert [[(p.since, p.until) for p in window] for window in parts] == [[w] for w in windows]
+
+
+def test_a_job_asks_its_windows_as_finely_as_the_last_one_needed(
+    inprocess_cli, fake_nr, influxd, influx_db, queries_dir
+):
+    """`nr-archiver run` with 1-minute windows of ~6,000 events: one planner for the job."""
+    (queries_dir / "busy.yaml").write_text(
+        "nrql: SELECT duration, name, appName, host FROM Busy100Transaction\n"
+        "mode: events\ntag_attributes: [appName, host]\ninterval: 1 minute\n"
+        f"measurement: nr_busy\ndatabase: {influx_db}\n"
+    )
+    since = floor(ago(hours=1), 60)
+    windows = minutes(since, 4)
+    result = inprocess_cli("run", "--since", iso(since), "--until", iso(windows[-1][1]))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    window = re.compile(r"SINCE (\d+) UNTIL (\d+)$")
+    asked = [tuple(map(int, window.search(nrql).groups())) for nrql in ok_nrqls(fake_nr)]
+    expected = [windows[0], *halves(windows)]
+    assert asked == [(ms(a), ms(b)) for a, b in expected]
+    stored = influxd.query('SELECT * FROM "nr_busy"', db=influx_db)
+    assert len(stored) == len(events("Busy100Transaction", ms(since), ms(windows[-1][1])))
 
 
 def test_plan_over_http_against_the_fake_nerdgraph():

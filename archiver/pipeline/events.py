@@ -3,6 +3,9 @@
 New Relic returns at most 5,000 rows (LIMIT MAX) for `SELECT a, b FROM T`, newest first, and
 says nothing when it cut the answer. A window that comes back with exactly 5,000 rows may be
 missing events, so it is split in halves at whole seconds and asked again, down to one second.
+An `EventPlanner` remembers how finely a job's last window had to be cut and asks the next one
+in parts that small straight away, so a steady busy stream is not asked whole (and capped)
+every time.
 
 One event becomes one point at its `timestamp` (epoch ms), written with nanosecond precision.
 Events that share a millisecond and a tag set would overwrite each other in InfluxDB, so the
@@ -61,32 +64,90 @@ def split(since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
     return [(since, middle), (middle, until)]
 
 
+class EventPlanner:
+    """The windows of one job, cut as finely as the windows before them needed.
+
+    A steady stream over the cap would otherwise cost every window a capped answer (5,000
+    rows asked, parsed and thrown away) before its halves. The planner remembers the length of
+    the finest part the last window was cut to, and cuts the next window (by halving, at whole
+    seconds, as `split`) into parts that long before asking anything; a part that is still
+    capped is split further, as always. When every part of a window answered with fewer than
+    `COARSER_BELOW` rows (a quarter of the cap), the next window is cut one level coarser: its
+    parts then hold about twice that, half the cap, so the ups and downs of a steady stream
+    neither cap the coarser parts nor make the planner go back and forth; a burst does not
+    keep the job on small parts once it is over. Bench row f (~6,000 events a minute,
+    1-minute windows, 1 hour): 121 requests instead of 180, one capped answer instead of 60,
+    archiver CPU 7.6-8.2 µs a point instead of 8.1-9.6 (three runs each, 2026-11-29).
+
+    One planner per job (windows in order); its parts are the same as `split` gives, so all
+    the events of one millisecond stay in one answer.
+    """
+
+    COARSER_BELOW = MAX_ROWS // 4
+    # Windows of another length than the one learned from (the first and last of a range)
+    # are cut to parts at most this much longer than the learned part: halving at whole
+    # seconds leaves parts a second or so longer or shorter than the nominal length.
+    SLACK = 1.25
+
+    def __init__(self, *, label: str = "events") -> None:
+        self.label = label
+        self.part: timedelta | None = None  # the learned part length; None: whole windows
+
+    def depth(self, length: timedelta) -> int:
+        """How many times a window of `length` is halved before it is asked."""
+        if self.part is None:
+            return 0
+        depth = 0
+        while length / 2**depth > self.part * self.SLACK:
+            depth += 1
+        return depth
+
+    def plan(self, fetch: Fetch, since: datetime, until: datetime) -> Iterator[EventWindow]:
+        """Every part of [since, until) whose answer is complete, with its rows, oldest first.
+
+        A capped part is split and fetched again; a capped part that cannot be split (one
+        second) is yielded anyway, with a warning naming the planner's label. What the window
+        needed (its finest depth, its biggest answer) sets the cut of the next window.
+        """
+        start = self.depth(until - since)
+        finest, biggest = 0, 0
+        pending = [(since, until, 0)]  # a stack: the oldest part is on top
+        while pending:
+            part_since, part_until, depth = pending.pop()
+            if depth < start:
+                halves = split(part_since, part_until)
+                if len(halves) == 2:
+                    pending.extend((a, b, depth + 1) for a, b in reversed(halves))
+                    continue
+            rows = fetch(part_since, part_until)
+            if is_capped(rows):
+                halves = split(part_since, part_until)
+                if len(halves) == 2:
+                    pending.extend((a, b, depth + 1) for a, b in reversed(halves))
+                    continue
+                log.warning(
+                    "%s: New Relic returned its maximum of %d events for [%s, %s), a window"
+                    " that cannot be split further: the oldest events of it may be missing",
+                    self.label,
+                    MAX_ROWS,
+                    iso(part_since),
+                    iso(part_until),
+                )
+            finest, biggest = max(finest, depth), max(biggest, len(rows))
+            yield EventWindow(part_since, part_until, rows)
+        self._learn(until - since, finest, biggest)
+
+    def _learn(self, length: timedelta, finest: int, biggest: int) -> None:
+        if biggest < self.COARSER_BELOW:
+            finest -= 1
+        self.part = length / 2**finest if finest > 0 else None
+
+
 def plan_events(
     fetch: Fetch, since: datetime, until: datetime, *, label: str = "events"
 ) -> Iterator[EventWindow]:
-    """Every window of [since, until) whose answer is complete, with its rows, oldest first.
-
-    A capped window is split and fetched again; a capped window that cannot be split (one
-    second) is yielded anyway, with a warning naming `label` (the query and target).
-    """
-    pending = [(since, until)]  # a stack: the oldest window is on top
-    while pending:
-        window_since, window_until = pending.pop()
-        rows = fetch(window_since, window_until)
-        if is_capped(rows):
-            halves = split(window_since, window_until)
-            if len(halves) == 2:
-                pending.extend(reversed(halves))
-                continue
-            log.warning(
-                "%s: New Relic returned its maximum of %d events for [%s, %s), a window that"
-                " cannot be split further: the oldest events of it may be missing",
-                label,
-                MAX_ROWS,
-                iso(window_since),
-                iso(window_until),
-            )
-        yield EventWindow(window_since, window_until, rows)
+    """`EventPlanner.plan` of a planner that knows nothing yet: the range asked whole first."""
+    return EventPlanner(label=label).plan(fetch, since, until)
 
 
 _EXACT = 10**15  # ints below it are floats whose repr is the int's digits and `.0`

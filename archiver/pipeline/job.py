@@ -393,7 +393,8 @@ class Job:
         return rows
 
     def _event_batches(self) -> Iterator[Batch]:
-        """Raw events: windows of `interval`, halved while New Relic caps the answer."""
+        """Raw events: windows of `interval`, cut as finely as the last one needed and halved
+        while New Relic caps the answer (`events.EventPlanner`)."""
         job, result = self.planned, self.result
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
@@ -413,13 +414,11 @@ class Job:
             self.said.messages(query.name, result, answer.messages)
             return answer.results
 
+        planner = events.EventPlanner(label=f"{job.name} → {target.key}")
         for window in windows_of(job, WindowSizer(target.interval)):
             if self._interrupted():
                 return
-            label = f"{job.name} → {target.key}"
-            for since, until, rows in events.plan_events(
-                fetch, window.since, window.until, label=label
-            ):
+            for since, until, rows in planner.plan(fetch, window.since, window.until):
                 guard.check_events(rows)
                 dropped: set[str] = set()
                 lines = events.to_lines(
