@@ -54,7 +54,7 @@ LEASE_TTL = timedelta(minutes=10)
 # (no facet, 366 buckets; raw events) spent more on the round trips than on their points.
 COALESCE_LINES = BATCH_SIZE
 WRITERS = 2  # groups written at once (Sink.write may be called from several threads)
-WRITES_AHEAD = 3  # groups handed over and not yet recorded
+WRITES_AHEAD = WRITERS  # groups handed over and not yet recorded
 
 
 @dataclass
