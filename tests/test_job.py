@@ -72,6 +72,20 @@ class RecordingSink:
         pass
 
 
+class GatedSink(RecordingSink):
+    """Holds its first write until `ready()`, checked whenever `changed` is notified."""
+
+    def __init__(self, changed: threading.Condition, ready) -> None:
+        super().__init__()
+        self.changed, self.ready = changed, ready
+
+    def write(self, database, retention_policy, lines, precision="s") -> WriteResult:
+        if not self.acknowledged:
+            with self.changed:
+                assert self.changed.wait_for(self.ready, WAIT_SECONDS), "never ready"
+        return super().write(database, retention_policy, lines, precision)
+
+
 @pytest.fixture
 def query(tmp_path: Path) -> QueryDef:
     path = SPEC.write(tmp_path)
@@ -107,7 +121,8 @@ def instants(lines: list[str]) -> set[datetime]:
 def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledged_window(
     fake_nr, tmp_path, query, monkeypatch
 ):
-    monkeypatch.setattr(job_module, "COALESCE_LINES", 1)  # one write per window
+    monkeypatch.setattr(job_module, "COALESCE_LINES", 1)  # one write per window,
+    monkeypatch.setattr(job_module, "WRITES_AHEAD", 0)  # recorded before the next is written
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     # Meanwhile the read-ahead thread asks New Relic for the next windows: it must not move
     # the checkpoint, nor be named as the window that failed.
@@ -148,16 +163,35 @@ def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledge
     assert set(everything) == {(tags, seconds * 10**9) for tags, seconds in expected}
 
 
-def test_windows_ready_together_are_written_together_and_each_is_recorded(fake_nr, tmp_path, query):
+def test_windows_ready_together_are_written_together_and_each_is_recorded(
+    fake_nr, tmp_path, query, monkeypatch
+):
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
-    sink = RecordingSink()
+    monkeypatch.setattr(job_module, "WRITES_AHEAD", 0)  # the first group alone is handed over
+    answered = threading.Condition()
+    answers = []
+    answer = fake_nr._answer
+
+    def counted(*args, **kwargs):
+        reply = answer(*args, **kwargs)
+        with answered:
+            answers.append(reply)
+            answered.notify_all()
+        return reply
+
+    monkeypatch.setattr(fake_nr, "_answer", counted)
+    # The first write waits until New Relic answered 7 windows: a window is asked 3 after the
+    # one handed to the queue (FETCH_AHEAD 2), so windows 2-4 (1,098 lines each: 3 series x 366
+    # buckets) are then ready together, below COALESCE_LINES.
+    sink = GatedSink(answered, lambda: len(answers) >= 7)
 
     report = run_once(fake_nr, state, query, sink)
 
     [job] = report.jobs
     windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
-    assert job.status == "ok" and job.windows == len(windows) > 2
+    assert job.status == "ok" and job.windows == len(windows) == 9
     assert len(sink.acknowledged) < len(windows)  # several windows in one write
+    assert len(sink.acknowledged[1]) >= 3 * 1098  # windows 2 to 4 (at least) in one write
     assert all(len(lines) <= job_module.COALESCE_LINES for lines in sink.acknowledged[1:])
     assert all(a.until == b.since for a, b in itertools.pairwise(windows))
     assert state.checkpoint("logins", TARGET) == windows[-1].until == NOW - query.lag
@@ -177,8 +211,14 @@ def test_a_failed_write_of_several_windows_records_none_of_them(fake_nr, tmp_pat
     windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
     assert job.windows == len(windows) >= 1
     assert state.checkpoint("logins", TARGET) == windows[-1].until == job.window.since
+    # Everything before the checkpoint was acknowledged; the failed write starts there (a
+    # later group handed to the writer meanwhile may be written too, and is asked again).
     acknowledged = [line for lines in failing.acknowledged for line in lines]
-    assert max(instants(acknowledged)) < windows[-1].until <= min(instants(failing.unacknowledged))
+    checkpoint = windows[-1].until
+    assert min(instants(failing.unacknowledged)) == checkpoint
+    before = {key for key in keys(acknowledged) if key[1] < checkpoint.timestamp() * 10**9}
+    expected = expected_points(SPEC, START, checkpoint)
+    assert before == {(tags, seconds * 10**9) for tags, seconds in expected}
 
 
 # -- windows asked ahead, several at once --------------------------------------------------

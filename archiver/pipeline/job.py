@@ -32,7 +32,7 @@ from archiver.pipeline.plan import PlannedJob, WindowSizer, sizer_for, utcnow, w
 from archiver.pipeline.progress import Progress
 from archiver.pipeline.readahead import read_ahead_groups
 from archiver.queries import funnels
-from archiver.sinks.base import BATCH_SIZE, Precision, Sink
+from archiver.sinks.base import BATCH_SIZE, Precision, Sink, WriteResult
 from archiver.state.store import State, Written
 from archiver.windows import Window, iso
 from archiver.wording import plural
@@ -53,6 +53,8 @@ LEASE_TTL = timedelta(minutes=10)
 # sink's batch) and one state transaction for all of them. Windows of a few hundred points
 # (no facet, 366 buckets; raw events) spent more on the round trips than on their points.
 COALESCE_LINES = BATCH_SIZE
+WRITERS = 2  # groups written at once (Sink.write may be called from several threads)
+WRITES_AHEAD = WRITERS  # groups handed over and not yet recorded
 
 
 @dataclass
@@ -117,6 +119,10 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+class Stopped(Exception):
+    """A group not written because an earlier one failed (never raised out of the job)."""
+
+
 def _lines(batch: Batch) -> int:
     return len(batch.lines)
 
@@ -179,63 +185,130 @@ class Job:
         ahead = read_ahead_groups(
             self.batches(sizer), limit=COALESCE_LINES, size=_lines, name=f"{thread}-fetch"
         )
-        writing: Window | None = None  # until the sink acknowledged it and the state recorded it
+        # Groups are written on WRITERS threads, so InfluxDB has the next group's batches while it
+        # finishes a group's last; a recorder thread records each group once acknowledged, in
+        # order, while this thread hands over the next. At most WRITES_AHEAD groups are handed
+        # over and not recorded. After a failed write or a lost lease nothing more is recorded,
+        # so the checkpoint never passes a window that was not written.
+        handed: deque[tuple[list[Batch], Future[bool]]] = deque()
+        writers = ThreadPoolExecutor(WRITERS, thread_name_prefix=f"{thread}-write")
+        recorder = ThreadPoolExecutor(1, thread_name_prefix=f"{thread}-record")
+        stop = threading.Event()
+
+        def record(group: list[Batch], written: Future[WriteResult]) -> bool:
+            if stop.is_set():
+                return False
+            try:
+                kept = self._record(
+                    group, written.result(), export_id, backfill_id, sizer, holder, lease_ttl
+                )
+            except BaseException:
+                stop.set()
+                raise
+            if not kept:
+                stop.set()
+            return kept
+
+        def write(lines: list[str], precision: Precision) -> WriteResult:
+            if stop.is_set():  # an earlier group failed: this one is asked again next time
+                raise Stopped
+            return sink.write(job.target.database, job.target.retention_policy, lines, precision)
+
+        def hand_over(group: list[Batch]) -> Future[bool]:
+            lines = group[0].lines if len(group) == 1 else [*chain(*(b.lines for b in group))]
+            return recorder.submit(record, group, writers.submit(write, lines, group[0].precision))
+
+        writing: Window | None = None  # the group whose write failed
+        failure: Exception | None = None  # New Relic's: raised once what was written is recorded
+
+        def settle(group: list[Batch], recorded: Future[bool]) -> bool:
+            nonlocal writing
+            writing = group[0].window
+            kept = recorded.result()  # the write's failure, raised here
+            writing = None
+            return kept
+
         try:
             with closing(ahead):
-                for group in ahead:
-                    writing = group[0].window
-                    lines = (
-                        group[0].lines if len(group) == 1 else [*chain(*(b.lines for b in group))]
-                    )
-                    written = sink.write(
-                        job.target.database, job.target.retention_policy, lines, group[0].precision
-                    )
-                    done = [
-                        Written(b.window.since, b.window.until, len(b.lines), b.inspected)
-                        for b in group
-                    ]
-                    state.record_windows(
-                        export_id, name, key, done, self.now(),
-                        backfill_id=backfill_id, max_buckets=sizer.max_buckets,
-                    )  # fmt: skip
-                    writing = None
-                    result.windows += len(group)
-                    result.points += written.lines - written.dropped_beyond_retention
-                    for batch in group:
-                        if self.progress is not None:
-                            seconds = (batch.window.until - batch.window.since).total_seconds()
-                            self.progress.advance(seconds, len(batch.lines))
-                        log.debug(
-                            "%s → %s: %s: %s",
-                            name,
-                            key,
-                            batch.window,
-                            plural(len(batch.lines), "point"),
-                            extra=log_fields(name, key, batch.window, points=len(batch.lines)),
-                        )
-                    last = group[-1].window
-                    if not self._renew_lease(holder, lease_ttl):
-                        log.warning(
-                            "%s → %s: lost the lease after %s (a window took longer than "
-                            "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
-                            name,
-                            key,
-                            last,
-                            extra=log_fields(name, key, last),
-                        )
-                        result.status = "busy"
+                groups = iter(ahead)
+                while not stop.is_set():
+                    try:
+                        group = next(groups)
+                    except StopIteration:
+                        break
+                    except Exception as exc:
+                        failure = exc
+                        break
+                    handed.append((group, hand_over(group)))
+                    while handed and (len(handed) > WRITES_AHEAD or handed[0][1].done()):
+                        if not settle(*handed.popleft()):
+                            return
+                while handed:
+                    if not settle(*handed.popleft()):
                         return
+                if failure is not None:
+                    raise failure
         except BaseException:
             # Named after the read-ahead thread stopped: until then it names the windows it asks.
             if writing is not None:
                 result.window = writing
             raise
+        finally:
+            recorder.shutdown(wait=True, cancel_futures=True)
+            writers.shutdown(wait=True, cancel_futures=True)
         if result.status == "interrupted":
             return
         result.window = None
         if backfill_id is not None:
             state.finish_backfill(backfill_id, self.now())
             result.backfilled = job.segments
+
+    def _record(
+        self,
+        group: list[Batch],
+        acknowledged: WriteResult,
+        export_id: int,
+        backfill_id: int | None,
+        sizer: WindowSizer,
+        holder: str,
+        lease_ttl: timedelta,
+    ) -> bool:
+        """Record a group of windows the sink acknowledged (on the recorder thread); False when
+        the lease was lost meanwhile: the job stops there."""
+        job, result, state = self.planned, self.result, self.state
+        name, key = job.name, job.target.key
+        done = [Written(b.window.since, b.window.until, len(b.lines), b.inspected) for b in group]
+        state.record_windows(
+            export_id, name, key, done, self.now(),
+            backfill_id=backfill_id, max_buckets=sizer.max_buckets,
+        )  # fmt: skip
+        result.windows += len(group)
+        result.points += acknowledged.lines - acknowledged.dropped_beyond_retention
+        for batch in group:
+            if self.progress is not None:
+                seconds = (batch.window.until - batch.window.since).total_seconds()
+                self.progress.advance(seconds, len(batch.lines))
+            log.debug(
+                "%s → %s: %s: %s",
+                name,
+                key,
+                batch.window,
+                plural(len(batch.lines), "point"),
+                extra=log_fields(name, key, batch.window, points=len(batch.lines)),
+            )
+        if self._renew_lease(holder, lease_ttl):
+            return True
+        last = group[-1].window
+        log.warning(
+            "%s → %s: lost the lease after %s (a window took longer than "
+            "ARCHIVER_LEASE_SECONDS?); the run that took it goes on from there",
+            name,
+            key,
+            last,
+            extra=log_fields(name, key, last),
+        )
+        result.status = "busy"
+        return False
 
     def _renew_lease(self, holder: str, lease_ttl: timedelta) -> bool:
         name, key = self.planned.name, self.planned.target.key

@@ -84,7 +84,10 @@ class Sink(Protocol):
         retention_policy: str | None,
         lines: Sequence[str],
         precision: Precision = "s",
-    ) -> WriteResult: ...
+    ) -> WriteResult:
+        """Returns once every line is acknowledged. Called from several threads at once (the
+        runner writes two groups of windows at a time): each call's lines are written whole."""
+        ...
 
     def close(self) -> None: ...
 
