@@ -35,7 +35,8 @@ from tests.faults import small_spec
 
 NOW = floor(datetime.now(UTC), timedelta(minutes=1))  # the fake answers nothing in the future
 START = NOW - timedelta(days=2)
-# 3 series at 1 minute over 2 days: windows of 60 buckets, then 366 (sized by the answers)
+# 3 series at 1 minute over 2 days: a first window of 4 buckets (LIMIT MAX: 20,000 rows), then
+# 366 (sized by the answers)
 SPEC = small_spec("logins", "db", START, minutes=1)
 TARGET = "db.autogen"
 
@@ -117,7 +118,7 @@ def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledge
     assert (job.status, first.exit_code) == ("failed", ExitCode.QUERY_FAILED)
     assert "InfluxDB went away" in job.error
     written = [Window(*w) for w in state.windows_written("logins", TARGET)]
-    assert [w.buckets(timedelta(minutes=1)) for w in written] == [60, 366]
+    assert [w.buckets(timedelta(minutes=1)) for w in written] == [4, 366]
     assert written[0].since == START and written[0].until == written[1].since
     checkpoint = state.checkpoint("logins", TARGET)
     assert checkpoint == written[-1].until  # the end of the last acknowledged window

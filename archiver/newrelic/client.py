@@ -4,12 +4,21 @@
 a query key) both implement `NewRelicClient`: run one NRQL query for a window, get its rows,
 facets and cost. The runner, `verify` and the benchmark only know this interface. Requests
 go through a `transport.Transport`, which `limiter.LimitedTransport` wraps with the caps.
+
+Answers are parsed one at a time in the process (`PARSING`), each with what the caller makes
+of its rows (`digest`): a parsed answer takes several times the memory of its JSON, and
+parsing is CPU under the GIL anyway, so threads that ask New Relic at once wait their turn
+holding only the JSON bytes, and a caller that keeps a digest (the runner keeps line protocol)
+never holds more than one parsed answer.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,6 +39,44 @@ class NrqlResult:
     messages: tuple[str, ...] = ()  # metadata.messages: New Relic's warnings about the query
     inspected: int | None = None
     """New Relic's performanceStats.inspectedCount: what the query cost; None if not told."""
+    digest: Any = None
+    """What the caller's `digest` made of the answer (`query(digest=...)`); `results` and
+    `other` are then empty."""
+
+
+Digest = Callable[[NrqlResult], Any]
+Turn = Callable[[], None]
+_turns = threading.local()
+# Held while an answer is parsed and digested: one at a time in the process (module docstring).
+PARSING = threading.Lock()
+
+
+def digested(result: NrqlResult, digest: Digest | None) -> NrqlResult:
+    """`result` with its rows replaced by `digest(result)`; as it is without a digest.
+
+    Called with PARSING held, right after the answer was parsed and classified, and before its
+    requests are counted (`requests` and `retries` are 0 there).
+    """
+    if digest is None:
+        return result
+    return replace(result, results=[], other=None, digest=digest(result))
+
+
+def wait_turn(turn: Turn | None) -> None:
+    """Call `turn` (`NewRelicClient.query`): the time it blocks is this thread's `turn_waits`."""
+    if turn is None:
+        return
+    started = time.monotonic()
+    try:
+        turn()
+    finally:
+        _turns.seconds = turn_waits() + time.monotonic() - started
+
+
+def turn_waits() -> float:
+    """Seconds the calling thread has waited for its answers' turns so far (a running total):
+    the retry policy leaves them out of its total-time cap, as it does the limiter's waits."""
+    return getattr(_turns, "seconds", 0.0)
 
 
 class NewRelicClient(ABC):
@@ -46,14 +93,25 @@ class NewRelicClient(ABC):
 
     @abstractmethod
     def query(
-        self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
+        self,
+        account_id: int,
+        nrql: str,
+        *,
+        other: bool = False,
+        shrinkable: bool = False,
+        digest: Digest | None = None,
+        turn: Turn | None = None,
     ) -> NrqlResult:
         """Run one NRQL query, retrying transient failures; raise the last one if they persist.
 
         `other` asks for otherResult too (the facets beyond LIMIT). `shrinkable`: the caller
         can ask again with fewer buckets, so a QueryTooBig is raised at once; otherwise (a
         window of one bucket, raw events) it is retried like a transient failure, and raised
-        with New Relic's message when the attempts run out.
+        with New Relic's message when the attempts run out. `digest`: what to keep of the
+        answer instead of its rows (`digested`), made while no other answer is parsed.
+        `turn`: called once the answer arrived (HTTP failures are raised first) and before it
+        is parsed, holding only its JSON bytes: it may block until the caller wants it parsed
+        (its time is not counted against the retry policy's total), or raise to drop it.
         """
 
     def close(self) -> None:
