@@ -56,13 +56,13 @@ import requests
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.client import (
-    PARSING,
     Digest,
     NewRelicClient,
     NrqlResult,
     Turn,
     digested,
     inspected_count,
+    parsing,
     wait_turn,
 )
 from archiver.newrelic.limiter import Limiter
@@ -164,9 +164,11 @@ class InsightsClient(NewRelicClient):
             )
             _check_status(response, self.url)
             wait_turn(turn)  # unparsed: its JSON bytes are the least memory an answer takes
-            with PARSING:
-                body = _body(response)
-                del response  # its JSON bytes: parsed, they need not wait for the digest
+            size, held = len(response.content), [response]
+            del response  # parsed, its JSON bytes need not wait for the digest
+
+            def parse() -> NrqlResult:
+                body = _body(held.pop())
                 rows, facets = to_nerdgraph_rows(body)
                 answer = NrqlResult(
                     results=rows,
@@ -175,9 +177,12 @@ class InsightsClient(NewRelicClient):
                     retries=0,
                     messages=completeness.messages(body.get("metadata")),
                     inspected=inspected_count(body),
+                    size=size,
                 )
                 del body, rows  # the legacy answer goes before the digest runs
                 return digested(answer, digest)
+
+            return parsing(parse)
 
         answer, attempts = with_retries(
             self._retry, account_id, attempt, shrinkable=shrinkable, transport=self._transport

@@ -22,13 +22,13 @@ import requests
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.client import (
-    PARSING,
     Digest,
     NewRelicClient,
     NrqlResult,
     Turn,
     digested,
     inspected_count,
+    parsing,
     wait_turn,
 )
 from archiver.newrelic.limiter import Limiter
@@ -224,16 +224,20 @@ class NerdGraphClient(NewRelicClient):
             _check_status(response, self.url)
             if not self._async:
                 wait_turn(turn)  # unparsed: its JSON bytes are the least memory it takes
-            with PARSING:
-                answer = _nrql_object(json_body(response), field)
-                del response  # parsed, its JSON bytes need not wait for the digest
-                if _running(answer):
+            size, held = len(response.content), [response]
+            del response  # parsed, its JSON bytes need not wait for the digest
+
+            def parse() -> NrqlResult | dict[str, Any]:
+                answer = _nrql_object(json_body(held.pop()), field)
+                if _running(answer) or (self._async and turn is not None):
                     return answer
-                if not self._async or turn is None:
-                    return digested(_result(answer), digest)
-            wait_turn(turn)
-            with PARSING:
-                return digested(_result(answer), digest)
+                return digested(_result(answer, size), digest)
+
+            answer = parsing(parse)
+            if isinstance(answer, NrqlResult) or _running(answer):
+                return answer
+            wait_turn(turn)  # an asynchronous query's answer: its progress was read at once
+            return parsing(lambda: digested(_result(answer, size), digest))
 
         return with_retries(
             self._retry, account_id, attempt, shrinkable=shrinkable, transport=self._transport
@@ -288,9 +292,10 @@ class NerdGraphClient(NewRelicClient):
         return progressing, polls, retries
 
 
-def _result(answer: dict[str, Any]) -> NrqlResult:
-    """A completed answer's NrqlResult, its requests not counted yet."""
+def _result(answer: dict[str, Any], size: int) -> NrqlResult:
+    """A completed answer's NrqlResult (`size`: its JSON's bytes), its requests not counted yet."""
     return NrqlResult(
+        size=size,
         results=answer["results"],
         facets=_facets(answer.get("metadata")),
         requests=0,

@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 OTHER_KEPT = "the facets beyond it are archived together as __other__"
 OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
 READ_AHEAD_WINDOWS = 1  # windows parsed and transformed ahead of the one being written
-# TIMESERIES windows asked of New Relic at once, ahead of those (at most the limiter's
-# max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s).
-# Measured (bench rows b, c, g; README: Performance): at 2, g had 0.57 of b's points/s on a
-# quiet machine (0.36 with one window ahead) and c a peak RSS of 239-255 MiB (214); 3 gave
-# 0.77 but 301 MiB. Latency against memory: 2 until answers are held in less memory.
+# TIMESERIES windows asked of New Relic at once, ahead of the one being written (at most the
+# limiter's max_concurrent, 5), so that New Relic's latency overlaps; and at most AHEAD_BYTES
+# of JSON expected from them (the answers of wide rows are fewer at once). Answers wait their
+# turn unparsed (READ_AHEAD_WINDOWS): the JSON bytes are the least memory an answer takes.
+# MEASURED_PLACEHOLDER
 FETCH_AHEAD = 4
+AHEAD_BYTES = 20 * 2**20
 LEASE_TTL = timedelta(minutes=10)
 
 
@@ -308,7 +309,7 @@ class Job:
         The first window is asked alone (its answer sizes the next ones); after it, up to
         FETCH_AHEAD windows are asked at once on helper threads, so New Relic's latency overlaps.
         Each helper thread also parses its answer and makes its line protocol (`_digest`, one
-        answer at a time in the process: `client.PARSING`), so a window waiting its turn holds
+        answer at a time in the process: `client.parsing`), so a window waiting its turn holds
         its lines, never its rows. The answers are then used in order, and everything that
         depends on the windows before runs here, in order: the series guard (before anything
         is written), the sizer, New Relic's messages and the warnings, once per job. A window
@@ -335,6 +336,9 @@ class Job:
                                 return
                             buckets = window_buckets(sizer, query, since, until, interval)
                             window = windows.next_window(since, until, interval, buckets)
+                            waiting = sum(sizer.expected_bytes(w) for w, _ in asked)
+                            if asked and waiting + sizer.expected_bytes(window) > AHEAD_BYTES:
+                                break
                             ask = partial(self._ask, window, digest, turns.next())
                             asked.append((window, pool.submit(ask)))
                             since = window.until
@@ -344,13 +348,15 @@ class Job:
                         if answer is None:  # shrunk: ask again from here, with fewer buckets
                             since = window.since
                             self._forget(asked, turns)
+                            sized = False  # alone until answered: others would be refused too
                             continue
                         sized = True
                         digested: Digested = answer.digest
+                        size = answer.size
                         del future, answer  # only the lines wait to be written
                         if digested.keys is not None:
                             guard.check_facets(digested.keys.values, digested.facets)
-                        sizer.learn(window, digested.rows)
+                        sizer.learn(window, digested.rows, size)
                         self._check(digested)
                         yield Batch(window, digested.lines, "s", digested.inspected)
                         del digested

@@ -69,6 +69,7 @@ class WindowSizer:
     interval: timedelta
     rows_per_bucket: float | None = None
     max_buckets: int | None = None
+    bytes_per_bucket: float | None = None  # of New Relic's JSON answers, when told
 
     @classmethod
     def resume(
@@ -100,8 +101,16 @@ class WindowSizer:
             learned = max(1, min(learned, windows.ROWS_PER_REQUEST // facet_limit))
         return learned if self.max_buckets is None else min(learned, self.max_buckets)
 
-    def learn(self, window: Window, rows: int) -> None:
-        self.rows_per_bucket = rows / max(1, window.buckets(self.interval))
+    def learn(self, window: Window, rows: int, size: int | None = None) -> None:
+        """From the answer for `window`: its rows, and the bytes of its JSON (`size`)."""
+        buckets = max(1, window.buckets(self.interval))
+        self.rows_per_bucket = rows / buckets
+        if size is not None:
+            self.bytes_per_bucket = size / buckets
+
+    def expected_bytes(self, window: Window) -> float:
+        """The JSON bytes New Relic's answer for `window` should take (0 before any answer)."""
+        return (self.bytes_per_bucket or 0.0) * window.buckets(self.interval)
 
     def shrink(self, window: Window) -> int:
         """New Relic refused `window`: from now on at most half its buckets (at least 1)."""
