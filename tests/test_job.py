@@ -29,7 +29,7 @@ from archiver.sinks.base import RetentionPolicy, WriteResult
 from archiver.state.store import State
 from archiver.verify.compare import parse_line
 from archiver.windows import Window, floor
-from fakes.nerdgraph import FakeNerdGraph, GraphqlRequest
+from fakes.nerdgraph import TOO_BIG_MESSAGE, FakeNerdGraph, GraphqlRequest, Reply, _graphql_error
 from tests.e2e import ACCOUNT, expected_points
 from tests.faults import small_spec
 
@@ -243,3 +243,131 @@ def test_windows_are_asked_several_at_once_and_written_in_order_a_bounded_number
     # Never more than FETCH_AHEAD windows asked and not yet taken by the consumer.
     for number, taken_then in enumerate(fake.taken_when_asked, start=1):
         assert number - taken_then <= FETCH_AHEAD, (number, fake.taken_when_asked)
+
+
+# -- windows asked ahead: refused, failing, interrupted ------------------------------------
+
+MINUTE = timedelta(minutes=1)
+# The windows of SPEC's 2 days: 4 buckets first (LIMIT MAX, facets unknown), then 366 each.
+SECOND, THIRD = START + 4 * MINUTE, START + (4 + 366) * MINUTE
+
+
+def since_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class ScriptedNerdGraph(FakeNerdGraph):
+    """Answers the first request for a window (by its SINCE) with a scripted reply."""
+
+    def __init__(self, once: dict[int, Reply], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.once = dict(once)
+        self.script_lock = threading.Lock()
+
+    def _answer(self, api_key, request: GraphqlRequest):
+        with self.script_lock:
+            scripted = self.once.pop(request.since_ms, None)
+        return scripted or super()._answer(api_key, request)
+
+
+def export(fake, state: State, query: QueryDef, sink: RecordingSink, stopping=lambda: False):
+    target = query.targets[0]
+    planned = PlannedJob(query, target, ACCOUNT, [(START, NOW - query.lag)], [])
+    result = JobResult(query.name, target.key)
+    with NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client:
+        job = Job(planned, result, state, client, stopping)
+        export_id = state.start_export(state.start_run("run", NOW), query.name, target.key, NOW)
+        try:
+            job.export(sink, export_id, None, "test:1:holder", timedelta(minutes=10))
+        except Exception as exc:  # the runner's part: kept for the assertions
+            result.status, result.error = "failed", str(exc)
+    return result
+
+
+def written_windows(state: State) -> list[Window]:
+    return [Window(*w) for w in state.windows_written("logins", TARGET)]
+
+
+def test_a_window_asked_ahead_and_refused_as_too_big_is_asked_again_in_halves(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    too_big = _graphql_error(TOO_BIG_MESSAGE, "TIMEOUT", "too_big")
+    with ScriptedNerdGraph({since_ms(THIRD): too_big}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+        asked = [(r.since_ms, r.outcome) for r in fake.requests]
+
+    assert result.status == "ok", result.error
+    windows = written_windows(state)
+    assert [w.since for w in windows[:3]] == [START, SECOND, THIRD]
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    assert windows[-1].until == NOW - query.lag
+    # Refused, the third window is asked again with half its buckets, alone; the windows asked
+    # with it were answered but dropped, and asked again at the smaller size.
+    assert windows[2].buckets(MINUTE) == 183 and all(w.buckets(MINUTE) <= 183 for w in windows[2:])
+    refused = asked.index((since_ms(THIRD), "too_big"))
+    assert asked[refused + 1 :].count((since_ms(THIRD), "ok")) == 1
+    assert result.nr_requests == len(asked) and len(asked) > len(windows)
+    lines = [line for batch in sink.acknowledged for line in batch]
+    assert len(keys(lines)) == len(set(keys(lines))) == result.points
+    expected = expected_points(SPEC, START, NOW - query.lag)
+    assert set(keys(lines)) == {(tags, seconds * 10**9) for tags, seconds in expected}
+
+
+def test_an_error_in_an_answer_asked_ahead_fails_the_job_at_that_window_in_order(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    error = _graphql_error("NRQL Syntax Error: stop here", "INVALID_INPUT", "nrql_error")
+    with ScriptedNerdGraph({since_ms(THIRD): error}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+
+    assert result.status == "failed" and "NRQL Syntax Error: stop here" in result.error
+    # The windows before it are written and recorded, none after it.
+    assert [w.since for w in written_windows(state)] == [START, SECOND]
+    assert result.window is not None and result.window.since == THIRD
+    assert len(sink.acknowledged) == result.windows == 2
+
+
+def test_a_transient_error_in_an_answer_asked_ahead_is_retried_in_place(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    busy = _graphql_error("rate limited", "TOO_MANY_REQUESTS", "graphql_rate_limited")
+    with ScriptedNerdGraph({since_ms(THIRD): busy}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+
+    assert result.status == "ok" and result.retries == 1
+    windows = written_windows(state)
+    assert [w.since for w in windows[:3]] == [START, SECOND, THIRD]
+    assert windows[-1].until == NOW - query.lag
+
+
+def test_interrupted_while_answers_wait_their_turn_writes_nothing_more(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    sink = RecordingSink()
+    with ScriptedNerdGraph({}, accounts={ACCOUNT}).start() as fake:
+        # Stops once two windows are written: the windows asked with the second one are
+        # answered (and wait their turn, or are made into lines) but never written.
+        before = {t.ident for t in threading.enumerate()}
+        result = export(fake, state, query, sink, stopping=lambda: sink.calls >= 2)
+        asked = len(fake.requests)
+
+    assert result.status == "interrupted" and result.windows == 2
+    assert [w.since for w in written_windows(state)] == [START, SECOND]
+    assert state.checkpoint("logins", TARGET) == written_windows(state)[-1].until
+    assert asked > 2  # windows were asked ahead, and dropped
+    left = [t for t in threading.enumerate() if t.ident not in before and "-ask" in t.name]
+    assert left == [], "a thread asking New Relic outlived the job"
+
+
+def test_rows_are_handed_to_the_transform_once_and_let_go_of():
+    from archiver.pipeline import transform
+    from archiver.pipeline.job import _consumed
+
+    rows = [
+        {"facet": name, "provider": name, "beginTimeSeconds": 60 * i, "count": i}
+        for i in range(5)
+        for name in ("a", "b")
+    ]
+    expected = transform.to_lines([dict(row) for row in rows], ("provider",), "m", {"x": "y"})
+    held = [dict(row) for row in rows]
+    assert transform.to_lines(_consumed(held), ("provider",), "m", {"x": "y"}) == expected
+    assert held == []  # every row let go of

@@ -1,11 +1,12 @@
-"""read_ahead: same items in order, bounded lead, errors in place, producer stopped on close."""
+"""read_ahead: same items in order, bounded lead, errors in place, producer stopped on close;
+Turns: a window goes on once the one before it is taken, and closed turns drop the waiting."""
 
 import threading
 from contextlib import closing
 
 import pytest
 
-from archiver.pipeline.readahead import read_ahead
+from archiver.pipeline.readahead import Dropped, Turns, read_ahead
 
 
 def test_items_arrive_in_order_from_another_thread():
@@ -66,3 +67,42 @@ def test_closing_stops_the_producer_and_closes_its_iterator():
     assert closed.is_set()  # close() returns only once the producer is done
     assert len(produced) <= 4
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
+
+
+def test_turns_let_a_window_go_on_once_the_one_before_it_is_taken():
+    turns = Turns(1)
+    first, second, third = turns.next(), turns.next(), turns.next()
+    first()  # nothing before it
+    went: list[int] = []
+    waiting = threading.Thread(target=lambda: (second(), went.append(2)))
+    waiting.start()
+    waiting.join(timeout=0.05)
+    assert waiting.is_alive() and went == []  # its turn comes when the first is taken
+    turns.take()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and went == [2]
+    turns.take()
+    third()  # the second was taken: at once
+
+
+def test_closed_turns_drop_the_windows_waiting_for_theirs():
+    turns = Turns(1)
+    turns.next()()
+    late = turns.next()
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            late()
+        except Dropped as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    waiting.join(timeout=0.05)
+    assert waiting.is_alive()
+    turns.close()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and len(raised) == 1
+    with pytest.raises(Dropped):
+        turns.next()()
