@@ -340,20 +340,37 @@ def test_a_transient_error_in_an_answer_asked_ahead_is_retried_in_place(tmp_path
     assert windows[-1].until == NOW - query.lag
 
 
+class StoppingSink(RecordingSink):
+    """Stops the run during its second write, once the windows asked with it were asked."""
+
+    def __init__(self, fake: HeldNerdGraph) -> None:
+        super().__init__()
+        self.fake, self.stop = fake, threading.Event()
+
+    def write(self, database, retention_policy, lines, precision="s") -> WriteResult:
+        if self.calls == 1:
+            self.fake.wait_asked(1 + FETCH_AHEAD)
+            self.stop.set()
+        return super().write(database, retention_policy, lines, precision)
+
+
 def test_interrupted_while_answers_wait_their_turn_writes_nothing_more(tmp_path, query):
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
-    sink = RecordingSink()
-    with ScriptedNerdGraph({}, accounts={ACCOUNT}).start() as fake:
-        # Stops once two windows are written: the windows asked with the second one are
-        # answered (and wait their turn, or are made into lines) but never written.
+    with HeldNerdGraph(accounts={ACCOUNT}).start() as fake:
+        fake.release_all()  # answered at once; the fake only counts the windows asked
+        sink = StoppingSink(fake)
         before = {t.ident for t in threading.enumerate()}
-        result = export(fake, state, query, sink, stopping=lambda: sink.calls >= 2)
-        asked = len(fake.requests)
+        result = export(fake, state, query, sink, stopping=sink.stop.is_set)
+        asked = len(fake.asked)
 
-    assert result.status == "interrupted" and result.windows == 2
-    assert [w.since for w in written_windows(state)] == [START, SECOND]
-    assert state.checkpoint("logins", TARGET) == written_windows(state)[-1].until
-    assert asked > 2  # windows were asked ahead, and dropped
+    # The windows taken before the stop are written (the one read ahead as well), the others
+    # asked with them are dropped, unparsed or as lines, and none is recorded.
+    assert result.status == "interrupted" and result.windows in (2, 3)
+    windows = written_windows(state)
+    assert [w.since for w in windows[:2]] == [START, SECOND] and len(windows) == result.windows
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    assert state.checkpoint("logins", TARGET) == windows[-1].until
+    assert asked >= 1 + FETCH_AHEAD > result.windows
     left = [t for t in threading.enumerate() if t.ident not in before and "-ask" in t.name]
     assert left == [], "a thread asking New Relic outlived the job"
 

@@ -1,5 +1,5 @@
 """read_ahead: same items in order, bounded lead, errors in place, producer stopped on close;
-Turns: a window goes on once the one before it is taken, and closed turns drop the waiting."""
+Turns: a window goes on once it is taken, and closed turns drop the waiting."""
 
 import threading
 from contextlib import closing
@@ -69,25 +69,23 @@ def test_closing_stops_the_producer_and_closes_its_iterator():
     assert not any(t.name == "test-read-ahead" for t in threading.enumerate())
 
 
-def test_turns_let_a_window_go_on_once_the_one_before_it_is_taken():
-    turns = Turns(1)
-    first, second, third = turns.next(), turns.next(), turns.next()
-    first()  # nothing before it
+def test_turns_let_a_window_go_on_once_it_is_taken():
+    turns = Turns()
+    first, second = turns.next(), turns.next()
+    turns.take()
+    first()  # taken: at once
     went: list[int] = []
     waiting = threading.Thread(target=lambda: (second(), went.append(2)))
     waiting.start()
     waiting.join(timeout=0.05)
-    assert waiting.is_alive() and went == []  # its turn comes when the first is taken
+    assert waiting.is_alive() and went == []  # its turn comes when it is taken
     turns.take()
     waiting.join(timeout=10)
     assert not waiting.is_alive() and went == [2]
-    turns.take()
-    third()  # the second was taken: at once
 
 
 def test_closed_turns_drop_the_windows_waiting_for_theirs():
-    turns = Turns(1)
-    turns.next()()
+    turns = Turns()
     late = turns.next()
     raised: list[BaseException] = []
 

@@ -14,7 +14,6 @@ protocol) never holds more than one parsed answer.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -62,10 +61,12 @@ def fixed_mmap_threshold() -> None:
     lines) from the kernel and give it back when freed (a no-op elsewhere than on glibc).
 
     By default glibc raises that threshold to the largest such buffer freed (up to 32 MiB);
-    from then on they come from the heap of the thread that asked, which keeps the memory freed
-    in it. Bench row (c), 9.5 MB answers: 165 MiB peak RSS with the threshold fixed, 199 MiB
-    without (MALLOC_MMAP_THRESHOLD_=131072 against the default, 2026-11-29).
+    from then on they come from the malloc arena of the thread that allocates them, which
+    keeps what is freed in it. Bench row (c), 9.5 MB answers: 162-166 MiB peak RSS with the
+    threshold fixed here, 199-201 MiB without (2026-11-29).
     """
+    import ctypes  # here: only a process that parses answers needs it
+
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)

@@ -1,7 +1,7 @@
 """One job, one (query, target): fetch → transform → write → advance.
 
 New Relic answers the next windows (asked several at once on helper threads, parsed and made
-into line protocol there in turn, used in order) while the sink writes this one. The checkpoint
+into line protocol when taken, used in order) while the sink writes this one. The checkpoint
 (or backfill progress) moves in its own transaction after the sink acknowledged every line of
 the window, never before; the lease is renewed after each window.
 """
@@ -48,15 +48,15 @@ log = logging.getLogger(__name__)
 
 OTHER_KEPT = "the facets beyond it are archived together as __other__"
 OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
-READ_AHEAD_WINDOWS = 1  # windows parsed and transformed ahead of the one being written
+READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written
 # TIMESERIES windows asked of New Relic at once, ahead of the one being written (at most the
 # limiter's max_concurrent, 5), so that New Relic's latency overlaps; and no more of them than
-# AHEAD_BYTES of JSON expected (answers of wide rows are fewer at once). They wait their turn
-# unparsed (READ_AHEAD_WINDOWS), the JSON bytes being the least memory an answer takes.
-# Measured 2026-11-29, bench one row at a time (loads 2-5, single tries; README: Performance):
-# at 4, g had 0.92 of b's points/s (3: 0.89; the earlier design, parsed answers held: 0.57 at
-# 2); peak RSS b 124-132 MiB, c 162-166 (2 of its 9.5 MB answers fit in AHEAD_BYTES), d 110-112
-# (before: b 168, c 239-255, d 345-358).
+# AHEAD_BYTES of JSON expected (answers of wide rows are fewer at once). They wait unparsed
+# until their window is taken, the JSON bytes being the least memory an answer takes.
+# Measured 2026-11-29, bench one row at a time (loads 2-5, 1-2 tries; README: Performance):
+# at 4, g had 0.92-0.95 of b's points/s (3: 0.89; the earlier design, parsed answers held:
+# 0.57 at 2); peak RSS b 135-140 MiB, c 174-194 (2 of its 9.5 MB answers fit in AHEAD_BYTES;
+# 16 MiB, 1 of them: c 176 but g 0.84 of b), d 110-116 (before: b 168, c 239-255, d 345-358).
 FETCH_AHEAD = 4
 AHEAD_BYTES = 24 * 2**20
 LEASE_TTL = timedelta(minutes=10)
@@ -118,8 +118,8 @@ def _digest(
     """An answer's line protocol and what its checks need (`Digested`), with otherResult's
     rows and without the zeros of empty buckets.
 
-    Runs on the thread that asked, as soon as the answer is parsed (`client.digested`); it
-    changes nothing of the job's: a failure is kept, and raised when the window's turn comes.
+    Runs on the client's parsing thread as soon as the answer is parsed (`client.digested`);
+    it changes nothing of the job's: a failure is kept, and raised when the window is used.
     """
     rows = answer.results
     names = answer.facets or query.facets
@@ -232,25 +232,20 @@ class Job:
         if self.progress is not None:
             self.progress.plan(sum((u - s).total_seconds() for s, u in job.segments))
         sizer = sizer_for(state, job)
-        batches = self.batches(sizer)
-        if job.query.mode == "events":
-            # Raw events are asked and transformed on a helper thread while the sink writes
-            # this window, at most READ_AHEAD_WINDOWS ahead. TIMESERIES windows need none: they
-            # are asked, parsed and transformed on the threads that ask them (FETCH_AHEAD).
-            thread = threading.current_thread().name
-            batches = read_ahead(batches, depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
+        # New Relic answers the next window (and it is transformed) while the sink writes this
+        # one; at most READ_AHEAD_WINDOWS wait in between, so memory stays a few windows.
+        thread = threading.current_thread().name
+        ahead = read_ahead(self.batches(sizer), depth=READ_AHEAD_WINDOWS, name=f"{thread}-fetch")
         writing: Window | None = None  # until the sink acknowledged it and the state recorded it
         try:
-            with closing(batches):
-                for window, lines, precision, inspected in batches:
+            with closing(ahead):
+                for window, lines, precision, inspected in ahead:
                     writing = window
                     written = sink.write(
                         job.target.database, job.target.retention_policy, lines, precision
                     )
-                    points = len(lines)
-                    del lines  # not held while the next window is waited for
                     state.record_window(
-                        export_id, name, key, window.since, window.until, points,
+                        export_id, name, key, window.since, window.until, len(lines),
                         self.now(), backfill_id=backfill_id, inspected=inspected,
                         max_buckets=sizer.max_buckets,
                     )  # fmt: skip
@@ -259,14 +254,14 @@ class Job:
                     result.points += written.lines - written.dropped_beyond_retention
                     if self.progress is not None:
                         seconds = (window.until - window.since).total_seconds()
-                        self.progress.advance(seconds, points)
+                        self.progress.advance(seconds, len(lines))
                     log.debug(
                         "%s → %s: %s: %s",
                         name,
                         key,
                         window,
-                        plural(points, "point"),
-                        extra=log_fields(name, key, window, points=points),
+                        plural(len(lines), "point"),
+                        extra=log_fields(name, key, window, points=len(lines)),
                     )
                     if not self._renew_lease(holder, lease_ttl):
                         log.warning(
@@ -280,7 +275,7 @@ class Job:
                         result.status = "busy"
                         return
         except BaseException:
-            # Named after the windows asked ahead stopped: until then they name the one asked.
+            # Named after the read-ahead thread stopped: until then it names the windows it asks.
             if writing is not None:
                 result.window = writing
             raise
@@ -310,15 +305,18 @@ class Job:
         """TIMESERIES windows: one request each, sized by the rows the last answers had.
 
         The first window is asked alone (its answer sizes the next ones); after it, up to
-        FETCH_AHEAD windows are asked at once on helper threads, so New Relic's latency overlaps.
-        Each helper thread also parses its answer and makes its line protocol (`_digest`, one
-        answer at a time in the process: `client.parsing`), so a window waiting its turn holds
-        its lines, never its rows. The answers are then used in order, and everything that
+        FETCH_AHEAD windows (at most AHEAD_BYTES of JSON) are asked at once on helper threads,
+        so New Relic's latency overlaps. An answer is parsed and made into line protocol when
+        its window is taken (`_digest`, one answer at a time in the process: `client.parsing`),
+        so the windows asked ahead wait as JSON bytes, and none holds its rows (`export` takes
+        the next window while the sink writes this one). The answers are used in order, and
+        everything that
         depends on the windows before runs here, in order: the series guard (before anything
         is written), the sizer, New Relic's messages and the warnings, once per job. A window
         New Relic finds too big is asked again in parts of half the buckets (and half again);
         the sizer keeps the smaller size for the rest of the job, and the windows asked after
-        it are asked again at that size.
+        it are asked again at that size, the first of them alone (until New Relic answers one,
+        the others would be refused too).
         """
         job = self.planned
         query, interval = job.query, job.target.interval
@@ -327,7 +325,7 @@ class Job:
             _digest, query, query.job_tags(job.account_id), funnels.funnel_steps(query.nrql)
         )
         thread = threading.current_thread().name
-        turns = Turns(READ_AHEAD_WINDOWS)
+        turns = Turns()
         with ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix=f"{thread}-ask") as pool:
             asked: deque[tuple[Window, Future[NrqlResult]]] = deque()
             try:

@@ -3,8 +3,8 @@
 - `read_ahead`: an iterator's items produced on a helper thread, a bounded number ahead (raw
   events: New Relic asked and the rows transformed on that thread).
 - `Turns`: when each of the windows asked at once may be parsed and transformed (TIMESERIES
-  windows, on the threads that asked them): at most `ahead` beyond the one being written; the
-  others wait as JSON bytes, the least memory an answer takes.
+  windows): once the consumer takes it; until then it waits as JSON bytes, the least memory
+  an answer takes.
 
 The bounds keep memory to a few windows, whatever the length of the range.
 """
@@ -84,14 +84,10 @@ class Dropped(Exception):
 
 
 class Turns:
-    """Turns of the windows asked at once, numbered in the order asked and taken in that order.
+    """Turns of the windows asked at once, numbered in the order asked and taken in that order:
+    window n may go on (be parsed) once the consumer took it. Thread-safe."""
 
-    Window n may go on (be parsed) once n < taken + `ahead`: with `ahead` 1, the next window is
-    parsed while the consumer writes the current one, as `read_ahead` does. Thread-safe.
-    """
-
-    def __init__(self, ahead: int) -> None:
-        self._ahead = ahead
+    def __init__(self) -> None:
         self._changed = threading.Condition()
         self._numbered = 0  # windows asked (given a turn)
         self._taken = 0  # windows the consumer took (waits for, writes, or dropped)
@@ -104,7 +100,7 @@ class Turns:
         return partial(self._wait, number)
 
     def take(self) -> None:
-        """The consumer took the oldest window: the next ones may go on."""
+        """The consumer took the oldest window: it may go on."""
         with self._changed:
             self._taken += 1
             self._changed.notify_all()
@@ -117,6 +113,6 @@ class Turns:
 
     def _wait(self, number: int) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self._closed or number < self._taken + self._ahead)
+            self._changed.wait_for(lambda: self._closed or number < self._taken)
             if self._closed:
                 raise Dropped(f"window {number} is not wanted any more")
