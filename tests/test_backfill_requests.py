@@ -19,6 +19,11 @@ from tests.inprocess import env, tx  # noqa: F401 (env: the fixture below)
 pytestmark = pytest.mark.usefixtures("env")
 
 
+# A FACET query's first window before its facet count is known, at LIMIT MAX (5,000 facets):
+# ROWS_PER_REQUEST (20,000) rows at most, 4 buckets of a minute.
+FIRST_WINDOW = timedelta(minutes=4)
+
+
 def ms(moment: datetime) -> str:
     return f"SINCE {int(moment.timestamp() * 1000)} "
 
@@ -36,17 +41,17 @@ def test_same_range_after_a_resumed_backfill_exports_the_whole_range_again(
     since = floor(ago(hours=30), 3600)
     until = since + timedelta(hours=6)
     args = ["run", "--since", iso(since), "--until", iso(until)]
-    # The first window is an hour (60 buckets before the facet count is known): fail the next.
-    fake_nr.reject_nrql(ms(since + timedelta(hours=1)), "NRQL Syntax Error: stop here")
+    # The first window is 4 buckets (before the facet count is known, LIMIT MAX: 20,000 rows
+    # at most): fail the next.
+    first = since + FIRST_WINDOW
+    fake_nr.reject_nrql(ms(first), "NRQL Syntax Error: stop here")
     assert main(args) == 1
-    assert actual_points(influxd, spec) == expected_points(spec, since, since + timedelta(hours=1))
+    assert actual_points(influxd, spec) == expected_points(spec, since, first)
 
-    fake_nr.allow_nrql(ms(since + timedelta(hours=1)))
+    fake_nr.allow_nrql(ms(first))
     fake_nr.reset_log()
-    assert main(args) == 0  # resumes: the hour already written is not asked again
-    assert (
-        min(r.since_ms for r in fake_nr.requests) == (since + timedelta(hours=1)).timestamp() * 1000
-    )
+    assert main(args) == 0  # resumes: the window already written is not asked again
+    assert min(r.since_ms for r in fake_nr.requests) == first.timestamp() * 1000
     assert actual_points(influxd, spec) == expected_points(spec, since, until)
 
     drop(influxd, spec)
@@ -62,7 +67,7 @@ def test_relative_since_resumed_then_asked_again_exports_everything(
     spec.write(queries_dir)
     first = floor(ago(hours=6), 60)
     # The run's "now" may be a minute later than ours: fail the second window in either case.
-    stops = [ms(first + timedelta(minutes=60 + m)) for m in (0, 1)]
+    stops = [ms(first + FIRST_WINDOW + timedelta(minutes=m)) for m in (0, 1)]
     for stop in stops:
         fake_nr.reject_nrql(stop, "NRQL Syntax Error: stop here")
     assert main(["run", "--since", "6h"]) == 1

@@ -60,7 +60,7 @@ def test_a_facet_query_timing_out_above_n_buckets_archives_exactly_with_smaller_
     cli, fake_nr, influxd, influx_db, queries_dir
 ):
     start = floor(ago(hours=5), 60)
-    spec = facet_spec("busy", influx_db, start)  # the first FACET window is 60 buckets
+    spec = facet_spec("busy", influx_db, start)  # LIMIT MAX: the first window is 4 buckets
     spec.write(queries_dir)
     fake_nr.time_out_above(20, "FROM Transaction")
 
@@ -69,9 +69,18 @@ def test_a_facet_query_timing_out_above_n_buckets_archives_exactly_with_smaller_
 
     assert result.returncode == 0, result.stdout + result.stderr
     outcomes = [(r.outcome, buckets(r)) for r in fake_nr.requests]
-    assert outcomes[:3] == [("too_big", 60), ("too_big", 30), ("ok", 15)]
-    assert all(size <= 15 for outcome, size in outcomes[2:]), "the smaller size was forgotten"
-    assert {outcome for outcome, _ in outcomes[2:]} == {"ok"}
+    assert outcomes[0] == ("ok", 4)  # the first window: 20,000 rows at most at LIMIT MAX
+    # Then windows sized by its answer, refused and asked again with half the buckets, alone
+    # (the windows asked with it would be refused too) until New Relic answers one.
+    refused = list(itertools.takewhile(lambda asked: asked[0] == "too_big", outcomes[1:]))
+    sizes = [size for _, size in refused]
+    assert len(sizes) >= 2 and all(b == a // 2 for a, b in itertools.pairwise(sizes)), outcomes
+    answered = 1 + len(refused)
+    assert outcomes[answered] == ("ok", sizes[-1] // 2) and sizes[-1] // 2 <= 20, outcomes
+    smaller = sizes[-1] // 2
+    after = outcomes[answered:]
+    assert all(size <= smaller for _, size in after), "the smaller size was forgotten"
+    assert {outcome for outcome, _ in after} == {"ok"}
     until = checkpoint(cli, "busy", f"{influx_db}.autogen", before, 60)
     assert_exact(influxd, spec, start, until)
     assert "retrying" not in result.stderr  # a shrink is not a retry
@@ -80,7 +89,9 @@ def test_a_facet_query_timing_out_above_n_buckets_archives_exactly_with_smaller_
     fake_nr.reset_log()
     again = cli("run", "--since", iso(start), "--until", iso(start + timedelta(hours=2)))
     assert again.returncode == 0, again.stdout + again.stderr
-    assert {(r.outcome, buckets(r)) for r in fake_nr.requests} == {("ok", 15)}
+    again_asked = [(r.outcome, buckets(r)) for r in fake_nr.requests]
+    assert again_asked[0] == ("ok", smaller) and {outcome for outcome, _ in again_asked} == {"ok"}
+    assert all(size <= smaller for _, size in again_asked)
     assert_exact(influxd, spec, start, until)
 
 

@@ -29,3 +29,17 @@ def test_several_attributes_without_facet_key():
     rows = [{"zone": "a", "requestId": UUID, "count": 1}]
     with pytest.raises(CardinalityError, match="'requestId'"):
         SeriesGuard(["zone", "requestId"], 100).check(rows, ["zone", "requestId"])
+
+
+def test_the_distinct_facets_of_an_answer_are_checked_as_its_rows_are():
+    rows = [{"facet": ["a", "x"], "count": 1}, {"facet": ["b", "x"]}, {"facet": ["a", "x"]}]
+    guard = SeriesGuard(["appName", "host"], 2)
+    guard.check(rows, ["appName", "host"])
+    assert guard.seen == {("a", "x"), ("b", "x")}
+    ones = SeriesGuard(["code"], 1)
+    ones.check_facets([1, 1.0, True], ["code"])  # one series in InfluxDB: code=1
+    assert len(ones.seen) == 1
+    with pytest.raises(CardinalityError, match="3 series exceed max_series 2"):
+        SeriesGuard(["code"], 2).check_facets(["1", 1, 2.0], ["code"])
+    with pytest.raises(CardinalityError, match="facet 'requestId' has id-like values"):
+        SeriesGuard(["zone", "requestId"], 100).check_facets([("a", UUID)], [])

@@ -244,9 +244,28 @@ def test_facet_count_reads_the_attributes_or_the_facet_key():
         {"facet": "c", "beginTimeSeconds": 0},
         {"appName": None, "facet": None, "beginTimeSeconds": 0},
     ]
-    assert completeness.facet_count(rows, ("appName",)) == 4
+    assert completeness.facet_keys(rows, ("appName",)).count == 4
     pairs = [{"facet": ["a", "x"]}, {"facet": ["a", "x"]}, {"facet": ["a", None]}]
-    assert completeness.facet_count(pairs, ("appName", "host")) == 2
+    assert completeness.facet_keys(pairs, ("appName", "host")).count == 2
+
+
+def test_facet_keys_tell_apart_values_json_tells_apart():
+    scalars = [{"facet": value} for value in (1, 1.0, True, "1", 1, "1", None)]
+    assert completeness.facet_keys(scalars, ("code",)).count == 5  # 1, 1.0, true, "1", null
+    lists = [{"facet": [value, "a"]} for value in (1, 1.0, True, "1", "1", 1.0)]
+    lists.append({"facet": ["1", "a"]})
+    assert completeness.facet_keys(lists, ("code", "name")).count == 4
+    # text and list facets, with or without the facet key: each as the series guard keys it
+    rows = [
+        {"facet": "a"}, {"facet": ["a", "b"]}, {"facet": ["a", "b"]}, {"facet": ["a", 2]},
+        {"appName": "c", "host": "d"}, {"appName": "c", "host": "d"},
+    ]  # fmt: skip
+    keys = completeness.facet_keys(rows, ("appName", "host"))
+    assert keys.count == 4
+    assert sorted(map(repr, keys.values)) == sorted(
+        map(repr, ["a", ("a", "b"), ("a", 2), ("c", "d")])
+    )
+    assert completeness.facet_keys([{"appName": ["x", "y"]}], ("appName",)).values == [("x", "y")]
 
 
 def test_messages_are_read_from_nerdgraph_and_insights_metadata():

@@ -30,13 +30,14 @@ from archiver.sinks.base import RetentionPolicy, WriteResult
 from archiver.state.store import State
 from archiver.verify.compare import parse_line
 from archiver.windows import Window, floor
-from fakes.nerdgraph import FakeNerdGraph, GraphqlRequest
+from fakes.nerdgraph import TOO_BIG_MESSAGE, FakeNerdGraph, GraphqlRequest, Reply, _graphql_error
 from tests.e2e import ACCOUNT, expected_points
 from tests.faults import small_spec
 
 NOW = floor(datetime.now(UTC), timedelta(minutes=1))  # the fake answers nothing in the future
 START = NOW - timedelta(days=2)
-# 3 series at 1 minute over 2 days: windows of 60 buckets, then 366 (sized by the answers)
+# 3 series at 1 minute over 2 days: a first window of 4 buckets (LIMIT MAX: 20,000 rows), then
+# 366 (sized by the answers)
 SPEC = small_spec("logins", "db", START, minutes=1)
 TARGET = "db.autogen"
 
@@ -134,7 +135,7 @@ def test_a_sink_failing_mid_window_leaves_the_checkpoint_at_the_last_acknowledge
     assert (job.status, first.exit_code) == ("failed", ExitCode.QUERY_FAILED)
     assert "InfluxDB went away" in job.error
     written = [Window(*w) for w in state.windows_written("logins", TARGET)]
-    assert [w.buckets(timedelta(minutes=1)) for w in written] == [60, 366]
+    assert [w.buckets(timedelta(minutes=1)) for w in written] == [4, 366]
     assert written[0].since == START and written[0].until == written[1].since
     checkpoint = state.checkpoint("logins", TARGET)
     assert checkpoint == written[-1].until  # the end of the last acknowledged window
@@ -180,10 +181,11 @@ def test_windows_ready_together_are_written_together_and_each_is_recorded(
         return reply
 
     monkeypatch.setattr(fake_nr, "_answer", counted)
-    # The first write waits until New Relic answered 7 windows: a window is asked 3 after the
-    # one handed to the queue (FETCH_AHEAD 2), so windows 2-4 (1,098 lines each: 3 series x 366
-    # buckets) are then ready together, below COALESCE_LINES.
-    sink = GatedSink(answered, lambda: len(answers) >= 7)
+    # The first write waits until New Relic answered all 9 windows. Window 9 is asked once
+    # window 5 is taken (FETCH_AHEAD asked beyond it), so windows 2-4 (1,098 lines each: 3
+    # series x 366 buckets; 4 fit below COALESCE_LINES) are then ready together.
+    assert job_module.FETCH_AHEAD >= 4
+    sink = GatedSink(answered, lambda: len(answers) >= 9)
 
     report = run_once(fake_nr, state, query, sink)
 
@@ -317,3 +319,149 @@ def test_windows_are_asked_several_at_once_and_written_in_order_a_bounded_number
     # Never more than FETCH_AHEAD windows asked and not yet taken by the consumer.
     for number, taken_then in enumerate(fake.taken_when_asked, start=1):
         assert number - taken_then <= FETCH_AHEAD, (number, fake.taken_when_asked)
+
+
+# -- windows asked ahead: refused, failing, interrupted ------------------------------------
+
+MINUTE = timedelta(minutes=1)
+# The windows of SPEC's 2 days: 4 buckets first (LIMIT MAX, facets unknown), then 366 each.
+SECOND, THIRD = START + 4 * MINUTE, START + (4 + 366) * MINUTE
+
+
+def since_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class ScriptedNerdGraph(FakeNerdGraph):
+    """Answers the first request for a window (by its SINCE) with a scripted reply."""
+
+    def __init__(self, once: dict[int, Reply], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.once = dict(once)
+        self.script_lock = threading.Lock()
+
+    def _answer(self, api_key, request: GraphqlRequest):
+        with self.script_lock:
+            scripted = self.once.pop(request.since_ms, None)
+        return scripted or super()._answer(api_key, request)
+
+
+def export(fake, state: State, query: QueryDef, sink: RecordingSink, stopping=lambda: False):
+    target = query.targets[0]
+    planned = PlannedJob(query, target, ACCOUNT, [(START, NOW - query.lag)], [])
+    result = JobResult(query.name, target.key)
+    with NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client:
+        job = Job(planned, result, state, client, stopping)
+        export_id = state.start_export(state.start_run("run", NOW), query.name, target.key, NOW)
+        try:
+            job.export(sink, export_id, None, "test:1:holder", timedelta(minutes=10))
+        except Exception as exc:  # the runner's part: kept for the assertions
+            result.status, result.error = "failed", str(exc)
+    return result
+
+
+def written_windows(state: State) -> list[Window]:
+    return [Window(*w) for w in state.windows_written("logins", TARGET)]
+
+
+def test_a_window_asked_ahead_and_refused_as_too_big_is_asked_again_in_halves(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    too_big = _graphql_error(TOO_BIG_MESSAGE, "TIMEOUT", "too_big")
+    with ScriptedNerdGraph({since_ms(THIRD): too_big}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+        asked = [(r.since_ms, r.outcome) for r in fake.requests]
+
+    assert result.status == "ok", result.error
+    windows = written_windows(state)
+    assert [w.since for w in windows[:3]] == [START, SECOND, THIRD]
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    assert windows[-1].until == NOW - query.lag
+    # Refused, the third window is asked again with half its buckets, alone; the windows asked
+    # with it were answered but dropped, and asked again at the smaller size.
+    assert windows[2].buckets(MINUTE) == 183 and all(w.buckets(MINUTE) <= 183 for w in windows[2:])
+    refused = asked.index((since_ms(THIRD), "too_big"))
+    assert asked[refused + 1 :].count((since_ms(THIRD), "ok")) == 1
+    assert result.nr_requests == len(asked) and len(asked) > len(windows)
+    lines = [line for batch in sink.acknowledged for line in batch]
+    assert len(keys(lines)) == len(set(keys(lines))) == result.points
+    expected = expected_points(SPEC, START, NOW - query.lag)
+    assert set(keys(lines)) == {(tags, seconds * 10**9) for tags, seconds in expected}
+
+
+def test_an_error_in_an_answer_asked_ahead_fails_the_job_at_that_window_in_order(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    error = _graphql_error("NRQL Syntax Error: stop here", "INVALID_INPUT", "nrql_error")
+    with ScriptedNerdGraph({since_ms(THIRD): error}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+
+    assert result.status == "failed" and "NRQL Syntax Error: stop here" in result.error
+    # The windows before it are written and recorded, none after it.
+    assert [w.since for w in written_windows(state)] == [START, SECOND]
+    assert result.window is not None and result.window.since == THIRD
+    assert len(sink.acknowledged) == result.windows == 2
+
+
+def test_a_transient_error_in_an_answer_asked_ahead_is_retried_in_place(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    busy = _graphql_error("rate limited", "TOO_MANY_REQUESTS", "graphql_rate_limited")
+    with ScriptedNerdGraph({since_ms(THIRD): busy}, accounts={ACCOUNT}).start() as fake:
+        sink = RecordingSink()
+        result = export(fake, state, query, sink)
+
+    assert result.status == "ok" and result.retries == 1
+    windows = written_windows(state)
+    assert [w.since for w in windows[:3]] == [START, SECOND, THIRD]
+    assert windows[-1].until == NOW - query.lag
+
+
+class StoppingSink(RecordingSink):
+    """Stops the run during its second write, once the windows asked with it were asked."""
+
+    def __init__(self, fake: HeldNerdGraph) -> None:
+        super().__init__()
+        self.fake, self.stop = fake, threading.Event()
+
+    def write(self, database, retention_policy, lines, precision="s") -> WriteResult:
+        if self.calls == 1:
+            self.fake.wait_asked(1 + FETCH_AHEAD)
+            self.stop.set()
+        return super().write(database, retention_policy, lines, precision)
+
+
+def test_interrupted_while_answers_wait_their_turn_writes_nothing_more(tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    with HeldNerdGraph(accounts={ACCOUNT}).start() as fake:
+        fake.release_all()  # answered at once; the fake only counts the windows asked
+        sink = StoppingSink(fake)
+        before = {t.ident for t in threading.enumerate()}
+        result = export(fake, state, query, sink, stopping=sink.stop.is_set)
+        asked = len(fake.asked)
+
+    # The windows taken before the stop are written (those handed to the writers and read
+    # ahead as well), the others asked with them are dropped, unparsed or as lines, and none
+    # is recorded.
+    assert result.status == "interrupted" and 2 <= result.windows < asked
+    windows = written_windows(state)
+    assert [w.since for w in windows[:2]] == [START, SECOND] and len(windows) == result.windows
+    assert all(a.until == b.since for a, b in itertools.pairwise(windows))
+    assert state.checkpoint("logins", TARGET) == windows[-1].until
+    assert asked >= 1 + FETCH_AHEAD > result.windows
+    left = [t for t in threading.enumerate() if t.ident not in before and "-ask" in t.name]
+    assert left == [], "a thread asking New Relic outlived the job"
+
+
+def test_rows_are_handed_to_the_transform_once_and_let_go_of():
+    from archiver.pipeline import transform
+    from archiver.pipeline.job import _consumed
+
+    rows = [
+        {"facet": name, "provider": name, "beginTimeSeconds": 60 * i, "count": i}
+        for i in range(5)
+        for name in ("a", "b")
+    ]
+    expected = transform.to_lines([dict(row) for row in rows], ("provider",), "m", {"x": "y"})
+    held = [dict(row) for row in rows]
+    assert transform.to_lines(_consumed(held), ("provider",), "m", {"x": "y"}) == expected
+    assert held == []  # every row let go of

@@ -1,11 +1,12 @@
-"""read_ahead: same items in order, bounded lead, errors in place, producer stopped on close."""
+"""read_ahead: same items in order, bounded lead, errors in place, producer stopped on close;
+Turns: a window goes on once it is taken, and closed turns drop the waiting."""
 
 import threading
 from contextlib import closing
 
 import pytest
 
-from archiver.pipeline.readahead import read_ahead, read_ahead_groups
+from archiver.pipeline.readahead import Dropped, Turns, read_ahead, read_ahead_groups
 
 WAIT_SECONDS = 30  # a bound on waiting for the other thread, never reached when it works
 
@@ -137,3 +138,40 @@ def test_closing_the_groups_stops_the_producer():
     with closing(groups):
         assert next(groups)
     assert len(produced) <= 3 + 3 + 1  # in our hands, waiting, being produced
+
+
+def test_turns_let_a_window_go_on_once_it_is_taken():
+    turns = Turns()
+    first, second = turns.next(), turns.next()
+    turns.take()
+    first()  # taken: at once
+    went: list[int] = []
+    waiting = threading.Thread(target=lambda: (second(), went.append(2)))
+    waiting.start()
+    waiting.join(timeout=0.05)
+    assert waiting.is_alive() and went == []  # its turn comes when it is taken
+    turns.take()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and went == [2]
+
+
+def test_closed_turns_drop_the_windows_waiting_for_theirs():
+    turns = Turns()
+    late = turns.next()
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            late()
+        except Dropped as exc:
+            raised.append(exc)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    waiting.join(timeout=0.05)
+    assert waiting.is_alive()
+    turns.close()
+    waiting.join(timeout=10)
+    assert not waiting.is_alive() and len(raised) == 1
+    with pytest.raises(Dropped):
+        turns.next()()

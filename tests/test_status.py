@@ -101,22 +101,23 @@ def test_a_partial_backfill_shows_how_far_and_how_to_resume(
     tx(influx_db).write(queries_dir)
     since = floor(ago(hours=30), 3600)
     until = since + timedelta(hours=4)
-    fake_nr.reject_nrql(f"SINCE {int((since + timedelta(hours=1)).timestamp() * 1000)} ")
+    # The first window (before the facet count is known, LIMIT MAX): 4 buckets; fail the next.
+    fake_nr.reject_nrql(f"SINCE {int((since + timedelta(minutes=4)).timestamp() * 1000)} ")
     assert main(["run", "--since", iso(since), "--until", iso(until)]) == 1
 
     [backfill] = status_json(capsys)[("tx", f"{influx_db}.autogen")]["backfills"]
     assert backfill["state"] == "partial" and backfill["resumable"] is True
     assert (backfill["done_seconds"], backfill["total_seconds"], backfill["percent"]) == (
-        3600,
+        4 * 60,
         4 * 3600,
-        25,
+        1,
     )
     assert backfill["last_status"] == "failed" and "NRQL Syntax Error" in backfill["last_error"]
     command = f"nr-archiver run --query tx --since {iso(since)} --until {iso(until)}"
     assert backfill["resume_command"] == command
     text = status_text(capsys)
     assert f"resume tx → {influx_db}.autogen: {command}" in text
-    assert "25% of " in text and " partial (failed) " in text
+    assert "1% of " in text and " partial (failed) " in text
     assert text.splitlines()[-1].endswith("(backfill) failed (exit 1): see the failed rows above")
 
 

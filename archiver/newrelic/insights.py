@@ -48,13 +48,23 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import requests
 
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.newrelic.client import NewRelicClient, NrqlResult, inspected_count
+from archiver.newrelic.client import (
+    Digest,
+    NewRelicClient,
+    NrqlResult,
+    Turn,
+    digested,
+    inspected_count,
+    parsing,
+    wait_turn,
+)
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.transport import (
     excerpt,
@@ -125,9 +135,19 @@ class InsightsClient(NewRelicClient):
         )
 
     def query(
-        self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
+        self,
+        account_id: int,
+        nrql: str,
+        *,
+        other: bool = False,
+        shrinkable: bool = False,
+        digest: Digest | None = None,
+        turn: Turn | None = None,
     ) -> NrqlResult:
-        """Run one NRQL query, retrying transient failures; raise the last one if they persist."""
+        """Run one NRQL query, retrying transient failures; raise the last one if they persist.
+
+        The arguments are `client.NewRelicClient.query`'s.
+        """
         if other:  # `passes` refuses such query files before any request
             raise NewRelicError(OTHER_REFUSED)
         size = len(nrql.encode())
@@ -137,30 +157,41 @@ class InsightsClient(NewRelicClient):
                 f"{MAX_NRQL_BYTES:,} bytes: shorten the query, or use NerdGraph (NEW_RELIC_API_KEY)"
             )
         url = f"{self._base}/v1/accounts/{account_id}/query"
-        body, attempts = with_retries(
-            self._retry,
-            account_id,
-            lambda: _classify(
-                self._transport.request(
-                    "GET", url, account=account_id, nrql=nrql, params={"nrql": nrql}
-                ),
-                self.url,
-            ),
-            shrinkable=shrinkable,
-            transport=self._transport,
+
+        def attempt() -> NrqlResult:
+            response = self._transport.request(
+                "GET", url, account=account_id, nrql=nrql, params={"nrql": nrql}
+            )
+            _check_status(response, self.url)
+            wait_turn(turn)  # unparsed: its JSON bytes are the least memory an answer takes
+            size, held = len(response.content), [response]
+            del response  # parsed, its JSON bytes need not wait for the digest
+
+            def parse() -> NrqlResult:
+                body = _body(held.pop())
+                rows, facets = to_nerdgraph_rows(body)
+                answer = NrqlResult(
+                    results=rows,
+                    facets=facets,
+                    requests=0,
+                    retries=0,
+                    messages=completeness.messages(body.get("metadata")),
+                    inspected=inspected_count(body),
+                    size=size,
+                )
+                del body, rows  # the legacy answer goes before the digest runs
+                return digested(answer, digest)
+
+            return parsing(parse)
+
+        answer, attempts = with_retries(
+            self._retry, account_id, attempt, shrinkable=shrinkable, transport=self._transport
         )
-        rows, facets = to_nerdgraph_rows(body)
-        return NrqlResult(
-            results=rows,
-            facets=facets,
-            requests=attempts,
-            retries=attempts - 1,
-            messages=completeness.messages(body.get("metadata")),
-            inspected=inspected_count(body),
-        )
+        return replace(answer, requests=attempts, retries=attempts - 1)
 
 
-def _classify(response: requests.Response, url: str) -> dict[str, Any]:
+def _check_status(response: requests.Response, url: str) -> None:
+    """HTTP failures, classified (before the answer waits its turn to be parsed)."""
     status = response.status_code
     if status in (401, 403):
         raise AuthError(
@@ -173,6 +204,10 @@ def _classify(response: requests.Response, url: str) -> dict[str, Any]:
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
     raise_for_status(response, _error_text, "NEW_RELIC_INSIGHTS_URL", url)
+
+
+def _body(response: requests.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer; an `{"error": ...}` in it raised as its class."""
     body = json_body(response)
     if not isinstance(body, dict):
         raise NewRelicError(f"New Relic's answer is not a JSON object: {excerpt(response.text)!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -20,7 +21,16 @@ import requests
 
 from archiver import logs
 from archiver.errors import AuthError, NewRelicError, QueryTooBig, TransientError
-from archiver.newrelic.client import NewRelicClient, NrqlResult, inspected_count
+from archiver.newrelic.client import (
+    Digest,
+    NewRelicClient,
+    NrqlResult,
+    Turn,
+    digested,
+    inspected_count,
+    parsing,
+    wait_turn,
+)
 from archiver.newrelic.limiter import Limiter
 from archiver.newrelic.transport import (
     excerpt,
@@ -143,7 +153,14 @@ class NerdGraphClient(NewRelicClient):
         self._clock = clock
 
     def query(
-        self, account_id: int, nrql: str, *, other: bool = False, shrinkable: bool = False
+        self,
+        account_id: int,
+        nrql: str,
+        *,
+        other: bool = False,
+        shrinkable: bool = False,
+        digest: Digest | None = None,
+        turn: Turn | None = None,
     ) -> NrqlResult:
         """Run one NRQL query, retrying transient failures; raise the last one if they persist.
 
@@ -152,6 +169,10 @@ class NerdGraphClient(NewRelicClient):
         `shrinkable`: the caller can ask again with fewer buckets, so a QueryTooBig is raised at
         once; otherwise (a window of one bucket, raw events) it is retried like a transient
         failure, and raised with New Relic's message when the attempts run out.
+
+        `digest` and `turn`: see `client.NewRelicClient.query`. The progress of an asynchronous
+        query is read at once (New Relic's deadline runs): its final answer waits its turn
+        parsed.
         """
         body = orjson.dumps(
             {
@@ -164,20 +185,14 @@ class NerdGraphClient(NewRelicClient):
                 },
             }
         )
-        answer, attempts = self._send(account_id, body, "nrql", shrinkable, nrql)
+        answer, attempts = self._send(account_id, body, "nrql", shrinkable, digest, turn, nrql)
         requests, retries = attempts, attempts - 1
-        if _running(answer):
-            answer, polls, poll_retries = self._poll(account_id, answer, shrinkable, other)
+        if not isinstance(answer, NrqlResult):  # an asynchronous query still running
+            answer, polls, poll_retries = self._poll(
+                account_id, answer, shrinkable, other, digest, turn
+            )
             requests, retries = requests + polls, retries + poll_retries
-        return NrqlResult(
-            results=answer["results"],
-            facets=_facets(answer.get("metadata")),
-            requests=requests,
-            retries=retries,
-            other=answer.get("otherResult"),
-            messages=completeness.messages(answer.get("metadata")),
-            inspected=inspected_count(answer.get("rawResponse")),
-        )
+        return replace(answer, requests=requests, retries=retries)
 
     def dashboard(self, guid: str) -> dict[str, Any]:
         """The dashboard entity `guid`: name, pages, widgets; errors classified like query()."""
@@ -191,15 +206,41 @@ class NerdGraphClient(NewRelicClient):
         return answer
 
     def _send(
-        self, account_id: int, body: bytes, field: str, shrinkable: bool, nrql: str | None = None
-    ) -> tuple[dict[str, Any], int]:
-        """`nrql`: the query's text, for the limiter's same-text cap (None for a poll)."""
+        self,
+        account_id: int,
+        body: bytes,
+        field: str,
+        shrinkable: bool,
+        digest: Digest | None,
+        turn: Turn | None,
+        nrql: str | None = None,
+    ) -> tuple[NrqlResult | dict[str, Any], int]:
+        """The answer, digested, or a running asynchronous query's progress (a dict), and the
+        attempts it took. `nrql`: the query's text, for the limiter's same-text cap (None for
+        a poll)."""
+
+        def attempt() -> NrqlResult | dict[str, Any]:
+            response = self._post(body, account_id, nrql)
+            _check_status(response, self.url)
+            if not self._async:
+                wait_turn(turn)  # unparsed: its JSON bytes are the least memory it takes
+            size, held = len(response.content), [response]
+            del response  # parsed, its JSON bytes need not wait for the digest
+
+            def parse() -> NrqlResult | dict[str, Any]:
+                answer = _nrql_object(json_body(held.pop()), field)
+                if _running(answer) or (self._async and turn is not None):
+                    return answer
+                return digested(_result(answer, size), digest)
+
+            answer = parsing(parse)
+            if isinstance(answer, NrqlResult) or _running(answer):
+                return answer
+            wait_turn(turn)  # an asynchronous query's answer: its progress was read at once
+            return parsing(lambda: digested(_result(answer, size), digest))
+
         return with_retries(
-            self._retry,
-            account_id,
-            lambda: _classify(self._post(body, account_id, nrql), self.url, field),
-            shrinkable=shrinkable,
-            transport=self._transport,
+            self._retry, account_id, attempt, shrinkable=shrinkable, transport=self._transport
         )
 
     def _post(
@@ -210,8 +251,14 @@ class NerdGraphClient(NewRelicClient):
         )
 
     def _poll(
-        self, account_id: int, answer: dict[str, Any], shrinkable: bool, other: bool = False
-    ) -> tuple[dict[str, Any], int, int]:
+        self,
+        account_id: int,
+        answer: dict[str, Any],
+        shrinkable: bool,
+        other: bool,
+        digest: Digest | None,
+        turn: Turn | None,
+    ) -> tuple[NrqlResult, int, int]:
         """Poll an asynchronous query until it completes: its answer, the polls and retries.
 
         Each poll waits New Relic's `retryAfter`, but never so long that it would miss the
@@ -220,8 +267,9 @@ class NerdGraphClient(NewRelicClient):
         """
         started = self._clock()
         polls = retries = 0
-        while _running(answer):
-            progress = answer["queryProgress"]
+        progressing: NrqlResult | dict[str, Any] = answer
+        while not isinstance(progressing, NrqlResult):
+            progress = progressing["queryProgress"]
             query_id = progress.get("queryId")
             if query_id is None:
                 raise NewRelicError("New Relic's asynchronous answer has no queryId to poll")
@@ -237,17 +285,35 @@ class NerdGraphClient(NewRelicClient):
                     "variables": {"accountId": account_id, "queryId": str(query_id)},
                 }
             )
-            answer, attempts = self._send(account_id, body, "nrqlQueryProgress", shrinkable)
+            progressing, attempts = self._send(
+                account_id, body, "nrqlQueryProgress", shrinkable, digest, turn
+            )
             polls, retries = polls + attempts, retries + attempts - 1
-        return answer, polls, retries
+        return progressing, polls, retries
 
 
-def _classify(response: requests.Response, url: str, field: str = "nrql") -> dict[str, Any]:
-    return _nrql_object(_checked_json(response, url), field)
+def _result(answer: dict[str, Any], size: int) -> NrqlResult:
+    """A completed answer's NrqlResult (`size`: its JSON's bytes), its requests not counted yet."""
+    return NrqlResult(
+        size=size,
+        results=answer["results"],
+        facets=_facets(answer.get("metadata")),
+        requests=0,
+        retries=0,
+        other=answer.get("otherResult"),
+        messages=completeness.messages(answer.get("metadata")),
+        inspected=inspected_count(answer.get("rawResponse")),
+    )
 
 
 def _checked_json(response: requests.Response, url: str) -> Any:
     """The JSON body of a successful answer; HTTP failures raised as their class."""
+    _check_status(response, url)
+    return json_body(response)
+
+
+def _check_status(response: requests.Response, url: str) -> None:
+    """HTTP failures, classified (before the answer waits its turn to be parsed)."""
     status = response.status_code
     if status == 401:
         raise AuthError(f"New Relic rejected the API key (HTTP 401): {BAD_KEY_HINT}")
@@ -257,7 +323,6 @@ def _checked_json(response: requests.Response, url: str) -> Any:
             "check that NEW_RELIC_API_KEY is a user key (NRAK-...) allowed to query this account"
         )
     raise_for_status(response, _describe, "NEW_RELIC_NERDGRAPH_URL", url)
-    return json_body(response)
 
 
 def _nrql_object(body: Any, field: str = "nrql") -> dict[str, Any]:

@@ -21,6 +21,7 @@ import requests
 
 from archiver import logs
 from archiver.errors import NewRelicError, QueryTooBig, TransientError
+from archiver.newrelic.client import turn_waits
 from archiver.newrelic.limiter import LimitedTransport, Limiter
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
 
@@ -155,8 +156,9 @@ def with_retries(
 ) -> tuple[T, int]:
     """`send()` under the retry policy; returns its value and the attempts it took.
 
-    Time spent waiting at `transport`'s limiter (a LimitedTransport) is left out of the
-    policy's total-time cap: it is other queries' turn, not this query's retries.
+    Time spent waiting at `transport`'s limiter (a LimitedTransport), and for an answer's turn
+    to be parsed (`client.turn_waits`), is left out of the policy's total-time cap: it is
+    other queries' (or windows') turn, not this query's retries.
 
     A QueryTooBig is retried too unless the caller can shrink the query (`shrinkable`); when it
     is raised, its `requests` says how many requests it took.
@@ -175,7 +177,9 @@ def with_retries(
             what=f"New Relic query for {what}",
             retry_on=(TransientError,) if shrinkable else (TransientError, QueryTooBig),
             not_counted=(
-                transport.limiter.waited if isinstance(transport, LimitedTransport) else None
+                (lambda: transport.limiter.waited() + turn_waits())
+                if isinstance(transport, LimitedTransport)
+                else turn_waits
             ),
         )
     except QueryTooBig as exc:

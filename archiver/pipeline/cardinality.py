@@ -3,7 +3,8 @@
 A facet whose values are per-request ids (UUIDs, GUIDs, long hex strings) turns every row
 into a new series; a team running this kind of archive once created a million series in a
 day that way. The guard counts the distinct facet values a job produces and checks each
-*new* value once, so the cost on the hot path is one set lookup per row.
+*new* value once; the rows are walked once per answer, by `completeness.facet_keys`, which
+the LIMIT check shares, and only the answer's distinct facets reach the guard.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from archiver.errors import PermanentError
+from archiver.pipeline import completeness
 
 ID_LIKE = re.compile(
     r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}|[0-9a-f]{24,}",
@@ -21,16 +23,6 @@ ID_LIKE = re.compile(
 
 class CardinalityError(PermanentError):
     pass
-
-
-def _facet(row: Mapping[str, object], names: tuple[str, ...]) -> object:
-    """The row's `facet`, or for rows without one (New Relic sends both kinds) the value(s)
-    of the FACET attributes, as the transform tags them."""
-    if "facet" in row:
-        return row["facet"]
-    if len(names) == 1:
-        return row.get(names[0])
-    return [row.get(name) for name in names]
 
 
 class SeriesGuard:
@@ -43,7 +35,15 @@ class SeriesGuard:
         """Raise CardinalityError, naming the facet to blame, before anything is written."""
         names = tuple(facets) or self.facets
         if names:
-            self._check_keys(names, (_facet(row, names) for row in rows))
+            self.check_facets(completeness.facet_keys(rows, names).values, names)
+
+    def check_facets(self, values: Iterable[object], facets: Sequence[str]) -> None:
+        """`check` for an answer's distinct facets, as `completeness.facet_keys` found them:
+        each row's `facet`, or for rows without one (New Relic sends both kinds) the value(s)
+        of the FACET attributes, as the transform tags them."""
+        names = tuple(facets) or self.facets
+        if names:
+            self._check_keys(names, values)
 
     def check_events(self, rows: Iterable[Mapping[str, object]]) -> None:
         """The same for raw events, whose tags are the `tag_attributes` (given as `facets`)."""

@@ -7,14 +7,16 @@
 - `other_rows(other, facets)`: `otherResult` (the facets beyond LIMIT, `other: true`) as rows
   whose facet attributes all hold `__other__`, so that the points of a bucket add up to its
   total.
-- `facet_count(rows, facets)`: the distinct facets of an answer; as many as the LIMIT means
-  some facets may be missing.
+- `facet_keys(rows, facets)`: the distinct facets of an answer, in one pass over its rows: their
+  count (as many as the LIMIT means some facets may be missing) and the values the cardinality
+  guard checks (`cardinality.SeriesGuard`).
 - `messages(metadata)`: New Relic's warnings about the query (`metadata.messages`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from archiver.queries.model import OTHER_TAG_VALUE
@@ -62,21 +64,53 @@ def other_rows(other: Any, facets: Sequence[str]) -> list[Row]:
     return [{**row, **labels} for row in other if isinstance(row, Mapping)]
 
 
-def facet_count(rows: Sequence[Mapping[str, Any]], facets: Sequence[str]) -> int:
-    """Distinct facet values in the rows (by the `facet` key, else by the attributes).
+@dataclass(frozen=True)
+class FacetKeys:
+    """The distinct facets of an answer (`facet_keys`)."""
 
-    Runs on every FACET answer: a text `facet` (nearly every row) is taken as it is.
+    count: int
+    """Distinct facets, type-exact: the facets 1, 1.0, True and "1" are four."""
+    values: list[object]
+    """One value per distinct facet, as the series guard keys it: the `facet` (a list as a
+    tuple), or for a row without one the FACET attribute's value (several as a tuple)."""
+
+
+def facet_keys(rows: Iterable[Mapping[str, Any]], facets: Sequence[str]) -> FacetKeys:
+    """The distinct facets of the rows (by the `facet` key, else by the attributes).
+
+    Runs on every FACET answer, so one pass serves both the LIMIT check and the series guard:
+    a text `facet` (nearly every row of a one-attribute FACET) and a list of texts (several
+    attributes) are taken as they are; anything else is told apart by its repr, so that values
+    Python finds equal but JSON does not (1, 1.0, true) stay distinct.
     """
-    seen: set[object] = set()
+    texts: set[str] = set()
+    text_lists: set[tuple[str, ...]] = set()  # a tuple equal to one of them holds only texts
+    others: dict[object, object] = {}  # type-exact key → the guard's value
+    single = len(facets) == 1
     for row in rows:
-        facet = row.get("facet")
-        if type(facet) is str:
-            seen.add(facet)
-        elif facet is not None or "facet" in row:
-            seen.add(("facet", repr(facet)))
+        facet = row.get("facet", _MISSING)
+        kind = type(facet)
+        if kind is str:
+            texts.add(facet)
+        elif kind is list:
+            values = tuple(facet)
+            if values in text_lists:
+                continue
+            if all(type(value) is str for value in values):
+                text_lists.add(values)
+            else:
+                others[("facet", repr(facet))] = values
+        elif facet is not _MISSING:
+            others[("facet", repr(facet))] = facet
         else:  # real answers may carry only the attributes
-            seen.add(("attributes", *(repr(row.get(name)) for name in facets)))
-    return len(seen)
+            found = [row.get(name) for name in facets]
+            value = found[0] if single else found
+            others[("attributes", *map(repr, found))] = (
+                tuple(value) if isinstance(value, list) else value
+            )
+    return FacetKeys(
+        len(texts) + len(text_lists) + len(others), [*texts, *text_lists, *others.values()]
+    )
 
 
 def messages(metadata: Any) -> tuple[str, ...]:

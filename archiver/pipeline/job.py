@@ -1,9 +1,9 @@
 """One job, one (query, target): fetch → transform → write → advance.
 
-New Relic answers the next windows (asked several at once on helper threads, used in order)
-while the sink writes this one. The checkpoint (or backfill progress) moves in its own
-transaction after the sink acknowledged every line of the window, never before; the lease is
-renewed after each window.
+New Relic answers the next windows (asked several at once on helper threads, parsed and made
+into line protocol when taken, used in order) while the sink writes this one. The checkpoint
+(or backfill progress) moves in its own transaction after the sink acknowledged every line of
+the window, never before; the lease is renewed after each window.
 """
 
 from __future__ import annotations
@@ -19,19 +19,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import chain
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from archiver import windows
 from archiver.errors import QueryTooBig
 from archiver.logs import redact
-from archiver.newrelic.client import NewRelicClient, NrqlResult
+from archiver.newrelic.client import Digest, NewRelicClient, NrqlResult
 from archiver.pipeline import completeness, events, transform
 from archiver.pipeline.cardinality import SeriesGuard
-from archiver.pipeline.plan import PlannedJob, WindowSizer, sizer_for, utcnow, windows_of
+from archiver.pipeline.plan import (
+    PlannedJob,
+    WindowSizer,
+    sizer_for,
+    utcnow,
+    window_buckets,
+    windows_of,
+)
 from archiver.pipeline.progress import Progress
-from archiver.pipeline.readahead import read_ahead_groups
-from archiver.queries import funnels
+from archiver.pipeline.readahead import Turns, read_ahead_groups
+from archiver.queries import QueryDef, funnels
 from archiver.sinks.base import BATCH_SIZE, Precision, Sink, WriteResult
 from archiver.state.store import State, Written
 from archiver.windows import Window, iso
@@ -42,12 +50,16 @@ log = logging.getLogger(__name__)
 OTHER_KEPT = "the facets beyond it are archived together as __other__"
 OTHER_LOST = "the facets beyond it are missing (raise LIMIT, narrow WHERE, or set `other: true`)"
 READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written (verify)
-# TIMESERIES windows asked of New Relic at once, ahead of those (at most the limiter's
-# max_concurrent, 5): ~ New Relic's latency (0.3 s an answer) / the work per window (0.15 s).
-# Measured (bench rows b, c, g; README: Performance): at 2, g had 0.57 of b's points/s on a
-# quiet machine (0.36 with one window ahead) and c a peak RSS of 239-255 MiB (214); 3 gave
-# 0.77 but 301 MiB. Latency against memory: 2 until answers are held in less memory.
-FETCH_AHEAD = 2
+# TIMESERIES windows asked of New Relic at once, ahead of the one being written (at most the
+# limiter's max_concurrent, 5), so that New Relic's latency overlaps; and no more of them than
+# AHEAD_BYTES of JSON expected (answers of wide rows are fewer at once). They wait unparsed
+# until their window is taken, the JSON bytes being the least memory an answer takes.
+# Measured 2026-11-29, bench one row at a time (loads 2-5, 1-2 tries; README: Performance):
+# at 4, g had 0.92-0.95 of b's points/s (3: 0.89; the earlier design, parsed answers held:
+# 0.57 at 2); peak RSS b 135-140 MiB, c 174-194 (2 of its 9.5 MB answers fit in AHEAD_BYTES;
+# 16 MiB, 1 of them: c 176 but g 0.84 of b), d 110-116 (before: b 168, c 239-255, d 345-358).
+FETCH_AHEAD = 4
+AHEAD_BYTES = 24 * 2**20
 LEASE_TTL = timedelta(minutes=10)
 # Windows ready together are written together up to this many lines: one write request (the
 # sink's batch) and one state transaction for all of them. Windows of a few hundred points
@@ -90,6 +102,64 @@ class Batch(NamedTuple):
     lines: list[str]
     precision: Precision
     inspected: int | None = None
+
+
+class Digested(NamedTuple):
+    """What the runner keeps of a TIMESERIES answer while it waits to be written (`_digest`):
+    its line protocol, and what the checks made in window order need, not its rows."""
+
+    lines: list[str]
+    rows: int  # in New Relic's answer (otherResult's left out): what sizes the next windows
+    facets: tuple[str, ...]  # the answer's FACET attributes
+    keys: completeness.FacetKeys | None  # its distinct facets; None without FACET
+    messages: tuple[str, ...]
+    inspected: int | None
+    unseen: set[str]  # guarded keys New Relic named otherwise (completeness.drop_unsampled)
+    dropped: set[str]  # answer keys with no line-protocol form
+    error: Exception | None = None  # raised in order, after the series guard saw the answer
+
+
+def _digest(
+    query: QueryDef, tags: dict[str, str], steps: dict[str, tuple[str, ...]], answer: NrqlResult
+) -> Digested:
+    """An answer's line protocol and what its checks need (`Digested`), with otherResult's
+    rows and without the zeros of empty buckets.
+
+    Runs on the client's parsing thread as soon as the answer is parsed (`client.digested`);
+    it changes nothing of the job's: a failure is kept, and raised when the window is used.
+    """
+    rows = answer.results
+    names = answer.facets or query.facets
+    keys = completeness.facet_keys(rows, names) if names else None
+    count = len(rows)
+    unseen: set[str] = set()
+    dropped: set[str] = set()
+    lines: list[str] = []
+    error: Exception | None = None
+    try:
+        if query.other:
+            rows.extend(completeness.other_rows(answer.other, names))
+        unseen = completeness.drop_unsampled(rows, query.sample_guards) if rows else set()
+        lines = transform.to_lines(
+            _consumed(rows), answer.facets, query.measurement, tags, funnels=steps,
+            dropped=dropped,
+        )  # fmt: skip
+    except Exception as exc:  # raised in order, by Job._check
+        error = exc
+    return Digested(
+        lines, count, answer.facets, keys, answer.messages, answer.inspected, unseen, dropped,
+        error,
+    )  # fmt: skip
+
+
+def _consumed(rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The rows in order, each let go of as it is handed out: while an answer's lines are made,
+    its rows are freed one by one (a row takes two to three times the memory of its line).
+    `transform.to_lines` reads its rows once, in order (tests/test_job.py checks it)."""
+    for index, row in enumerate(rows):
+        rows[index] = None  # type: ignore[call-overload]
+        yield row
+    rows.clear()
 
 
 def new_holder() -> str:
@@ -329,18 +399,27 @@ class Job:
         """TIMESERIES windows: one request each, sized by the rows the last answers had.
 
         The first window is asked alone (its answer sizes the next ones); after it, up to
-        FETCH_AHEAD windows are asked at once on helper threads, so New Relic's latency overlaps,
-        and their answers are used in order. A window New Relic finds too big is asked again in
-        parts of half the buckets (and half again); the sizer keeps the smaller size for the
-        rest of the job, and the windows asked after it are asked again at that size.
+        FETCH_AHEAD windows (at most AHEAD_BYTES of JSON) are asked at once on helper threads,
+        so New Relic's latency overlaps. An answer is parsed and made into line protocol when
+        its window is taken (`_digest`, one answer at a time in the process: `client.parsing`),
+        so the windows asked ahead wait as JSON bytes, and none holds its rows (`export` takes
+        the next window while the sink writes this one). The answers are used in order, and
+        everything that
+        depends on the windows before runs here, in order: the series guard (before anything
+        is written), the sizer, New Relic's messages and the warnings, once per job. A window
+        New Relic finds too big is asked again in parts of half the buckets (and half again);
+        the sizer keeps the smaller size for the rest of the job, and the windows asked after
+        it are asked again at that size, the first of them alone (until New Relic answers one,
+        the others would be refused too).
         """
         job = self.planned
         query, interval = job.query, job.target.interval
         guard = SeriesGuard(query.facets, query.max_series)
-        steps = funnels.funnel_steps(query.nrql)
-        tags = query.job_tags(job.account_id)
-        facets = bool(query.facets)
+        digest = partial(
+            _digest, query, query.job_tags(job.account_id), funnels.funnel_steps(query.nrql)
+        )
         thread = threading.current_thread().name
+        turns = Turns()
         with ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix=f"{thread}-ask") as pool:
             asked: deque[tuple[Window, Future[NrqlResult]]] = deque()
             try:
@@ -350,48 +429,57 @@ class Job:
                         while since < until and len(asked) < (FETCH_AHEAD if sized else 1):
                             if self._interrupted():
                                 return
-                            window = windows.next_window(
-                                since, until, interval, sizer.buckets(facets)
-                            )
-                            asked.append((window, pool.submit(self._ask, window)))
+                            buckets = window_buckets(sizer, query, since, until, interval)
+                            window = windows.next_window(since, until, interval, buckets)
+                            waiting = sum(sizer.expected_bytes(w) for w, _ in asked)
+                            if asked and waiting + sizer.expected_bytes(window) > AHEAD_BYTES:
+                                break
+                            ask = partial(self._ask, window, digest, turns.next())
+                            asked.append((window, pool.submit(ask)))
                             since = window.until
                         window, future = asked.popleft()
+                        turns.take()
                         answer = self._answer(window, future, sizer)
                         if answer is None:  # shrunk: ask again from here, with fewer buckets
                             since = window.since
-                            self._forget(asked)
+                            self._forget(asked, turns)
+                            sized = False  # alone until answered: others would be refused too
                             continue
                         sized = True
-                        guard.check(answer.results, answer.facets)
-                        sizer.learn(window, len(answer.results))
-                        rows = self._complete_rows(answer)
-                        dropped: set[str] = set()
-                        lines = transform.to_lines(
-                            rows, answer.facets, query.measurement, tags,
-                            funnels=steps, dropped=dropped,
-                        )  # fmt: skip
-                        inspected = answer.inspected
-                        del rows, answer  # only the lines wait to be written
-                        _warn_dropped(self.result, dropped)
-                        yield Batch(window, lines, "s", inspected)
+                        digested: Digested = answer.digest
+                        size = answer.size
+                        del future, answer  # only the lines wait to be written
+                        if digested.keys is not None:
+                            guard.check_facets(digested.keys.values, digested.facets)
+                        sizer.learn(window, digested.rows, size)
+                        self._check(digested)
+                        yield Batch(window, digested.lines, "s", digested.inspected)
+                        del digested
             finally:
+                turns.close()  # the answers waiting for their turn are dropped unparsed
                 for _window, future in asked:
                     future.cancel()
 
-    def _ask(self, window: Window) -> NrqlResult:
-        """New Relic's answer for `window` (on a helper thread: it changes nothing here)."""
+    def _ask(self, window: Window, digest: Digest, turn: Callable[[], None]) -> NrqlResult:
+        """New Relic's answer for `window`, digested in its `turn` (on a helper thread: it
+        changes nothing here)."""
         job = self.planned
         nrql = job.query.nrql_for(window.since, window.until, job.target.interval)
         shrinkable = window.buckets(job.target.interval) > 1
-        return self.client.query(job.account_id, nrql, other=job.query.other, shrinkable=shrinkable)
+        return self.client.query(
+            job.account_id, nrql, other=job.query.other, shrinkable=shrinkable,
+            digest=digest, turn=turn,
+        )  # fmt: skip
 
-    def _forget(self, asked: deque[tuple[Window, Future[NrqlResult]]]) -> None:
+    def _forget(self, asked: deque[tuple[Window, Future[NrqlResult]]], turns: Turns) -> None:
         """Drop the windows asked after one New Relic refused: they are asked again smaller.
 
-        Their requests still count; a failure among them does not matter any more.
+        Their requests still count (taken in turn, they are parsed one by one); a failure among
+        them does not matter any more.
         """
         while asked:
             _window, future = asked.popleft()
+            turns.take()
             if future.cancel():
                 continue
             try:
@@ -436,16 +524,15 @@ class Job:
             result.inspected += answer.inspected
         return answer
 
-    def _complete_rows(self, answer: NrqlResult) -> list:
-        """The answer's rows with otherResult's, without the zeros of empty buckets; logs and
-        counts New Relic's messages and a facet count that reached the LIMIT."""
+    def _check(self, digested: Digested) -> None:
+        """Log and count New Relic's messages, a facet count that reached the LIMIT and guarded
+        fields New Relic named otherwise; raise what went wrong while digesting the answer."""
         job, result = self.planned, self.result
         query, head = job.query, f"{job.name} → {job.target.key}"
-        self.said.messages(query.name, result, answer.messages)
-        rows = answer.results
-        facets = answer.facets or query.facets
+        self.said.messages(query.name, result, digested.messages)
         limit = query.facet_limit  # fewer rows than that cannot hold as many facets
-        if facets and len(rows) >= limit and completeness.facet_count(rows, facets) >= limit:
+        keys = digested.keys
+        if keys is not None and digested.rows >= limit and keys.count >= limit:
             result.facet_limit_hit += 1
             beyond = OTHER_KEPT if query.other else OTHER_LOST
             _warn_once(
@@ -453,17 +540,16 @@ class Job:
                 "%s: New Relic answered %d facets, as many as the query's LIMIT: %s",
                 head, query.facet_limit, beyond,
             )  # fmt: skip
-        if query.other:
-            rows = rows + completeness.other_rows(answer.other, facets)
-        unseen = completeness.drop_unsampled(rows, query.sample_guards)
-        if unseen and rows:
+        if digested.unseen:
             _warn_once(
                 result, "unsampled",
                 "%s: cannot tell empty buckets for %s: New Relic named them otherwise; a 0 there "
                 "may be a bucket without samples",
-                head, ", ".join(sorted(unseen)),
+                head, ", ".join(sorted(digested.unseen)),
             )  # fmt: skip
-        return rows
+        if digested.error is not None:
+            raise digested.error
+        _warn_dropped(result, digested.dropped)
 
     def _event_batches(self) -> Iterator[Batch]:
         """Raw events: windows of `interval`, cut as finely as the last one needed and halved

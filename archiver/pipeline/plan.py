@@ -69,6 +69,7 @@ class WindowSizer:
     interval: timedelta
     rows_per_bucket: float | None = None
     max_buckets: int | None = None
+    bytes_per_bucket: float | None = None  # of New Relic's JSON answers, when told
 
     @classmethod
     def resume(
@@ -84,14 +85,32 @@ class WindowSizer:
             sizer.max_buckets = bucket_cap
         return sizer
 
-    def buckets(self, has_facets: bool) -> int:
+    def buckets(self, has_facets: bool, *, facet_limit: int = 0, left: int = 0) -> int:
+        """The next window's buckets, at most.
+
+        Before the first answer of a FACET query tells how many facets it has, a range of more
+        than FIRST_FACET_BUCKETS buckets (`left` in the segment) starts with
+        ROWS_PER_REQUEST / `facet_limit` buckets (the query's LIMIT, or LIMIT MAX: 4 buckets),
+        so that its first answer is no bigger than the ones sized after it, even with 5,000
+        facets; a shorter range (an hourly run's) is asked whole, in one request.
+        """
         learned = windows.buckets_per_request(
             has_facets=has_facets, rows_per_bucket=self.rows_per_bucket
         )
+        if has_facets and self.rows_per_bucket is None and facet_limit and left > learned:
+            learned = max(1, min(learned, windows.ROWS_PER_REQUEST // facet_limit))
         return learned if self.max_buckets is None else min(learned, self.max_buckets)
 
-    def learn(self, window: Window, rows: int) -> None:
-        self.rows_per_bucket = rows / max(1, window.buckets(self.interval))
+    def learn(self, window: Window, rows: int, size: int | None = None) -> None:
+        """From the answer for `window`: its rows, and the bytes of its JSON (`size`)."""
+        buckets = max(1, window.buckets(self.interval))
+        self.rows_per_bucket = rows / buckets
+        if size is not None:
+            self.bytes_per_bucket = size / buckets
+
+    def expected_bytes(self, window: Window) -> float:
+        """The JSON bytes New Relic's answer for `window` should take (0 before any answer)."""
+        return (self.bytes_per_bucket or 0.0) * window.buckets(self.interval)
 
     def shrink(self, window: Window) -> int:
         """New Relic refused `window`: from now on at most half its buckets (at least 1)."""
@@ -192,13 +211,22 @@ def windows_of(job: PlannedJob, sizer: WindowSizer) -> Iterator[Window]:
 
     An events query has no buckets: its windows are one `interval` long.
     """
-    events_mode = job.query.mode == "events"
+    query, interval = job.query, job.target.interval
     for since, until in job.segments:
         while since < until:
-            buckets = 1 if events_mode else sizer.buckets(bool(job.query.facets))
-            window = windows.next_window(since, until, job.target.interval, buckets)
+            events_mode = query.mode == "events"
+            buckets = 1 if events_mode else window_buckets(sizer, query, since, until, interval)
+            window = windows.next_window(since, until, interval, buckets)
             yield window
             since = window.until
+
+
+def window_buckets(
+    sizer: WindowSizer, query: QueryDef, since: datetime, until: datetime, interval: timedelta
+) -> int:
+    """The buckets of the TIMESERIES window from `since` (`WindowSizer.buckets`)."""
+    left = Window(since, until).buckets(interval)
+    return sizer.buckets(bool(query.facets), facet_limit=query.facet_limit, left=left)
 
 
 # -- what the state knows --------------------------------------------------------------------

@@ -1,8 +1,12 @@
-"""Read ahead: an iterator's items produced on a helper thread, a bounded number ahead.
+"""Read ahead: work on the next windows while InfluxDB writes the current one, bounded.
 
-The runner uses it so that New Relic is asked for the next window (and its rows transformed)
-while InfluxDB writes the current one. The bound keeps memory to a few windows, whatever the
-length of the range.
+- `read_ahead`: an iterator's items produced on a helper thread, a bounded number ahead (raw
+  events: New Relic asked and the rows transformed on that thread).
+- `Turns`: when each of the windows asked at once may be parsed and transformed (TIMESERIES
+  windows): once the consumer takes it; until then it waits as JSON bytes, the least memory
+  an answer takes.
+
+The bounds keep memory to a few windows, whatever the length of the range.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -154,3 +159,42 @@ def read_ahead_groups(
             changed.notify_all()
         while producer.is_alive():
             producer.join(timeout=JOIN_POLL_SECONDS)
+
+
+class Dropped(Exception):
+    """Raised by a turn that will never come: the windows are not wanted any more."""
+
+
+class Turns:
+    """Turns of the windows asked at once, numbered in the order asked and taken in that order:
+    window n may go on (be parsed) once the consumer took it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._numbered = 0  # windows asked (given a turn)
+        self._taken = 0  # windows the consumer took (waits for, writes, or dropped)
+        self._closed = False
+
+    def next(self) -> Callable[[], None]:
+        """The turn of the next window asked: blocks until it may go on; raises Dropped after
+        `close`. (Called by the asking thread only.)"""
+        number, self._numbered = self._numbered, self._numbered + 1
+        return partial(self._wait, number)
+
+    def take(self) -> None:
+        """The consumer took the oldest window: it may go on."""
+        with self._changed:
+            self._taken += 1
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """No window waiting for its turn is wanted any more."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def _wait(self, number: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or number < self._taken)
+            if self._closed:
+                raise Dropped(f"window {number} is not wanted any more")
