@@ -43,3 +43,17 @@ def test_the_distinct_facets_of_an_answer_are_checked_as_its_rows_are():
         SeriesGuard(["code"], 2).check_facets(["1", 1, 2.0], ["code"])
     with pytest.raises(CardinalityError, match="facet 'requestId' has id-like values"):
         SeriesGuard(["zone", "requestId"], 100).check_facets([("a", UUID)], [])
+
+
+def test_raw_events_with_a_list_as_a_tag_value_are_counted_not_refused():
+    # events.to_lines tags such a value with its text; the guard counted it with a TypeError
+    guard = SeriesGuard(["host", "labels"], max_series=2)
+    rows = [
+        {"host": "a", "labels": ["x", "y"], "timestamp": 1},
+        {"host": "a", "labels": ["x", "y"], "timestamp": 2},
+        {"host": "a", "labels": {"k": "v"}, "timestamp": 3},
+    ]
+    guard.check_events(rows)
+    assert len(guard.seen) == 2
+    with pytest.raises(CardinalityError, match="exceed max_series 2"):
+        guard.check_events([{"host": "b", "labels": ["z"], "timestamp": 4}])

@@ -54,8 +54,13 @@ class SeriesGuard:
         seen = self.seen
         for value in values:
             key = tuple(value) if isinstance(value, list) else value
-            if key in seen:
-                continue
+            try:
+                if key in seen:
+                    continue
+            except TypeError:  # a list or object as a tag value: tagged with its text
+                key = _hashable(key)
+                if key in seen:
+                    continue
             seen.add(key)
             self._check_new(names, key)
         if len(seen) > self.max_series:
@@ -82,3 +87,10 @@ class SeriesGuard:
             for i in range(len(names))
         ]
         return names[distinct.index(max(distinct))]
+
+
+def _hashable(key: object) -> object:
+    """A key with its lists and objects as the text the transforms tag them with (`str`)."""
+    if isinstance(key, tuple):
+        return tuple(str(v) if isinstance(v, list | dict) else v for v in key)
+    return str(key)
