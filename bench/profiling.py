@@ -42,17 +42,25 @@ def py_spy_command(argv: Sequence[str], raw_output: Path) -> list[str]:
 
 
 # Time by pipeline step: the first of these functions found in a stack, outermost frame first.
-# A key ending in "." is a class: any of its methods. `read_ahead` and its `offer` exist only
-# when the runner reads ahead (fetching the next window on a helper thread).
+# A key ending in "." is a class: any of its methods. Answers are parsed and made into lines on
+# the client's parsing thread (`parse_answer`, `to_lines`), windows are read ahead in groups
+# (`read_ahead_groups`), written on writer threads and recorded in order (`export`'s `settle`).
 STEPS = (
     ("fetch: NerdGraphClient.query", "NerdGraphClient.query"),
+    ("parse: parse_answer", "parse_answer"),
     ("transform: to_lines", "to_lines"),
     ("write: InfluxV1Sink.write", "InfluxV1Sink.write"),
     ("state database", "State."),
-    ("job waits for the next window", "read_ahead"),
-    ("read-ahead waits for room", "read_ahead.<locals>.offer"),
+    ("job waits for a write", "Job.export.<locals>.settle"),
+    ("job waits for the next window", "read_ahead_groups.<locals>.take"),
+    ("read-ahead waits for room", "read_ahead_groups.<locals>.offer"),
 )
-IN_A_JOB = ("Runner._job", "read_ahead.<locals>.produce")
+IN_A_JOB = (
+    "Runner._job",
+    "read_ahead_groups.<locals>.produce",
+    "Job.export.<locals>.record",
+    "Job.export.<locals>.write",
+)
 # Leaf frames that mean "blocked": waiting on a socket, a lock or another thread (`_worker`:
 # an idle thread of a pool, waiting in C for its next task).
 WAITING = (
