@@ -57,3 +57,15 @@ def test_raw_events_with_a_list_as_a_tag_value_are_counted_not_refused():
     assert len(guard.seen) == 2
     with pytest.raises(CardinalityError, match="exceed max_series 2"):
         guard.check_events([{"host": "b", "labels": ["z"], "timestamp": 4}])
+
+
+def test_raw_events_are_counted_alike_whether_every_row_has_every_tag_or_not():
+    complete = [{"host": f"h{i % 3}", "app": "a", "timestamp": i} for i in range(30)]
+    partial = [*complete, {"app": "a", "timestamp": 99}]  # no host: counted as a series too
+    fast, slow = SeriesGuard(["host", "app"], 10), SeriesGuard(["host", "app"], 10)
+    fast.check_events(complete)
+    slow.check_events(partial)
+    assert fast.seen == {("h0", "a"), ("h1", "a"), ("h2", "a")}
+    assert slow.seen == fast.seen | {(None, "a")}
+    with pytest.raises(CardinalityError, match="id-like"):
+        fast.check_events([{"host": "3f2b9c1e-7a4d-4b8e-9c2f-1a2b3c4d5e6f", "app": "a"}])
