@@ -117,6 +117,7 @@ class InfluxClientSink:
             enable_gzip=True, retries=False, connection_pool_maxsize=16,
         )  # fmt: skip
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._writing = threading.Lock()
         self._lock = threading.Lock()
         self._targets = Targets(
             self._client, org=self.org, display_url=self.display_url,
@@ -168,18 +169,23 @@ class InfluxClientSink:
         lines: Sequence[str],
         precision: Precision = "s",
     ) -> WriteResult:
-        """Send `lines` in batches; returns once InfluxDB acknowledged every batch."""
+        """Send `lines` in batches; returns once InfluxDB acknowledged every batch.
+
+        One call at a time: influxdb-client does not say its write API may be shared between
+        threads (the runner writes from two), so its calls are not overlapped.
+        """
         bucket = bucket_name(database, retention_policy)
         dropped = requests_sent = retries = 0
-        for start in range(0, len(lines), self.batch_size):
-            batch = list(lines[start : start + self.batch_size])
-            batch_dropped, attempts = self._with_retries(
-                lambda batch=batch: self._write_batch(bucket, batch, precision),
-                f'the write to "{bucket}"',
-            )
-            dropped += batch_dropped
-            requests_sent += attempts
-            retries += attempts - 1
+        with self._writing:
+            for start in range(0, len(lines), self.batch_size):
+                batch = list(lines[start : start + self.batch_size])
+                batch_dropped, attempts = self._with_retries(
+                    lambda batch=batch: self._write_batch(bucket, batch, precision),
+                    f'the write to "{bucket}"',
+                )
+                dropped += batch_dropped
+                requests_sent += attempts
+                retries += attempts - 1
         return WriteResult(len(lines), dropped, requests_sent, retries)
 
     # --- reading back and deleting (verify) ---------------------------------------------------
