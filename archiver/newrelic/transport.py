@@ -24,6 +24,7 @@ from archiver.errors import NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.client import turn_waits
 from archiver.newrelic.limiter import LimitedTransport, Limiter
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
+from archiver.sessions import session_for
 
 # Parsed answers are exempt from garbage collection (`parse_answer`); every this many answers,
 # one full collection frees any cyclic garbage that was exempted with them. (A count, not
@@ -71,7 +72,7 @@ class HttpTransport:
         self._headers = dict(headers)
         self._timeout = timeout
         self._owns_session = session is None
-        self._session = session or requests.Session()
+        self._session = session_for(url, session)
 
     def close(self) -> None:
         if self._owns_session:
