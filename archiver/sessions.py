@@ -5,9 +5,8 @@ requests reads the environment again on every request (`Session.merge_environmen
 walks every variable for HTTP(S)_PROXY and NO_PROXY, twice, and stats ~/.netrc): 0.3-0.4 ms
 of CPU a request with 38 variables (a 100 KB POST to a local server: 0.88 → 0.50 ms; a
 5,000-line /write to influxd, its gzip aside: 2.0 → 1.6 ms; 2026-11-29). Every session here
-sends all its requests
-to the server of one URL, so what the environment says for that URL holds for all of them, and
-is read when the session is made.
+sends all its requests to the server of one URL, so what the environment says for that URL
+holds for all of them, and is read when the session is made.
 """
 
 from __future__ import annotations
