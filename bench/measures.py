@@ -6,7 +6,6 @@ server's data model, so they handle the very points the end-to-end run writes.
 
 from __future__ import annotations
 
-import gzip
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import requests
 from archiver.pipeline import events, transform
 from archiver.pipeline.plan import PlannedJob, WindowSizer, windows_of
 from archiver.queries import QueryDef
-from archiver.sinks.influx_v1 import GZIP_LEVEL  # the limit posts bodies compressed like the sink
+from archiver.sinks.influx_v1 import gzipped  # the limit posts bodies compressed like the sink
 from bench.harness import ACCOUNT
 from fakes import data
 
@@ -104,7 +103,7 @@ def gzipped_batches(query: QueryDef, source: Iterable[Answer]) -> tuple[list[byt
         points += len(lines)
         for start in range(0, len(lines), BATCH_LINES):
             body = "\n".join(lines[start : start + BATCH_LINES]).encode()
-            bodies.append(gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0))
+            bodies.append(gzipped(body))
     return bodies, points
 
 

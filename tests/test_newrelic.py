@@ -3,6 +3,7 @@ local HTTP server where urllib3 itself must run)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import socket
@@ -612,6 +613,86 @@ def test_the_key_never_reaches_a_log_line_even_at_debug(
     assert '"POST /graphql HTTP/1.1" 503' in caplog.text  # urllib3 did log at DEBUG
     assert "retrying in" in caplog.text
     assert KEY not in caplog.text
+
+
+class KeptAliveNerdGraph(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; each answer is (body, Content-Encoding, bytes it claims): a
+    claim above the body's length cuts the answer off there and closes the connection."""
+
+    protocol_version = "HTTP/1.1"
+    answers: list[tuple[bytes, str | None, int | None]] = []
+    connections: set[int] = set()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).connections.add(self.client_address[1])
+        body, encoding, claimed = type(self).answers.pop(0)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.send_header("Content-Length", str(claimed or len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if claimed:
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def kept_alive_nerdgraph() -> Iterator[str]:
+    KeptAliveNerdGraph.connections = set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeptAliveNerdGraph)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/graphql"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_answers_are_read_whole_gzipped_or_not_over_one_kept_alive_connection(
+    kept_alive_nerdgraph: str, fake_time: FakeClock
+) -> None:
+    rows = [{**ROWS[0], "count": float(index)} for index in range(2000)]  # some 100 KB
+    answer = json.dumps(nrql_answer(rows, ["appName"])).encode()
+    KeptAliveNerdGraph.answers = [(answer, None, None), (gzip.compress(answer), "gzip", None)]
+    with NerdGraphClient(kept_alive_nerdgraph, KEY, sleep=fake_time.sleep) as client:
+        plain = client.query(ACCOUNT, NRQL)
+        gzipped = client.query(ACCOUNT, NRQL)
+
+    assert plain.results == rows and gzipped.results == rows
+    assert plain.size == len(answer)
+    assert len(KeptAliveNerdGraph.connections) == 1  # read to its end, each went back to the pool
+
+
+def test_an_answer_cut_off_mid_way_is_transient_and_asked_again(
+    kept_alive_nerdgraph: str, fake_time: FakeClock
+) -> None:
+    answer = json.dumps(nrql_answer(ROWS, ["appName"])).encode()
+    KeptAliveNerdGraph.answers = [(answer[:40], None, len(answer)), (answer, None, None)]
+    with NerdGraphClient(kept_alive_nerdgraph, KEY, sleep=fake_time.sleep) as client:
+        result = client.query(ACCOUNT, NRQL)
+
+    assert result.results == ROWS and result.retries == 1
+
+
+def test_an_answer_cut_off_every_time_fails_with_what_happened(
+    kept_alive_nerdgraph: str, fake_time: FakeClock
+) -> None:
+    answer = json.dumps(nrql_answer(ROWS, ["appName"])).encode()
+    KeptAliveNerdGraph.answers = [(answer[:40], None, len(answer))] * 2
+    with (
+        NerdGraphClient(kept_alive_nerdgraph, KEY, max_attempts=2, sleep=fake_time.sleep) as client,
+        pytest.raises(TransientError) as raised,
+    ):
+        client.query(ACCOUNT, NRQL)
+
+    assert str(raised.value).startswith(
+        f"New Relic's answer from {kept_alive_nerdgraph} was cut off mid-way (gave up after 2 "
+    )
 
 
 def test_the_key_is_kept_out_of_repr_and_registered_for_redaction() -> None:

@@ -24,6 +24,7 @@ from archiver.errors import NewRelicError, QueryTooBig, TransientError
 from archiver.newrelic.client import turn_waits
 from archiver.newrelic.limiter import LimitedTransport, Limiter
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
+from archiver.sessions import session_for
 
 # Parsed answers are exempt from garbage collection (`parse_answer`); every this many answers,
 # one full collection frees any cyclic garbage that was exempted with them. (A count, not
@@ -71,7 +72,7 @@ class HttpTransport:
         self._headers = dict(headers)
         self._timeout = timeout
         self._owns_session = session is None
-        self._session = session or requests.Session()
+        self._session = session_for(url, session)
 
     def close(self) -> None:
         if self._owns_session:
@@ -87,15 +88,23 @@ class HttpTransport:
         **kwargs: Any,
     ) -> requests.Response:
         try:
-            return self._session.request(
+            response = self._session.request(
                 method,
                 url,
                 headers=self._headers,
                 timeout=self._timeout,
                 # A redirect would carry the key header to wherever it points.
                 allow_redirects=False,
+                stream=True,  # the body is read below, in one piece
                 **kwargs,
             )
+            # requests would read it 10 KB at a time (`Response.content`), ten Python calls and
+            # GIL hand-overs per 100 KB: 7.4 ms of CPU for a 2.8 MB answer against 1.2 ms in
+            # one piece, 21 ms against 4 ms with another thread busy (2026-11-29). Errors while
+            # reading are requests' own, as they would be from `content`.
+            with response:  # read to the end: the connection goes back to the pool
+                response._content = b"".join(response.iter_content(chunk_size=None))
+            return response
         except requests.ConnectionError as exc:
             raise TransientError(
                 f"cannot reach New Relic at {self.url}: {connection_cause(exc)}"

@@ -21,6 +21,7 @@ import requests
 from archiver import logs
 from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
+from archiver.sessions import session_for
 from archiver.sinks.base import (
     RetentionPolicy,
     check_retention_duration,
@@ -66,6 +67,7 @@ class InfluxQLClient:
         if token:  # InfluxDB 2.x and 3.x answer InfluxQL on /query for a token
             logs.register_secret(token)
             self._session.headers["Authorization"] = f"Token {token}"
+        session_for(self.url, self._session)
         self._retry = RetryPolicy(
             max_attempts=max_attempts, max_total_seconds=max_total_seconds, sleep=sleep
         )
