@@ -168,6 +168,43 @@ def test_plans_give_the_lines_the_reference_gives(seed):
     assert new == old
 
 
+@pytest.mark.parametrize("kept", [transform.MAX_KEPT_SERIES, 3], ids=["kept", "dropped-at-3"])
+@pytest.mark.parametrize("seed", range(60))
+def test_a_line_maker_gives_each_answer_the_lines_the_reference_gives(seed, kept, monkeypatch):
+    """One LineMaker for a job's answers, one after another (what it keeps from one answer to
+    the next never shows), also when it starts afresh past MAX_KEPT_SERIES."""
+    monkeypatch.setattr(transform, "MAX_KEPT_SERIES", kept)
+    rng = random.Random(seed)
+    facets = rng.choice([[], ["app"], ["app", "host"], ["app", "host", "zone"]])
+    fields = rng.sample(["count", "average.duration", "p", "steps", "x\\", "x", "a b", "a.b"], 4)
+    numeric = seed % 2 == 0
+    funnels = {"steps": ["first", "second"]} if rng.random() < 0.3 else None
+    maker = transform.LineMaker("m x", {"env": "p,d", "zone": "z"}, funnels=funnels)
+
+    def made(rows, facets, measurement, static_tags, *, dropped, funnels):
+        return maker.to_lines(rows, facets, dropped=dropped)
+
+    for _answer in range(5):
+        rows = [_row(rng, facets, fields, numeric) for _ in range(rng.randint(0, 30))]
+        assert _outcome(made, rows, facets, funnels=funnels) == _outcome(
+            reference_to_lines, rows, facets, funnels=funnels
+        )
+
+
+def test_a_line_maker_keeps_at_most_max_kept_series_and_one_answers(monkeypatch):
+    monkeypatch.setattr(transform, "MAX_KEPT_SERIES", 50)
+    maker = transform.LineMaker("m", {})
+    kept = []
+    for answer in range(10):
+        rows = [
+            {"beginTimeSeconds": 60, "facet": f"host-{answer}-{n}", "count": 1} for n in range(20)
+        ]
+        assert len(maker.to_lines(rows, ["host"])) == 20
+        kept.append(maker.kept_series)
+
+    assert kept == [20, 40, 60, 20, 40, 60, 20, 40, 60, 20]
+
+
 def test_rows_that_agree_as_strings_and_differ_as_types_keep_their_own_tags():
     rows = [
         {"beginTimeSeconds": 1, "facet": ["1", "a"], "app": "1", "host": "a", "count": 1},

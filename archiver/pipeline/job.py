@@ -119,9 +119,7 @@ class Digested(NamedTuple):
     error: Exception | None = None  # raised in order, after the series guard saw the answer
 
 
-def _digest(
-    query: QueryDef, tags: dict[str, str], steps: dict[str, tuple[str, ...]], answer: NrqlResult
-) -> Digested:
+def _digest(query: QueryDef, maker: transform.LineMaker, answer: NrqlResult) -> Digested:
     """An answer's line protocol and what its checks need (`Digested`), with otherResult's
     rows and without the zeros of empty buckets.
 
@@ -140,10 +138,7 @@ def _digest(
         if query.other:
             rows.extend(completeness.other_rows(answer.other, names))
         unseen = completeness.drop_unsampled(rows, query.sample_guards) if rows else set()
-        lines = transform.to_lines(
-            _consumed(rows), answer.facets, query.measurement, tags, funnels=steps,
-            dropped=dropped,
-        )  # fmt: skip
+        lines = maker.to_lines(_consumed(rows), answer.facets, dropped=dropped)
     except Exception as exc:  # raised in order, by Job._check
         error = exc
     return Digested(
@@ -415,9 +410,11 @@ class Job:
         job = self.planned
         query, interval = job.query, job.target.interval
         guard = SeriesGuard(query.facets, query.max_series)
-        digest = partial(
-            _digest, query, query.job_tags(job.account_id), funnels.funnel_steps(query.nrql)
-        )
+        maker = transform.LineMaker(
+            query.measurement, query.job_tags(job.account_id),
+            funnels=funnels.funnel_steps(query.nrql),
+        )  # fmt: skip
+        digest = partial(_digest, query, maker)
         thread = threading.current_thread().name
         turns = Turns()
         with ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix=f"{thread}-ask") as pool:
