@@ -257,12 +257,15 @@ class LineMaker:
         append = lines.append
         funnel_keys, dropped_keys = ctx.funnels, ctx.dropped
         plan: _Plan | None = None
+        # The plan's parts, in locals while rows keep the same keys (most answers: all rows).
+        size, fields, ordered, known = 0, (), True, {}
+        values_of = tag_key = begin_at = leaves = None
         for row in rows:
             # The plan of the last row fits when the row has as many keys and all of the plan's:
             # then it has the same keys (one C call fetches them all).
-            if plan is not None and len(row) == plan.size:
+            if plan is not None and len(row) == size:
                 try:
-                    values = plan.values(row)
+                    values = values_of(row)  # type: ignore[misc]
                 except KeyError:
                     plan = None
             else:
@@ -272,18 +275,19 @@ class LineMaker:
                 plan = plans.get(keys)
                 if plan is None:
                     plan = plans[keys] = _Plan.of(keys, facets, ctx)
-                values = plan.values(row)
+                size, values_of, fields, ordered = plan.size, plan.values, plan.fields, plan.ordered
+                tag_key, known, begin_at, leaves = plan.tag_key, plan.known, plan.begin, plan.leaves
+                values = values_of(row)
             # `key=value` of every field of the row, in the line's order: all at once when they are
             # numbers (`_Leaves`), else one by one (`_fields`).
-            leaves = plan.leaves
             if leaves is None:
                 leaves = plan.leaves = _Leaves.of(plan, values, ctx) or False
             parts = leaves.parts(values) if leaves else None
             resort = False
             if parts is None:  # one by one; floats and ints inline as `format_field` formats them
                 parts = []  # (tests/test_lineprotocol.py checks they agree)
-                resort = not plan.ordered
-                for index, attribute, name in plan.fields:
+                resort = not ordered
+                for index, attribute, name in fields:
                     value = values[index]
                     kind = type(value)
                     if kind is float:
@@ -309,9 +313,9 @@ class LineMaker:
             else:
                 # Rows whose facet values (and attributes) are strings seen before: their prefix
                 # by those strings (a str only equals a str, so 1, 1.0, True and "1" never meet).
-                key = plan.tag_key(values)
+                key = tag_key(values)  # type: ignore[misc]
                 try:
-                    prefix = plan.known.get(key)
+                    prefix = known.get(key)
                 except TypeError:  # an unhashable facet value (a list in the list)
                     prefix = key = None
                 if prefix is None:
@@ -321,12 +325,14 @@ class LineMaker:
                     if prefix is None:
                         prefix = prefixes[text] = _series(s, values_of_row)
                     if key is not None and all(type(v) is str for v in key):
-                        plan.known[key] = prefix
-            if plan.begin is not None:
-                try:
-                    begin = int(values[plan.begin])  # type: ignore[call-overload]
-                except (TypeError, ValueError):
-                    begin = _begin(row)
+                        known[key] = prefix
+            if begin_at is not None:
+                begin = values[begin_at]
+                if type(begin) is not int:
+                    try:
+                        begin = int(begin)  # type: ignore[call-overload]
+                    except (TypeError, ValueError):
+                        begin = _begin(row)
             else:
                 begin = _begin(row)
             if resort:
