@@ -380,8 +380,9 @@ class Job:
     def _renew_lease(self, holder: str, lease_ttl: timedelta) -> bool:
         """Renew the lease after a group is recorded, once a tenth of its time has passed since
         it was last renewed: until it expires nobody can take it (a live holder's lease is never
-        free), and a transaction less per window is 4% of a raw-event backfill's CPU (bench
-        row f, one 1-minute window a group). False when it was lost: the job stops."""
+        free), and a transaction less per group of windows is a tenth less CPU a point where
+        groups are small (bench rows e and f: 29.4 → 26.4 and 7.0 → 6.3 µs, 2026-11-29). False
+        when it was lost: the job stops."""
         now = self.now()
         if self._renewed is not None and now - self._renewed < lease_ttl * LEASE_RENEWAL:
             return True
