@@ -364,6 +364,73 @@ def written_windows(state: State) -> list[Window]:
     return [Window(*w) for w in state.windows_written("logins", TARGET)]
 
 
+class LeaseTakingSink(RecordingSink):
+    """Before acknowledging its first write, lets another worker take the lease (as one would
+    once this worker's lease expired)."""
+
+    def __init__(self, state: State, clock: list[datetime]) -> None:
+        super().__init__()
+        self.state, self.clock = state, clock
+
+    def write(self, database, retention_policy, lines, precision="s") -> WriteResult:
+        if self.calls == 0:
+            assert self.state.acquire_lease("logins", TARGET, "other:2", LEASE, self.clock[0])
+        return super().write(database, retention_policy, lines, precision)
+
+
+LEASE = timedelta(minutes=10)
+
+
+def export_with_clock(fake, state: State, query: QueryDef, sink: RecordingSink, clock) -> JobResult:
+    target = query.targets[0]
+    planned = PlannedJob(query, target, ACCOUNT, [(START, NOW - query.lag)], [])
+    result = JobResult(query.name, target.key)
+    with NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client:
+        job = Job(planned, result, state, client, lambda: False, now=lambda: clock[0])
+        export_id = state.start_export(state.start_run("run", NOW), query.name, target.key, NOW)
+        job.export(sink, export_id, None, "test:1:holder", LEASE)
+    return result
+
+
+def test_a_job_whose_lease_was_taken_stops_and_leaves_the_rest_to_the_new_holder(
+    fake_nr, tmp_path, query
+):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    clock = [NOW]
+    sink = LeaseTakingSink(state, clock)
+
+    result = export_with_clock(fake_nr, state, query, sink, clock)
+
+    assert result.status == "busy"
+    assert state.lease_holder("logins", TARGET)[0] == "other:2"
+    recorded = written_windows(state)
+    assert recorded and recorded[0].since == START  # the group it wrote before it knew
+    assert recorded[-1].until < NOW - query.lag  # and nothing after: the rest is other:2's
+
+
+def test_the_lease_is_renewed_once_a_tenth_of_its_time_has_passed(fake_nr, tmp_path, query):
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    clock = [NOW]
+    renewals: list[datetime] = []
+    acquire = state.acquire_lease
+
+    def counted(name, key, holder, ttl, now, **kwargs):
+        renewals.append(now)
+        clock[0] += timedelta(seconds=25)  # each renewal finds the clock 25 s later
+        return acquire(name, key, holder, ttl, now, **kwargs)
+
+    state.acquire_lease = counted  # type: ignore[method-assign]
+    sink = RecordingSink()
+
+    result = export_with_clock(fake_nr, state, query, sink, clock)
+
+    assert result.status != "busy" and len(written_windows(state)) > 3
+    # the first group renews it; after that, every other group at most (25 s < 60 s, 50 s not)
+    assert renewals[0] == NOW
+    assert all(b - a >= LEASE / 10 for a, b in itertools.pairwise(renewals))
+    assert len(renewals) < len(sink.acknowledged)
+
+
 def test_a_window_asked_ahead_and_refused_as_too_big_is_asked_again_in_halves(tmp_path, query):
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     too_big = _graphql_error(TOO_BIG_MESSAGE, "TIMEOUT", "too_big")

@@ -61,6 +61,7 @@ READ_AHEAD_WINDOWS = 1  # windows transformed ahead of the one being written (ve
 FETCH_AHEAD = 4
 AHEAD_BYTES = 24 * 2**20
 LEASE_TTL = timedelta(minutes=10)
+LEASE_RENEWAL = 0.1  # of the lease's time: how long after a renewal the next one is due
 # Windows ready together are written together up to this many lines: one write request (the
 # sink's batch) and one state transaction for all of them. Windows of a few hundred points
 # (no facet, 366 buckets; raw events) spent more on the round trips than on their points.
@@ -230,6 +231,7 @@ class Job:
     said: Said = field(default_factory=Said)
     now: Callable[[], datetime] = utcnow
     progress: Progress | None = None
+    _renewed: datetime | None = field(default=None, init=False, repr=False)  # the lease, last
 
     def export(
         self, sink: Sink, export_id: int, backfill_id: int | None, holder: str, lease_ttl: timedelta
@@ -376,10 +378,21 @@ class Job:
         return False
 
     def _renew_lease(self, holder: str, lease_ttl: timedelta) -> bool:
+        """Renew the lease after a group is recorded, once a tenth of its time has passed since
+        it was last renewed: until it expires nobody can take it (a live holder's lease is never
+        free), and a transaction less per group of windows is a tenth less CPU a point where
+        groups are small (bench rows e and f: 29.4 → 26.4 and 7.0 → 6.3 µs, 2026-11-29). False
+        when it was lost: the job stops."""
+        now = self.now()
+        if self._renewed is not None and now - self._renewed < lease_ttl * LEASE_RENEWAL:
+            return True
         name, key = self.planned.name, self.planned.target.key
-        return self.state.acquire_lease(
-            name, key, holder, lease_ttl, self.now(), holder_is_dead=holder_is_dead
+        kept = self.state.acquire_lease(
+            name, key, holder, lease_ttl, now, holder_is_dead=holder_is_dead
         )
+        if kept:
+            self._renewed = now
+        return kept
 
     def batches(self, sizer: WindowSizer | None = None) -> Iterator[Batch]:
         """Every window of the job as New Relic answers it, transformed.
