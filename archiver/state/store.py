@@ -283,7 +283,8 @@ class State(Backfills, Leases, LoggedWindows, Verifications):
         Windows that follow each other are recorded at once: their rows of the windows log in
         one statement, and the export, the backfill's progress (or the checkpoint) moved once,
         to the last one's end, as one window at a time would leave them (tests/test_state.py).
-        A group of 13 windows of 366 points (bench row e) took 52 statements.
+        A group of 13 windows of 366 points (bench row e) took 52 statements; now 4 (row e:
+        25.8 → 24.5 µs of CPU a point, 2026-11-29).
         """
         runs: list[list[Written]] = []
         for window in written:
