@@ -1,5 +1,6 @@
 """The state database on real SQLite and real PostgreSQL (127.0.0.1:5432, database `test`)."""
 
+import random
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ from alembic.migration import MigrationContext
 
 from archiver.errors import StateError
 from archiver.state import migrate, schema
-from archiver.state.store import State
+from archiver.state.store import State, Written
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -69,6 +70,75 @@ def test_checkpoint_only_moves_forward_when_windows_are_recorded(state):
         export, "q", "db.rp", NOW - 3 * MIN, NOW - 2 * MIN, 5, NOW, backfill_id=None
     )
     assert state.checkpoint("q", "db.rp") == NOW - MIN
+
+
+def _recorded(state, query):
+    """What the state holds of `query`: its windows log, export, progress and checkpoint."""
+    t = schema
+    with state.engine.connect() as conn:
+        log = conn.execute(
+            sa.select(
+                t.windows_log.c[
+                    "since", "until", "points", "written_at", "inspected", "max_buckets"
+                ]
+            )
+            .where(t.windows_log.c.query == query)
+            .order_by(t.windows_log.c.since)
+        ).all()
+        export = conn.execute(
+            sa.select(t.exports.c["windows", "points", "until", "inspected"]).where(
+                t.exports.c.query == query
+            )
+        ).all()
+        progress = conn.execute(
+            sa.select(t.backfill_progress.c["since", "until", "updated_at"])
+            .where(t.backfill_progress.c.query == query)
+            .order_by(t.backfill_progress.c.since)
+        ).all()
+        checkpoint = conn.execute(
+            sa.select(t.checkpoints.c["exported_until", "updated_at"]).where(
+                t.checkpoints.c.query == query
+            )
+        ).all()
+    return log, export, progress, checkpoint
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_windows_recorded_together_leave_the_state_one_at_a_time_would(state, seed):
+    rng = random.Random(seed)
+    backfilled = seed % 2 == 0
+    groups, since = [], NOW - 600 * MIN
+    for _ in range(4):  # groups of windows that mostly follow each other, now and then a gap
+        group = []
+        for _ in range(rng.randint(1, 6)):
+            since += MIN * rng.choice([0, 0, 0, 2])
+            until = since + MIN * rng.randint(1, 3)
+            group.append(Written(since, until, rng.randint(0, 900), rng.choice([None, 7, 40])))
+            since = until
+        groups.append(group)
+    run = state.start_run("backfill" if backfilled else "incremental", NOW)
+    for query, together in (("together", True), ("one_by_one", False)):
+        export = state.start_export(run, query, "t", NOW)
+        backfill = None
+        if backfilled:
+            backfill = state.open_backfill(
+                query, "t", ("10h", "now"), (NOW - 600 * MIN, NOW), holder="h",
+                export_id=export, now=NOW,
+            )  # fmt: skip
+        for number, group in enumerate(groups):
+            at = NOW + number * MIN
+            if together:
+                state.record_windows(
+                    export, query, "t", group, at, backfill_id=backfill, max_buckets=12
+                )
+            else:
+                for window in group:
+                    state.record_windows(
+                        export, query, "t", [window], at, backfill_id=backfill, max_buckets=12
+                    )
+
+    assert _recorded(state, "together") == _recorded(state, "one_by_one")
+    assert len(_recorded(state, "together")[0]) == sum(len(group) for group in groups)
 
 
 def test_backfill_windows_never_touch_the_checkpoint(state):

@@ -278,10 +278,76 @@ class State(Backfills, Leases, LoggedWindows, Verifications):
         backfill_id: int | None = None,
         max_buckets: int | None = None,
     ) -> None:
-        """`record_window` for consecutive windows written together, in one transaction."""
+        """`record_window` for consecutive windows written together, in one transaction.
+
+        Windows that follow each other are recorded at once: their rows of the windows log in
+        one statement, and the export, the backfill's progress (or the checkpoint) moved once,
+        to the last one's end, as one window at a time would leave them (tests/test_state.py).
+        A group of 13 windows of 366 points (bench row e) took 52 statements; now 4 (row e:
+        25.8 → 24.5 µs of CPU a point, 2026-11-29).
+        """
+        runs: list[list[Written]] = []
+        for window in written:
+            if runs and runs[-1][-1].until == window.since:
+                runs[-1].append(window)
+            else:
+                runs.append([window])
         with self._begin() as conn:
-            for window in written:
-                self._record(conn, export_id, query, target, window, now, backfill_id, max_buckets)
+            for run in runs:
+                self._record_run(conn, export_id, query, target, run, now, backfill_id, max_buckets)
+
+    @staticmethod
+    def _record_run(
+        conn: Connection,
+        export_id: int,
+        query: str,
+        target: str,
+        run: list[Written],
+        now: datetime,
+        backfill_id: int | None,
+        max_buckets: int | None,
+    ) -> None:
+        """Windows that follow each other, as `_record` one by one would leave the state."""
+        if len(run) == 1:
+            State._record(conn, export_id, query, target, run[0], now, backfill_id, max_buckets)
+            return
+        at = epoch(now)
+        conn.execute(
+            windows_log.insert(),
+            [
+                {
+                    "export_id": export_id,
+                    "query": query,
+                    "target": target,
+                    "since": epoch(window.since),
+                    "until": epoch(window.until),
+                    "points": window.points,
+                    "written_at": at,
+                    "inspected": window.inspected,
+                    "max_buckets": max_buckets,
+                }
+                for window in run
+            ],
+        )
+        begin, end = epoch(run[0].since), epoch(run[-1].until)
+        told = [window.inspected for window in run if window.inspected is not None]
+        inspected_sum = exports.c.inspected
+        if told:
+            inspected_sum = sa.func.coalesce(exports.c.inspected, 0) + sum(told)
+        conn.execute(
+            exports.update()
+            .where(exports.c.id == export_id)
+            .values(
+                windows=exports.c.windows + len(run),
+                points=exports.c.points + sum(window.points for window in run),
+                until=end,
+                inspected=inspected_sum,
+            )
+        )
+        if backfill_id is not None:
+            extend_backfill(conn, backfill_id, query, target, begin, end, at)
+        else:
+            _upsert_checkpoint(conn, query, target, end, at, only_forward=True)
 
     @staticmethod
     def _record(
