@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from bench import matrix, run
+from bench import compare, matrix, run
 
 
 def test_short_bench_reports_every_row_with_sane_figures(tmp_path, capsys):
@@ -30,3 +30,16 @@ def test_short_bench_reports_every_row_with_sane_figures(tmp_path, capsys):
     assert document["rss_ratio_live_30d_a_7d"] > 0
     printed = capsys.readouterr().out
     assert all(f"\n{key} " in printed for key in matrix.KEYS)
+
+
+def test_compare_runs_both_checkouts_in_turn_on_the_same_answers(capsys):
+    """`bench/compare.py`: here a checkout against itself, so both sides write the same
+    points (it refuses otherwise) and each side reports its own tries."""
+    assert compare.main([str(run.REPO), "--short", "--rows", "a", "--rounds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"before: {run.REPO}\nafter: {run.REPO}\n" in printed
+    [line] = [line for line in printed.splitlines()[-2:] if line.startswith("a ")]
+    before, after, ratio = line.split()[1:4]
+    assert int(before.replace(",", "")) > 0 and int(after.replace(",", "")) > 0
+    shown = int(after.replace(",", "")) / int(before.replace(",", ""))
+    assert abs(float(ratio) - shown) <= 0.006  # after / before, to two decimals

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import responses
 
-from archiver.newrelic.limiter import WINDOW_SECONDS, Limiter
+from archiver.newrelic.limiter import WINDOW_SECONDS, Limiter, SlidingWindows
 from archiver.newrelic.nerdgraph import NerdGraphClient
 from tests.clocks import FakeClock
 
@@ -222,3 +222,16 @@ def test_one_window_asked_again_and_retried_never_repeats_its_text_120_times_a_m
     assert len(sent) == 260
     assert most_in_a_minute(sent) <= limiter.same_text_per_minute < NEW_RELIC_SAME_TEXT_PER_MINUTE
     assert sent[-1] - sent[0] >= 2 * WINDOW_SECONDS  # it waited rather than failed
+
+
+def test_a_start_the_window_lets_go_of_is_never_still_counted():
+    """Found by jittered retries (1 run in 75): `wait` said 0.0 for a start exactly a minute
+    old to a float's rounding, while the window still counted it, so a 101st request of one
+    text started within the minute. The floats are the ones of that run."""
+    windows = SlidingWindows(1)
+    windows.record("text", 1000.7554879215128)
+    now = 1060.7554879215127  # the start + 60 s, as the retries' sleeps added up to it
+
+    delay = windows.wait("text", now)
+
+    assert delay > 0 or len(windows) == 0  # either it waits, or the start is gone

@@ -57,7 +57,10 @@ class SlidingWindows:
         self._order.append((now, key))
 
     def _forget(self, now: float) -> None:
-        while self._order and self._order[0][0] <= now - WINDOW_SECONDS:
+        # `start + WINDOW_SECONDS <= now`, the very sum `wait` computes: `now - WINDOW_SECONDS`
+        # rounds otherwise, and a start `wait` found out of the window (a delay of 0.0) could
+        # still be counted, letting one request too many start (seen with jittered retries).
+        while self._order and self._order[0][0] + WINDOW_SECONDS <= now:
             _, key = self._order.popleft()
             starts = self._starts[key]
             starts.popleft()
