@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import re
+from bisect import bisect_left
 from collections import Counter
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 
 import pytest
 import requests
@@ -274,10 +278,145 @@ def test_a_job_asks_its_windows_as_finely_as_the_last_one_needed(
 
     window = re.compile(r"SINCE (\d+) UNTIL (\d+)$")
     asked = [tuple(map(int, window.search(nrql).groups())) for nrql in ok_nrqls(fake_nr)]
-    expected = [windows[0], *halves(windows)]
-    assert asked == [(ms(a), ms(b)) for a, b in expected]
+    # the first window asked whole and alone (capped), then every window in halves, asked
+    # several at once (in any order): one capped answer in all, no part asked twice
+    assert asked[0] == (ms(windows[0][0]), ms(windows[0][1]))
+    assert Counter(asked[1:]) == Counter((ms(a), ms(b)) for a, b in halves(windows))
     stored = influxd.query('SELECT * FROM "nr_busy"', db=influx_db)
     assert len(stored) == len(events("Busy100Transaction", ms(since), ms(windows[-1][1])))
+
+
+# -- parts asked ahead ----------------------------------------------------------------------
+
+
+class Asking:
+    """`EventPlanner.plan_ahead`'s `ask` and `take` over `model` (New Relic's newest 5,000
+    events of a window): records what was asked, and how many parts were asked and not taken;
+    `failing` is the part whose request fails."""
+
+    def __init__(self, model, failing: tuple[datetime, datetime] | None = None) -> None:
+        self.model, self.failing = model, failing
+        self.asked: list[tuple[datetime, datetime]] = []
+        self.futures: list[Future] = []
+        self.taken = 0
+        self.most_open = 0  # parts asked and not taken, at most
+        self.asked_before_first_taken = 0
+        self.capped = 0
+
+    def ask(self, since: datetime, until: datetime) -> Future:
+        self.asked.append((since, until))
+        self.futures.append(Future())
+        self.most_open = max(self.most_open, len(self.asked) - self.taken)
+        return self.futures[-1]
+
+    def take(self, since: datetime, until: datetime, asked: Future) -> list[dict]:
+        if not self.taken:
+            self.asked_before_first_taken = len(self.asked)
+        self.taken += 1
+        assert asked is self.futures[self.asked.index((since, until))]
+        if (since, until) == self.failing:
+            raise NewRelicError(f"New Relic failed for {iso(since)}")
+        rows = self.model(ms(since), ms(until))[:MAX_ROWS]
+        self.capped += is_capped(rows)
+        return rows
+
+
+STREAMS = {
+    "steady": ("Busy100Transaction", "Busy100Transaction"),  # ~6,000 a minute
+    "burst-over": ("Busy100Transaction", "Transaction"),
+    "burst-begins": ("Transaction", "Busy100Transaction"),
+    "busier": ("Busy100Transaction", "Busy200Transaction"),
+    "quieter": ("Busy200Transaction", "Busy100Transaction"),
+}
+
+
+STREAM_MINUTES = 10
+
+
+@functools.cache
+def stream_model(stream: str):
+    """`switching` over the last STREAM_MINUTES, made once: a part's events are cut from it."""
+    since = NOW - timedelta(minutes=STREAM_MINUTES)
+    whole = switching(*STREAMS[stream], since + timedelta(minutes=4, seconds=17))
+    everything = sorted(whole(ms(since), ms(NOW)), key=itemgetter("timestamp"))
+    times = [event["timestamp"] for event in everything]
+
+    def model(since_ms: int, until_ms: int) -> list[dict]:  # newest first, as `switching`
+        inside = everything[bisect_left(times, since_ms) : bisect_left(times, until_ms)]
+        return inside[::-1]
+
+    return model
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 4, 7])
+@pytest.mark.parametrize("stream", STREAMS)
+def test_parts_asked_ahead_cover_every_event_once_in_order(stream, ahead):
+    since = NOW - timedelta(minutes=STREAM_MINUTES)
+    windows = minutes(since, STREAM_MINUTES)
+    model = stream_model(stream)
+    asking = Asking(model)
+    parts = list(EventPlanner().plan_ahead(windows, asking.ask, asking.take, ahead=ahead))
+
+    assert [p.since for p in parts] == [since] + [p.until for p in parts[:-1]]  # no gap
+    assert parts[-1].until == NOW
+    assert not any(is_capped(p.rows) for p in parts)
+    rows = [row for part in parts for row in part.rows]  # the model's own event objects
+    assert sorted(map(id, rows)) == sorted(map(id, model(ms(since), ms(NOW))))  # each once
+    assert len(set(asking.asked)) == len(asking.asked), "a part was asked twice"
+    assert asking.asked_before_first_taken == 1  # the first window alone
+    assert asking.most_open <= ahead + 1  # + 1: a capped part's second half
+    if ahead == 1:  # one part at a time: the very requests `plan` makes window by window
+        calls: list[tuple[datetime, datetime]] = []
+        plan_windows(EventPlanner(), capped_fetch(model, calls), windows)
+        assert asking.asked == calls
+
+
+def test_a_steady_busy_stream_keeps_ahead_parts_asked_with_one_capped_answer():
+    since = NOW - timedelta(minutes=10)
+    model = switching("Busy100Transaction", "Busy100Transaction", NOW)
+    asking = Asking(model)
+    parts = list(EventPlanner().plan_ahead(minutes(since, 10), asking.ask, asking.take, ahead=4))
+    assert len(parts) == 20 and asking.most_open == 4
+    assert asking.capped == 1  # the first window, asked whole before anything was known
+
+
+def test_a_window_is_learned_from_once_every_part_of_it_is_taken():
+    """A quiet older half (taken first) and a busy newer one, cut to quarters: the next window
+    is cut to quarters too, not judged by the quiet half alone."""
+    since = NOW - timedelta(minutes=2)
+    model = switching("Transaction", "Busy200Transaction", since + timedelta(seconds=30))
+    planner = EventPlanner()
+    parts = list(planner.plan(capped_fetch(model, []), since, since + timedelta(minutes=1)))
+    assert [len(p.rows) < MAX_ROWS // 4 for p in parts] == [True, False, False]
+    assert planner.part == timedelta(seconds=15)
+
+
+def test_a_failed_part_is_raised_after_the_parts_before_it_and_the_rest_are_cancelled():
+    since = NOW - timedelta(minutes=6)
+    windows = minutes(since, 6)
+    model = switching("Busy100Transaction", "Busy100Transaction", NOW)
+    failing = split(*windows[2])[1]
+    asking = Asking(model, failing=failing)
+    parts = EventPlanner().plan_ahead(windows, asking.ask, asking.take, ahead=4)
+    got = []
+    with pytest.raises(NewRelicError, match="New Relic failed for"):
+        for part in parts:
+            got.append((part.since, part.until))
+    assert got == [*halves(windows[:2]), split(*windows[2])[0]]
+    after = asking.asked.index(failing) + 1
+    assert asking.futures[after:] and all(f.cancelled() for f in asking.futures[after:])
+
+
+def test_closing_the_parts_cancels_the_ones_asked_and_not_taken():
+    since = NOW - timedelta(minutes=6)
+    model = switching("Busy100Transaction", "Busy100Transaction", NOW)
+    asking = Asking(model)
+    parts = EventPlanner().plan_ahead(minutes(since, 6), asking.ask, asking.take, ahead=4)
+    for _ in range(3):
+        next(parts)
+    parts.close()
+    open_ = asking.futures[asking.taken :]  # the next window's second half, the one after's
+    assert len(open_) == 3 and all(f.cancelled() for f in open_)
 
 
 def test_plan_over_http_against_the_fake_nerdgraph():

@@ -241,14 +241,19 @@ class HeldNerdGraph(FakeNerdGraph):
         self.holding = True
 
     def _answer(self, api_key, request: GraphqlRequest):
+        key = self.key(request)
         with self.changed:
-            self.asked.append(request.since_ms)
+            self.asked.append(key)
             self.taken_when_asked.append(self.taken)
             self.changed.notify_all()
             assert self.changed.wait_for(
-                lambda: not self.holding or request.since_ms in self.released, WAIT_SECONDS
+                lambda: not self.holding or key in self.released, WAIT_SECONDS
             ), "never released"
         return super()._answer(api_key, request)
+
+    def key(self, request: GraphqlRequest):
+        """What a request is told apart by, recorded and released: its window's SINCE."""
+        return request.since_ms
 
     def wait_asked(self, count: int) -> list[int]:
         with self.changed:
@@ -319,6 +324,89 @@ def test_windows_are_asked_several_at_once_and_written_in_order_a_bounded_number
     # Never more than FETCH_AHEAD windows asked and not yet taken by the consumer.
     for number, taken_then in enumerate(fake.taken_when_asked, start=1):
         assert number - taken_then <= FETCH_AHEAD, (number, fake.taken_when_asked)
+
+
+class HeldEventsNerdGraph(HeldNerdGraph):
+    """`HeldNerdGraph` for raw events: a window and its first half share their SINCE."""
+
+    def key(self, request: GraphqlRequest):
+        return (request.since_ms, request.until_ms)
+
+
+def test_raw_event_parts_are_asked_several_at_once_and_taken_in_order(tmp_path):
+    """~6,000 events a minute in 1-minute windows: the first window alone (capped), its halves
+    at once, then FETCH_AHEAD halves of the next windows at once, before any is answered."""
+    path = tmp_path / "busy.yaml"
+    path.write_text(
+        "nrql: SELECT duration, name, appName, host FROM Busy100Transaction\n"
+        "mode: events\ntag_attributes: [appName, host]\ninterval: 1 minute\n"
+        "measurement: nr_busy\ndatabase: db\n"
+    )
+    events_query, problems = load_file(path, now=NOW)
+    assert events_query is not None, problems
+    since = NOW - timedelta(hours=1)
+    minutes = [(since + i * MINUTE, since + (i + 1) * MINUTE) for i in range(6)]
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    planned = PlannedJob(
+        events_query, events_query.targets[0], ACCOUNT, [(since, minutes[-1][1])], []
+    )
+
+    def ms(moment: datetime) -> int:
+        return int(moment.timestamp() * 1000)
+
+    def halves(window: tuple[datetime, datetime]) -> list[tuple[int, int]]:
+        middle = window[0] + (window[1] - window[0]) / 2
+        return [(ms(window[0]), ms(middle)), (ms(middle), ms(window[1]))]
+
+    with (
+        HeldEventsNerdGraph(accounts={ACCOUNT}).start() as fake,
+        NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=1) as client,
+        ThreadPoolExecutor(1) as consumer,
+    ):
+        try:
+            job = Job(planned, JobResult("busy", "db.autogen"), state, client, lambda: False)
+            batches = job.batches()
+            taken: list[Window] = []
+
+            def take() -> Window:
+                batch = next(batches)
+                with fake.changed:
+                    fake.taken += 1
+                return batch.window
+
+            first = consumer.submit(take)
+            whole = (ms(minutes[0][0]), ms(minutes[0][1]))
+            assert fake.wait_asked(1) == [whole]  # alone: nothing is known of the stream
+            fake.release(whole)  # capped: 5,000 of its ~6,000 events
+            # both halves asked before either is answered
+            assert sorted(fake.wait_asked(3)[1:]) == halves(minutes[0])
+            fake.release(*halves(minutes[0]))
+            taken.append(first.result(WAIT_SECONDS))
+            taken.append(consumer.submit(take).result(WAIT_SECONDS))  # its second half
+            # The window is done: the next ones are asked in halves, FETCH_AHEAD at once.
+            third = consumer.submit(take)
+            ahead = sorted(fake.wait_asked(3 + FETCH_AHEAD)[3:])
+            assert ahead == [p for window in minutes[1:3] for p in halves(window)][:FETCH_AHEAD]
+            fake.release(*ahead[1:])  # answered out of order, taken in order
+            fake.release(ahead[0])
+            taken.append(third.result(WAIT_SECONDS))
+            fake.release_all()
+            while True:
+                step = consumer.submit(take)
+                try:
+                    taken.append(step.result(WAIT_SECONDS))
+                except StopIteration:
+                    break
+        finally:
+            fake.release_all()
+
+    expected = [p for window in minutes for p in halves(window)]
+    assert [(ms(w.since), ms(w.until)) for w in taken] == expected
+    assert sorted(fake.asked) == sorted([whole, *expected]), "a part was asked twice"
+    # At most FETCH_AHEAD parts asked and not yet taken (one more while a capped part's
+    # halves replace it).
+    for number, taken_then in enumerate(fake.taken_when_asked, start=1):
+        assert number - taken_then <= FETCH_AHEAD + 1, (number, fake.taken_when_asked)
 
 
 # -- windows asked ahead: refused, failing, interrupted ------------------------------------

@@ -18,10 +18,13 @@ the same answer, and re-exporting a group that gained a late event rewrites all 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timedelta
+from itertools import islice
 from operator import itemgetter
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from archiver.errors import NewRelicError
 from archiver.lineprotocol import (
@@ -42,6 +45,9 @@ NS_PER_MS = 1_000_000
 
 Row = Mapping[str, object]
 Fetch = Callable[[datetime, datetime], Sequence[Row]]
+A = TypeVar("A")  # an answer as the caller asks it
+Ask = Callable[[datetime, datetime], "Future[A]"]
+Take = Callable[[datetime, datetime, "Future[A]"], Sequence[Row]]
 
 
 class EventWindow(NamedTuple):
@@ -92,6 +98,7 @@ class EventPlanner:
     def __init__(self, *, label: str = "events") -> None:
         self.label = label
         self.part: timedelta | None = None  # the learned part length; None: whole windows
+        self.learned = False  # a window was finished: `part` comes from an answer
 
     def depth(self, length: timedelta) -> int:
         """How many times a window of `length` is halved before it is asked."""
@@ -103,44 +110,134 @@ class EventPlanner:
         return depth
 
     def plan(self, fetch: Fetch, since: datetime, until: datetime) -> Iterator[EventWindow]:
-        """Every part of [since, until) whose answer is complete, with its rows, oldest first.
+        """Every part of [since, until) whose answer is complete, with its rows, oldest first,
+        each part fetched when the one before it was taken (`plan_ahead` of one window)."""
 
-        A capped part is split and fetched again; a capped part that cannot be split (one
-        second) is yielded anyway, with a warning naming the planner's label. What the window
-        needed (its finest depth, its biggest answer) sets the cut of the next window.
+        def ask(part_since: datetime, part_until: datetime) -> Future[Sequence[Row]]:
+            asked: Future[Sequence[Row]] = Future()
+            try:
+                asked.set_result(fetch(part_since, part_until))
+            except Exception as exc:  # raised in order, when the part is taken
+                asked.set_exception(exc)
+            return asked
+
+        return self.plan_ahead([(since, until)], ask, _result, ahead=1)
+
+    def plan_ahead(
+        self,
+        windows: Iterable[tuple[datetime, datetime]],
+        ask: Ask[A],
+        take: Take[A],
+        *,
+        ahead: int,
+    ) -> Iterator[EventWindow]:
+        """Every part of `windows` whose answer is complete, with its rows, oldest first, with
+        up to `ahead` parts asked at once, so New Relic's latency overlaps.
+
+        `ask(since, until)` starts asking a part (a Future: the job's helper threads);
+        `take(since, until, asked)` is called in order, on the caller's thread, for every
+        answer, capped ones too, and gives its rows (it raises what failed). Each window is cut
+        at the depth learned when it is begun, and the oldest `ahead` parts not yet taken are
+        asked. A capped part is replaced by its halves, asked in the same way (the parts asked
+        after it stay asked: one more part is asked for each capped part whose halves are not
+        taken yet); a capped part that cannot be split (one second) is yielded anyway, with a
+        warning naming the planner's label. What a window needed (its finest depth, its biggest
+        answer) sets the cut of the windows begun after it. Until a window of this planner is
+        finished, the next one is not begun: a planner that knows nothing asks the first window
+        whole and alone, so a busy stream costs one capped answer, not one a window asked
+        ahead. Any cut gives complete parts, so a part asked at a depth learned before the last
+        window finished is never asked again, only split if capped. Closing the iterator
+        cancels the parts asked and not started.
         """
+        pending = iter(windows)
+        queued: deque[list] = deque()  # [part, its answer's Future or None], oldest first
+        begun = 0  # windows begun and not finished
+        try:
+            while True:
+                while len(queued) < ahead and not (begun and not self.learned):
+                    window = next(pending, None)  # (the first window alone: see above)
+                    if window is None:
+                        break
+                    queued.extend([part, None] for part in self._parts(*window))
+                    begun += 1
+                for entry in islice(queued, ahead):
+                    if entry[1] is None:
+                        entry[1] = ask(entry[0].since, entry[0].until)
+                if not queued:
+                    return
+                part, answer = queued.popleft()
+                rows = take(part.since, part.until, answer)
+                cut = part.cut
+                if is_capped(rows):
+                    halves = split(part.since, part.until)
+                    if len(halves) == 2:
+                        cut.left += 1
+                        queued.extendleft(
+                            [_Part(a, b, part.depth + 1, cut), None] for a, b in reversed(halves)
+                        )
+                        continue
+                    log.warning(
+                        "%s: New Relic returned its maximum of %d events for [%s, %s), a window"
+                        " that cannot be split further: the oldest events of it may be missing",
+                        self.label,
+                        MAX_ROWS,
+                        iso(part.since),
+                        iso(part.until),
+                    )
+                cut.finest, cut.biggest = max(cut.finest, part.depth), max(cut.biggest, len(rows))
+                cut.left -= 1
+                if not cut.left:
+                    begun -= 1
+                    self._learn(cut.length, cut.finest, cut.biggest)
+                yield EventWindow(part.since, part.until, rows)
+        finally:
+            for _part, answer in queued:
+                if answer is not None:
+                    answer.cancel()
+
+    def _parts(self, since: datetime, until: datetime) -> list[_Part]:
+        """[since, until) halved (as `split`) as many times as the learned depth says."""
+        cut = _Cut(until - since)
         start = self.depth(until - since)
-        finest, biggest = 0, 0
-        pending = [(since, until, 0)]  # a stack: the oldest part is on top
-        while pending:
-            part_since, part_until, depth = pending.pop()
-            if depth < start:
-                halves = split(part_since, part_until)
-                if len(halves) == 2:
-                    pending.extend((a, b, depth + 1) for a, b in reversed(halves))
-                    continue
-            rows = fetch(part_since, part_until)
-            if is_capped(rows):
-                halves = split(part_since, part_until)
-                if len(halves) == 2:
-                    pending.extend((a, b, depth + 1) for a, b in reversed(halves))
-                    continue
-                log.warning(
-                    "%s: New Relic returned its maximum of %d events for [%s, %s), a window"
-                    " that cannot be split further: the oldest events of it may be missing",
-                    self.label,
-                    MAX_ROWS,
-                    iso(part_since),
-                    iso(part_until),
-                )
-            finest, biggest = max(finest, depth), max(biggest, len(rows))
-            yield EventWindow(part_since, part_until, rows)
-        self._learn(until - since, finest, biggest)
+        parts, stack = [], [(since, until, 0)]  # a stack: the oldest part is on top
+        while stack:
+            part_since, part_until, depth = stack.pop()
+            halves = split(part_since, part_until) if depth < start else []
+            if len(halves) == 2:
+                stack.extend((a, b, depth + 1) for a, b in reversed(halves))
+            else:
+                parts.append(_Part(part_since, part_until, depth, cut))
+        cut.left = len(parts)
+        return parts
 
     def _learn(self, length: timedelta, finest: int, biggest: int) -> None:
         if biggest < self.COARSER_BELOW:
             finest -= 1
         self.part = length / 2**finest if finest > 0 else None
+        self.learned = True
+
+
+def _result(_since: datetime, _until: datetime, asked: Future[Sequence[Row]]) -> Sequence[Row]:
+    return asked.result()
+
+
+class _Cut:
+    """One window of a planner while it is asked: what its parts needed so far."""
+
+    __slots__ = ("biggest", "finest", "left", "length")
+
+    def __init__(self, length: timedelta) -> None:
+        self.length = length
+        self.left = 0  # parts not yet yielded
+        self.finest = 0  # the deepest part yielded
+        self.biggest = 0  # the most rows a yielded part had
+
+
+class _Part(NamedTuple):
+    since: datetime
+    until: datetime
+    depth: int  # halvings from its window
+    cut: _Cut
 
 
 def plan_events(

@@ -563,18 +563,22 @@ class Job:
 
     def _event_batches(self) -> Iterator[Batch]:
         """Raw events: windows of `interval`, cut as finely as the last one needed and halved
-        while New Relic caps the answer (`events.EventPlanner`)."""
+        while New Relic caps the answer (`events.EventPlanner`), up to FETCH_AHEAD parts asked
+        at once on helper threads (parsed there; at most 5,000 events each), used in order.
+
+        Bench row (f) with latency before each answer, 121 requests: 15.0 s asked one after
+        another, 5.0 s asked ahead at 100 ms; 39.3 s and 11.2 s at 300 ms; at no latency the
+        same points/s (1.02×, interleaved best of 3), 2026-11-29.
+        """
         job, result = self.planned, self.result
         query, target = job.query, job.target
         guard = SeriesGuard(query.tag_attributes, query.max_series)
         tags = query.job_tags(job.account_id)
         inspected: list[int] = []  # of the requests since the last yielded window (splits too)
 
-        def fetch(since: datetime, until: datetime) -> list[dict]:
+        def take(since: datetime, until: datetime, asked: Future[NrqlResult]) -> list[dict]:
             result.window = Window(since, until)
-            answer = self.client.query(
-                job.account_id, query.nrql_for(since, until, target.interval)
-            )
+            answer = asked.result()
             result.nr_requests += answer.requests
             result.retries += answer.retries
             if answer.inspected is not None:
@@ -583,20 +587,31 @@ class Job:
             self.said.messages(query.name, result, answer.messages)
             return answer.results
 
+        if self._interrupted():
+            return
         planner = events.EventPlanner(label=f"{job.name} → {target.key}")
-        for window in windows_of(job, WindowSizer(target.interval)):
-            if self._interrupted():
-                return
-            for since, until, rows in planner.plan(fetch, window.since, window.until):
-                guard.check_events(rows)
-                dropped: set[str] = set()
-                lines = events.to_lines(
-                    rows, query.measurement, query.tag_attributes, tags, dropped=dropped
-                )
-                _warn_dropped(result, dropped)
-                spent = sum(inspected) if inspected else None
-                inspected.clear()
-                yield Batch(Window(since, until), lines, "ns", spent)
+        ranges = ((w.since, w.until) for w in windows_of(job, WindowSizer(target.interval)))
+        thread = threading.current_thread().name
+        with ThreadPoolExecutor(FETCH_AHEAD, thread_name_prefix=f"{thread}-ask") as pool:
+
+            def ask(since: datetime, until: datetime) -> Future[NrqlResult]:
+                nrql = query.nrql_for(since, until, target.interval)
+                return pool.submit(self.client.query, job.account_id, nrql)
+
+            parts = planner.plan_ahead(ranges, ask, take, ahead=FETCH_AHEAD)
+            with closing(parts):
+                for since, until, rows in parts:
+                    guard.check_events(rows)
+                    dropped: set[str] = set()
+                    lines = events.to_lines(
+                        rows, query.measurement, query.tag_attributes, tags, dropped=dropped
+                    )
+                    _warn_dropped(result, dropped)
+                    spent = sum(inspected) if inspected else None
+                    inspected.clear()
+                    yield Batch(Window(since, until), lines, "ns", spent)
+                    if self._interrupted():
+                        return
 
     def _interrupted(self) -> bool:
         if stopping := self.stopping():
