@@ -92,9 +92,11 @@ class QueryDef(BaseModel, frozen=True):
         """The helper counts sent with the percentiles, and the fields each one vouches for."""
         return () if self.mode == "events" else self._counted.guards
 
-    @property
+    @cached_property
     def facet_limit(self) -> int:
-        """How many facets New Relic answers at most: the nrql's LIMIT, else LIMIT MAX."""
+        """How many facets New Relic answers at most: the nrql's LIMIT, else LIMIT MAX (worked
+        out once: it scans the NRQL, and every window asks it; bench row e: 0.085 ms each,
+        twice a window)."""
         return facet_limit(self._shape.sendable)
 
     def accounts(self, default: int | None) -> tuple[int | None, ...]:
