@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import pytest
 
@@ -121,6 +122,7 @@ SCALARS = [*TEXTS, *NUMBERS, True, False, None]
 TAG_VALUES = ["api", "web 01", "1", "", "\\", "x\\", "x", "a,b=c", 1, 1.0, True, -0.0, 0.0, 0]
 TAG_VALUES += [None, ["l"], {"k": 1}, float("nan")]
 KEYS = ["d", "duration", "name", "a.b", "a", "b c", "x,y", "k=", 'q"', "k\\", "", "\\", "ü", "n\n"]
+KEYS += ["name\\"]  # escapes to `name`, as `name` does: two fields of one name
 TAGS = ["appName", "host", "env", "a", "a\\", "d"]  # `a\` escapes to `a`; `d` is also a field
 
 
@@ -209,9 +211,13 @@ def test_to_lines_writes_the_reference_lines_for_generated_rows(block):
 
 def test_generated_cases_reach_every_kind_of_case():
     """The generator does produce what the comparison above is meant to cover."""
-    shared = unhashable = equal_keys = dropped_keys = 0
+    shared = unhashable = equal_keys = dropped_keys = reordered = repeated = 0
     for seed in range(2000):
         rows, measurement, tag_attributes, static = case(seed)
+        for before, after in pairwise(rows):  # `to_lines` keeps the last row's plan
+            if len(before) > 1 and set(before) == set(after):
+                reordered += tuple(before) != tuple(after)
+                repeated += tuple(before) == tuple(after)
         lines, dropped = outcome(reference_to_lines, rows, measurement, tag_attributes, static)
         if lines == "error":
             continue
@@ -224,7 +230,7 @@ def test_generated_cases_reach_every_kind_of_case():
             row.get(a) == 1 and row.get(a) is not True for row in rows for a in tag_attributes
         )
         dropped_keys += bool(dropped)
-    assert min(shared, unhashable, equal_keys, dropped_keys) > 50
+    assert min(shared, unhashable, equal_keys, dropped_keys, reordered, repeated) > 50
 
 
 def test_to_lines_writes_the_reference_lines_for_the_fakes_busy_events():
