@@ -620,3 +620,77 @@ def test_rows_are_handed_to_the_transform_once_and_let_go_of():
     held = [dict(row) for row in rows]
     assert transform.to_lines(_consumed(held), ("provider",), "m", {"x": "y"}) == expected
     assert held == []  # every row let go of
+
+
+def test_a_raw_event_part_failing_while_later_ones_are_asked_fails_the_job_at_that_part(
+    tmp_path,
+):
+    """The parts asked with it are dropped: none of them is written or recorded."""
+    path = tmp_path / "busy.yaml"
+    path.write_text(
+        "nrql: SELECT duration, name, appName, host FROM Busy100Transaction\n"
+        "mode: events\ntag_attributes: [appName, host]\ninterval: 1 minute\n"
+        "measurement: nr_busy\ndatabase: db\n"
+    )
+    events_query, problems = load_file(path, now=NOW)
+    assert events_query is not None, problems
+    since = NOW - timedelta(hours=1)
+    until = since + 6 * MINUTE
+    failing = since + 2 * MINUTE + timedelta(seconds=30)  # minute 2's second half
+    error = _graphql_error("NRQL Syntax Error: stop here", "INVALID_INPUT", "nrql_error")
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    target = events_query.targets[0]
+    planned = PlannedJob(events_query, target, ACCOUNT, [(since, until)], [])
+    result = JobResult(events_query.name, target.key)
+    sink = RecordingSink()
+    with (
+        ScriptedNerdGraph({since_ms(failing): error}, accounts={ACCOUNT}).start() as fake,
+        NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client,
+    ):
+        job = Job(planned, result, state, client, lambda: False)
+        export_id = state.start_export(state.start_run("run", NOW), planned.name, target.key, NOW)
+        with pytest.raises(Exception, match="NRQL Syntax Error: stop here"):
+            job.export(sink, export_id, None, "test:1:holder", LEASE)
+        asked = [r.since_ms for r in fake.requests]
+
+    halves = [since + i * MINUTE / 2 for i in range(5)]  # minutes 0 and 1, minute 2's first
+    written = [Window(*w) for w in state.windows_written(planned.name, target.key)]
+    assert [w.since for w in written] == halves
+    assert written[-1].until == failing and result.window.since == failing
+    assert max(asked) > since_ms(failing)  # parts after it were asked at once ...
+    lines = [line for batch in sink.acknowledged for line in batch]
+    assert len(lines) == result.points  # ... and none of them was written
+    stamps = [int(line.rpartition(" ")[2]) // 1_000_000 for line in lines]
+    assert max(stamps) < since_ms(failing)
+
+
+def test_a_raw_event_job_interrupted_stops_after_the_part_in_hand(tmp_path):
+    """Stopping is checked after each part: what was written is recorded, nothing after."""
+    path = tmp_path / "busy.yaml"
+    path.write_text(
+        "nrql: SELECT duration, name, appName, host FROM Busy100Transaction\n"
+        "mode: events\ntag_attributes: [appName, host]\ninterval: 1 minute\n"
+        "measurement: nr_busy\ndatabase: db\n"
+    )
+    events_query, problems = load_file(path, now=NOW)
+    assert events_query is not None, problems
+    since = NOW - timedelta(hours=1)
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    target = events_query.targets[0]
+    planned = PlannedJob(events_query, target, ACCOUNT, [(since, since + 10 * MINUTE)], [])
+    result = JobResult(events_query.name, target.key)
+    sink = RecordingSink()
+    with (
+        FakeNerdGraph(accounts={ACCOUNT}).start() as fake,
+        NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client,
+    ):
+        job = Job(planned, result, state, client, lambda: bool(sink.acknowledged))
+        export_id = state.start_export(state.start_run("run", NOW), planned.name, target.key, NOW)
+        job.export(sink, export_id, None, "test:1:holder", LEASE)
+
+    assert result.status == "interrupted"
+    written = [Window(*w) for w in state.windows_written(planned.name, target.key)]
+    assert written and written[0].since == since and written[-1].until < since + 10 * MINUTE
+    assert all(a.until == b.since for a, b in itertools.pairwise(written))
+    lines = [line for batch in sink.acknowledged for line in batch]
+    assert len(lines) == result.points and result.windows == len(written)
