@@ -30,7 +30,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -99,6 +99,7 @@ class Row:
     limit_influxd_cpu_seconds: float
     best: Try
     tries: list[Try] = field(default_factory=list)
+    latency_seconds: float = 0.0  # the fake's wait before each answer
 
     @property
     def ratio(self) -> float:
@@ -288,7 +289,7 @@ class Bench:
         span = f"{windows.iso(since)}..{windows.iso(until)}"
         return Row(
             shape.key, shape.title, span, limit_points, limit_points / seconds, limit_cpu,
-            best, tries,
+            best, tries, shape.latency,
         )  # fmt: skip
 
     def archiver_try(
@@ -574,6 +575,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tries per row, the best one counts (2; 1 with --short)",
     )
     parser.add_argument(
+        "--latency",
+        type=float,
+        help="seconds the fake waits before every answer of the rows run, instead of theirs "
+        "(e.g. --rows f --latency 0.3: how much of New Relic's latency raw events hide)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead: profile each row's backfill (py-spy) and the transform (pyinstrument)",
@@ -590,6 +597,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.shapes = matrix.select(args.rows)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.latency is not None:
+        if args.latency < 0:
+            parser.error("--latency: seconds, at least 0")
+        args.shapes = [
+            replace(
+                shape,
+                latency=args.latency,
+                title=f"{shape.title}; --latency {args.latency * 1000:g} ms",
+            )
+            for shape in args.shapes
+        ]
     return args
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import compare, matrix, run
 
 
@@ -30,6 +32,16 @@ def test_short_bench_reports_every_row_with_sane_figures(tmp_path, capsys):
     assert document["rss_ratio_live_30d_a_7d"] > 0
     printed = capsys.readouterr().out
     assert all(f"\n{key} " in printed for key in matrix.KEYS)
+
+
+def test_latency_can_be_set_for_the_rows_run(capsys):
+    args = run.parse_args(["--rows", "f,g", "--latency", "0.25"])
+    assert [(shape.key, shape.latency) for shape in args.shapes] == [("f", 0.25), ("g", 0.25)]
+    assert args.shapes[0].title.endswith("; --latency 250 ms")
+    assert run.parse_args(["--rows", "g"]).shapes[0].latency == matrix.LATENCY_SECONDS
+    with pytest.raises(SystemExit):
+        run.parse_args(["--latency", "-1"])
+    assert "--latency: seconds, at least 0" in capsys.readouterr().err
 
 
 def test_compare_runs_both_checkouts_in_turn_on_the_same_answers(capsys):
