@@ -62,9 +62,10 @@ FETCH_AHEAD = 4
 AHEAD_BYTES = 24 * 2**20
 LEASE_TTL = timedelta(minutes=10)
 LEASE_RENEWAL = 0.1  # of the lease's time: how long after a renewal the next one is due
-# Windows ready together are written together up to this many lines: one write request (the
-# sink's batch) and one state transaction for all of them. Windows of a few hundred points
-# (no facet, 366 buckets; raw events) spent more on the round trips than on their points.
+# Windows ready together are written together up to this many lines: one write request of
+# InfluxDB 1.x's sink (two of influxdb-client's) and one state transaction for all of them.
+# Windows of a few hundred points (no facet, 366 buckets; raw events) spent more on the round
+# trips than on their points.
 COALESCE_LINES = BATCH_SIZE
 WRITERS = 2  # groups written at once (Sink.write may be called from several threads)
 WRITES_AHEAD = WRITERS  # groups handed over and not yet recorded
