@@ -202,6 +202,42 @@ def test_windows_ready_together_are_written_together_and_each_is_recorded(
     assert sorted(written) == sorted((tags, seconds * 10**9) for tags, seconds in expected)
 
 
+def test_windows_that_come_while_a_group_is_written_wait_to_go_together(
+    fake_nr, tmp_path, query, monkeypatch
+):
+    """With writers free (WRITES_AHEAD as it is), a small window must not go in a write of
+    its own while the group before it is being written: the windows that come meanwhile wait
+    and go together once it is recorded (`Hold`)."""
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    produced = threading.Condition()
+    exhausted = []
+    batches = Job.batches
+
+    def every_window(self, *args, **kwargs):
+        yield from batches(self, *args, **kwargs)
+        with produced:
+            exhausted.append(True)
+            produced.notify_all()
+
+    monkeypatch.setattr(Job, "batches", every_window)
+    # The first write (the 4-bucket window) waits until every window was made into lines and
+    # is ready; the 8 windows after it (366 buckets, 1,098 lines at most) fit in one group.
+    assert job_module.COALESCE_LINES >= 8 * 1098 and job_module.WRITES_AHEAD >= 1
+    sink = GatedSink(produced, lambda: bool(exhausted))
+
+    report = run_once(fake_nr, state, query, sink)
+
+    [job] = report.jobs
+    assert job.status == "ok" and job.windows == 9
+    # (written at once: the second group could grow no more, its windows being the last)
+    assert sorted(len(lines) for lines in sink.acknowledged) == [12, job.points - 12]
+    windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert len(windows) == 9 and state.checkpoint("logins", TARGET) == windows[-1].until
+    written = keys([line for lines in sink.acknowledged for line in lines])
+    expected = expected_points(SPEC, START, NOW - query.lag)
+    assert sorted(written) == sorted((tags, seconds * 10**9) for tags, seconds in expected)
+
+
 def test_a_failed_write_of_several_windows_records_none_of_them(fake_nr, tmp_path, query):
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     failing = RecordingSink(fail_on=2)
