@@ -16,11 +16,12 @@ import requests
 from archiver.pipeline import events, transform
 from archiver.pipeline.plan import PlannedJob, WindowSizer, windows_of
 from archiver.queries import QueryDef
+from archiver.sinks.base import BATCH_SIZE
 from archiver.sinks.influx_v1 import gzipped  # the limit posts bodies compressed like the sink
 from bench.harness import ACCOUNT
 from fakes import data
 
-BATCH_LINES = 5000  # the sink's batch size
+BATCH_LINES = BATCH_SIZE  # the limit's bodies are as long as the sink's
 
 WRITE_TIMEOUT_SECONDS = 60
 
@@ -96,7 +97,7 @@ def transform_rate(query: QueryDef, sample: list[Answer], repeats: int = 3) -> t
 
 
 def gzipped_batches(query: QueryDef, source: Iterable[Answer]) -> tuple[list[bytes], int]:
-    """Every window's lines cut into 5,000-line gzipped bodies, as the sink sends them."""
+    """Every window's lines cut into gzipped bodies of BATCH_LINES lines, as the sink sends them."""
     bodies, points = [], 0
     for answer in source:
         lines = lines_of(query, answer)

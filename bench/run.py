@@ -5,7 +5,7 @@ throwaway influxd, then measures every row of the matrix (`bench/matrix.py`: (a)
 `live`):
 
 - limit: InfluxDB's ingest rate for the row's own points as pre-built, gzipped line
-  protocol, posted directly in 5,000-line batches;
+  protocol, posted directly in batches as long as the sink's (`sinks.base.BATCH_SIZE`);
 - archiver: `nr-archiver run --since T --until T' --query bench_<row>` as a child process,
   with the fake's answers computed before the clock starts (except the `live` row): points/s,
   ratio to the limit, CPU µs per point of the archiver and of influxd, peak RSS, requests;

@@ -89,6 +89,21 @@ def test_lines_go_in_batches_that_are_all_acknowledged(
     assert influxd.query('SELECT count("value") FROM "nr_batch"', db=database)[0]["count"] == 12_001
 
 
+def test_default_batches_are_of_ten_thousand_lines(
+    influxd: InfluxServer, database: str, sent_requests: list[requests.PreparedRequest]
+) -> None:
+    lines = [f"nr_default_batch value={i} {1700000000 + i}" for i in range(20_001)]
+
+    with InfluxV1Sink(influxd.url) as sink:
+        result = sink.write(database, None, lines)
+
+    bodies = [gzip.decompress(r.body) for r in sent_requests if r.path_url.startswith("/write")]
+    assert sorted(body.count(b"\n") + 1 for body in bodies) == [1, 10_000, 10_000]
+    assert (result.lines, result.requests) == (20_001, 3)
+    count = influxd.query('SELECT count("value") FROM "nr_default_batch"', db=database)
+    assert count[0]["count"] == 20_001
+
+
 @pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
 def test_gzip_is_used_only_when_enabled(
     influxd: InfluxServer,

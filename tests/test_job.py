@@ -202,6 +202,42 @@ def test_windows_ready_together_are_written_together_and_each_is_recorded(
     assert sorted(written) == sorted((tags, seconds * 10**9) for tags, seconds in expected)
 
 
+def test_windows_that_come_while_a_group_is_written_wait_to_go_together(
+    fake_nr, tmp_path, query, monkeypatch
+):
+    """With writers free (WRITES_AHEAD as it is), a small window must not go in a write of
+    its own while the group before it is being written: the windows that come meanwhile wait
+    and go together once it is recorded (`Hold`)."""
+    state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
+    produced = threading.Condition()
+    exhausted = []
+    batches = Job.batches
+
+    def every_window(self, *args, **kwargs):
+        yield from batches(self, *args, **kwargs)
+        with produced:
+            exhausted.append(True)
+            produced.notify_all()
+
+    monkeypatch.setattr(Job, "batches", every_window)
+    # The first write (the 4-bucket window) waits until every window was made into lines and
+    # is ready; the 8 windows after it (366 buckets, 1,098 lines at most) fit in one group.
+    assert job_module.COALESCE_LINES >= 8 * 1098 and job_module.WRITES_AHEAD >= 1
+    sink = GatedSink(produced, lambda: bool(exhausted))
+
+    report = run_once(fake_nr, state, query, sink)
+
+    [job] = report.jobs
+    assert job.status == "ok" and job.windows == 9
+    # (written at once: the second group could grow no more, its windows being the last)
+    assert sorted(len(lines) for lines in sink.acknowledged) == [12, job.points - 12]
+    windows = [Window(*w) for w in state.windows_written("logins", TARGET)]
+    assert len(windows) == 9 and state.checkpoint("logins", TARGET) == windows[-1].until
+    written = keys([line for lines in sink.acknowledged for line in lines])
+    expected = expected_points(SPEC, START, NOW - query.lag)
+    assert sorted(written) == sorted((tags, seconds * 10**9) for tags, seconds in expected)
+
+
 def test_a_failed_write_of_several_windows_records_none_of_them(fake_nr, tmp_path, query):
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     failing = RecordingSink(fail_on=2)
@@ -421,16 +457,24 @@ def since_ms(moment: datetime) -> int:
 
 
 class ScriptedNerdGraph(FakeNerdGraph):
-    """Answers the first request for a window (by its SINCE) with a scripted reply."""
+    """Answers the first request for a window (by its SINCE) with a scripted reply; with
+    `after_later`, only once a later window was asked too (so both are asked at once)."""
 
-    def __init__(self, once: dict[int, Reply], **kwargs) -> None:
+    def __init__(self, once: dict[int, Reply], *, after_later: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.once = dict(once)
-        self.script_lock = threading.Lock()
+        self.after_later = after_later
+        self.script_lock = threading.Condition()
+        self.latest = -1  # the latest SINCE asked so far
 
     def _answer(self, api_key, request: GraphqlRequest):
+        since = request.since_ms
         with self.script_lock:
-            scripted = self.once.pop(request.since_ms, None)
+            self.latest = max(self.latest, since)
+            self.script_lock.notify_all()
+            scripted = self.once.pop(since, None)
+            if scripted is not None and self.after_later:
+                self.script_lock.wait_for(lambda: self.latest > since, WAIT_SECONDS)
         return scripted or super()._answer(api_key, request)
 
 
@@ -585,7 +629,12 @@ class StoppingSink(RecordingSink):
         return super().write(database, retention_policy, lines, precision)
 
 
-def test_interrupted_while_answers_wait_their_turn_writes_nothing_more(tmp_path, query):
+def test_interrupted_while_answers_wait_their_turn_writes_nothing_more(
+    tmp_path, query, monkeypatch
+):
+    # A group of one window (1,098 lines) at most: the windows asked ahead wait their turn
+    # (with room for all of them, every window would be taken before the stop).
+    monkeypatch.setattr(job_module, "COALESCE_LINES", 1098)
     state = State.open(f"sqlite:///{tmp_path / 'state.db'}")
     with HeldNerdGraph(accounts={ACCOUNT}).start() as fake:
         fake.release_all()  # answered at once; the fake only counts the windows asked
@@ -644,7 +693,9 @@ def test_a_raw_event_part_failing_while_later_ones_are_asked_fails_the_job_at_th
     result = JobResult(events_query.name, target.key)
     sink = RecordingSink()
     with (
-        ScriptedNerdGraph({since_ms(failing): error}, accounts={ACCOUNT}).start() as fake,
+        ScriptedNerdGraph(
+            {since_ms(failing): error}, after_later=True, accounts={ACCOUNT}
+        ).start() as fake,
         NerdGraphClient(fake.url, fake.api_key, limiter=Limiter(), max_attempts=2) as client,
     ):
         job = Job(planned, result, state, client, lambda: False)

@@ -1,4 +1,5 @@
 """read_ahead: same items in order, bounded lead, errors in place, producer stopped on close;
+read_ahead_groups: what is ready goes together, and waits for more while the consumer holds;
 Turns: a window goes on once it is taken, and closed turns drop the waiting."""
 
 import threading
@@ -6,7 +7,7 @@ from contextlib import closing
 
 import pytest
 
-from archiver.pipeline.readahead import Dropped, Turns, read_ahead, read_ahead_groups
+from archiver.pipeline.readahead import Dropped, Hold, Turns, read_ahead, read_ahead_groups
 
 WAIT_SECONDS = 30  # a bound on waiting for the other thread, never reached when it works
 
@@ -124,6 +125,66 @@ def test_a_group_is_yielded_before_the_error_that_follows_it():
         for group in read_ahead_groups(items(), limit=10, size=len):
             received.extend(group)
     assert received == ["a", "b"]
+
+
+def test_a_held_group_waits_for_the_items_that_come_meanwhile():
+    writing = [False]
+    consulted = threading.Event()  # the consumer asked `holding` with "b" ready
+
+    def holding() -> bool:
+        if writing[0]:
+            consulted.set()
+        return writing[0]
+
+    hold = Hold(holding)
+    a_taken, c_go, c_offered, more = (threading.Event() for _ in range(4))
+
+    def items():
+        yield "a"
+        assert a_taken.wait(WAIT_SECONDS)
+        yield "b"
+        assert c_go.wait(WAIT_SECONDS)
+        yield "c"
+        c_offered.set()  # the producer asks for the next item: "c" is ready
+        assert more.wait(WAIT_SECONDS)
+        yield "d"
+
+    def write_done() -> None:
+        assert consulted.wait(WAIT_SECONDS)  # "b" is held, not yielded alone
+        c_go.set()
+        assert c_offered.wait(WAIT_SECONDS)
+        writing[0] = False
+        hold.wake()
+
+    groups = read_ahead_groups(items(), limit=100, size=len, hold=hold)
+    with closing(groups):
+        assert next(groups) == ["a"]  # nothing held: it goes at once
+        writing[0] = True  # "a" is being written: "b" and "c" wait for it, then go together
+        helper = threading.Thread(target=write_done, daemon=True)
+        helper.start()
+        a_taken.set()
+        assert next(groups) == ["b", "c"]
+        helper.join()
+        more.set()
+        assert next(groups) == ["d"]
+
+
+def test_a_held_group_goes_once_no_more_items_fit_or_none_follow():
+    hold = Hold(lambda: True)  # always writing: only a full group, or the last, may go
+    groups = list(read_ahead_groups(iter(["aa", "bb", "cc"]), limit=4, size=len, hold=hold))
+    assert groups == [["aa", "bb"], ["cc"]]
+
+
+def test_a_held_group_goes_before_the_error_that_follows_it():
+    def items():
+        yield "a"
+        raise ValueError("window 2 failed")
+
+    received = []
+    with pytest.raises(ValueError, match="window 2 failed"):
+        for group in read_ahead_groups(items(), limit=10, size=len, hold=Hold(lambda: True)):
+            received.extend(group)
+    assert received == ["a"]
 
 
 def test_closing_the_groups_stops_the_producer():

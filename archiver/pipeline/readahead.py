@@ -80,33 +80,68 @@ def _drain(slots: queue.Queue[object]) -> None:
         pass
 
 
+class Hold:
+    """The consumer's say on whether a group that is not full waits for more items.
+
+    `read_ahead_groups(..., hold=h)` yields a group short of its limit only when `holding()`
+    is false, or when no more items can join it (the next one does not fit, or none follows).
+    `holding` is called on the consumer's thread, as it waits for its next group; call `wake`
+    (from any thread) when its answer may have changed.
+    """
+
+    def __init__(self, holding: Callable[[], bool]) -> None:
+        self.holding = holding
+        self.condition = threading.Condition()  # the groups' own: `wake` notifies their waits
+
+    def wake(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+
+
 def read_ahead_groups(
-    items: Iterator[T], *, limit: int, size: Callable[[T], int], name: str = "read-ahead"
+    items: Iterator[T],
+    *,
+    limit: int,
+    size: Callable[[T], int],
+    name: str = "read-ahead",
+    hold: Hold | None = None,
 ) -> Iterator[list[T]]:
     """`items` produced on a helper thread, yielded as groups of what is ready.
 
     Each group is the next item (waited for) and the items already produced after it, while
     their `size`s add up to at most `limit`. The producer stops when the items waiting add up
     to `limit` (one item waits whatever its size), so memory stays bounded by `limit` and one
-    item. Slow items are yielded one by one as they come, never held to fill a group; an
-    exception is raised after the items produced before it; closing this generator stops the
-    producer as `read_ahead` does.
+    item. Slow items are yielded one by one as they come, never held to fill a group, unless
+    `hold` says so (`Hold`); an exception is raised after the items produced before it;
+    closing this generator stops the producer as `read_ahead` does.
     """
     ready: deque[tuple[object, int]] = deque()  # (item or _END or _Raised, its size)
-    changed = threading.Condition()
+    changed = hold.condition if hold is not None else threading.Condition()
     waiting = [0]  # the size of the items in `ready`
+    full = [False]  # the producer waits for room: no more items can join the next group
     stopped = threading.Event()
 
     def offer(entry: object, weight: int) -> bool:
         with changed:
             while ready and waiting[0] + weight > limit and not stopped.is_set():
+                if not full[0]:
+                    full[0] = True
+                    changed.notify_all()
                 changed.wait()
+            full[0] = False
             if stopped.is_set():
                 return False
             ready.append((entry, weight))
             waiting[0] += weight
             changed.notify_all()
             return True
+
+    def complete() -> bool:
+        """Whether the next group can grow no more (or `hold` lets it go as it is)."""
+        if full[0] or hold is None:
+            return True
+        last = ready[-1][0]
+        return last is _END or isinstance(last, _Raised) or not hold.holding()
 
     def produce() -> None:
         try:
@@ -124,7 +159,7 @@ def read_ahead_groups(
     def take() -> tuple[list[T], object]:
         """The next group, and the end marker or error that follows it (None if neither)."""
         with changed:
-            while not ready:
+            while not ready or not complete():
                 changed.wait()
             group: list[T] = []
             taken, after = 0, None

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
     from archiver.verify.compare import Point
 
 DEFAULT_RP = "autogen"
-BATCH_SIZE = 5000  # lines per write request
+# Lines per write request (InfluxDB 1.x's /write; and the most lines a job writes at once).
+# InfluxDB 1.x ingests best in requests of 5,000 to 10,000 lines; at 10,000 rather than 5,000
+# the archiver spent 2-10% less CPU a point (bench, interleaved best of 3, 2026-11-29: µs a
+# point a 2.84 -> 2.74, b 4.89 -> 4.80, e 17.8 -> 17.3, f 4.42 -> 4.00).
+BATCH_SIZE = 10_000
 DROPPED = re.compile(r"dropped=(\d+)")
 FIELD_TYPE_CONFLICT = re.compile(
     r'input field "(?P<field>.*?)" on measurement "(?P<measurement>.*?)" '

@@ -41,7 +41,6 @@ from archiver.errors import AuthError, ConfigError, InfluxError, TransientError
 from archiver.retry import RetryPolicy, connection_cause, retry_after_seconds
 from archiver.sinks import readback
 from archiver.sinks.base import (
-    BATCH_SIZE,
     DEFAULT_RP,
     Deleted,
     Precision,
@@ -57,6 +56,10 @@ from archiver.sinks.influxql import InfluxQLClient
 
 if TYPE_CHECKING:
     from archiver.verify.compare import Point
+
+# Lines per request through influxdb-client (InfluxDB 1.8+, 2.x, 3.x): InfluxDB 2's documented
+# optimal batch ("Optimize writes"); a job's group of up to BATCH_SIZE lines is cut into these.
+CLIENT_BATCH_SIZE = 5000
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +86,7 @@ class InfluxClientSink:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int = CLIENT_BATCH_SIZE,
         max_attempts: int = 6,
         max_total_seconds: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
