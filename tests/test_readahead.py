@@ -175,6 +175,24 @@ def test_a_held_group_goes_once_no_more_items_fit_or_none_follow():
     assert groups == [["aa", "bb"], ["cc"]]
 
 
+def test_a_held_group_already_at_the_limit_goes_without_waiting_for_the_next_item():
+    released = threading.Event()
+    produced_after = []
+
+    def items():
+        yield "xxxx"  # the limit: the group can take nothing more, whatever comes next
+        released.wait(WAIT_SECONDS)  # the next item is on its way while the consumer asks
+        produced_after.append("y")
+        yield "y"
+
+    groups = read_ahead_groups(items(), limit=4, size=len, hold=Hold(lambda: True))
+    with closing(groups):
+        assert next(groups) == ["xxxx"]
+        assert produced_after == []  # not held until the next item came
+        released.set()
+        assert next(groups) == ["y"]
+
+
 def test_a_held_group_goes_before_the_error_that_follows_it():
     def items():
         yield "a"

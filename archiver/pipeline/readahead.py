@@ -138,7 +138,7 @@ def read_ahead_groups(
 
     def complete() -> bool:
         """Whether the next group can grow no more (or `hold` lets it go as it is)."""
-        if full[0] or hold is None:
+        if full[0] or hold is None or waiting[0] >= limit:
             return True
         last = ready[-1][0]
         return last is _END or isinstance(last, _Raised) or not hold.holding()
