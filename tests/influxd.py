@@ -46,6 +46,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   auth-enabled = {auth_enabled}
   log-enabled = false
   pprof-enabled = false
+{http_config}
 
 [logging]
   level = "warn"
@@ -89,6 +90,7 @@ class InfluxServer:
     rpc_port: int = field(default_factory=free_port)
     auth_enabled: bool = False
     data_config: str = ""  # extra `key = value` lines for the [data] section
+    http_config: str = ""  # extra `key = value` lines for the [http] section
     admin_username: str | None = None
     admin_password: str | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -117,6 +119,7 @@ class InfluxServer:
                 rpc_port=self.rpc_port,
                 auth_enabled=str(self.auth_enabled).lower(),
                 data_config=self.data_config,
+                http_config=self.http_config,
             )
         )
 
@@ -242,11 +245,13 @@ def require_influxd() -> None:
 
 @contextmanager
 def running_influxd(
-    base_dir: Path, *, with_auth: bool = False, data_config: str = ""
+    base_dir: Path, *, with_auth: bool = False, data_config: str = "", http_config: str = ""
 ) -> Iterator[InfluxServer]:
     """An influxd in `base_dir`; with `with_auth`, auth is on and an admin user exists."""
     require_influxd()
-    server = InfluxServer(base_dir, auth_enabled=with_auth, data_config=data_config)
+    server = InfluxServer(
+        base_dir, auth_enabled=with_auth, data_config=data_config, http_config=http_config
+    )
     server.write_config()
     try:
         server.start()

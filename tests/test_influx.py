@@ -13,7 +13,7 @@ import requests
 
 from archiver.errors import AuthError, InfluxError, TransientError
 from archiver.sinks.base import RetentionPolicy
-from archiver.sinks.influx_v1 import InfluxV1Sink
+from archiver.sinks.influx_v1 import InfluxV1Sink, batches_of
 from tests.clocks import FakeSleep
 from tests.influxd import InfluxServer, free_port, running_influxd
 
@@ -102,6 +102,49 @@ def test_default_batches_are_of_ten_thousand_lines(
     assert (result.lines, result.requests) == (20_001, 3)
     count = influxd.query('SELECT count("value") FROM "nr_default_batch"', db=database)
     assert count[0]["count"] == 20_001
+
+
+def test_batches_are_cut_by_characters_as_well_as_lines() -> None:
+    narrow = [f"n v={i} {i}" for i in range(25)]
+    assert [len(b) for b in batches_of(narrow, 10, 10_000)] == [10, 10, 5]
+    wide = ["x" * 1000] * 25  # 10,000 characters in each batch of 10 lines
+    assert [len(b) for b in batches_of(wide, 10, 3000)] == [3, 3, 3, 1] * 2 + [3, 2]
+    assert [b for batch in batches_of(wide, 10, 3000) for b in batch] == wide
+    assert batches_of([], 10, 3000) == []
+
+
+def test_wide_lines_go_in_smaller_batches_that_all_land(
+    influxd: InfluxServer, database: str, sent_requests: list[requests.PreparedRequest]
+) -> None:
+    text = "w" * 990
+    lines = [f'nr_wide value={i},text="{text}" {1700000000 + i}' for i in range(12)]
+
+    with InfluxV1Sink(influxd.url, batch_chars=3 * 1020) as sink:
+        result = sink.write(database, None, lines)
+
+    bodies = [gzip.decompress(r.body) for r in sent_requests if r.path_url.startswith("/write")]
+    assert sorted(body.count(b"\n") + 1 for body in bodies) == [3, 3, 3, 3]
+    assert (result.lines, result.requests) == (12, 4)
+    count = influxd.query('SELECT count("value") FROM "nr_wide"', db=database)
+    assert count[0]["count"] == 12
+
+
+def test_a_batch_beyond_influxdbs_body_size_limit_fails_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    lines = [f'nr_big value={i},text="{"b" * 990}" {1700000000 + i}' for i in range(3)]
+    with (
+        running_influxd(tmp_path, http_config="  max-body-size = 1000") as server,
+        InfluxV1Sink(server.url, gzip=False) as sink,
+    ):
+        server.query('CREATE DATABASE "big"')
+        with pytest.raises(InfluxError) as refused:
+            sink.write("big", None, lines)
+
+    assert str(refused.value) == (
+        "InfluxDB refused a batch of 3 lines for big as too large (HTTP 413; batches are at "
+        "most 10,000 lines and 5,000,000 characters): raise [http] max-body-size"
+    )
 
 
 @pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])

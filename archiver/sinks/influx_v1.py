@@ -38,6 +38,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A batch is also cut so that it holds at most this many characters of line protocol (about
+# as many bytes): 10,000 lines of wide raw events (a hundred attributes, a few KB a line) would
+# otherwise make bodies of tens of MB, beyond InfluxDB 1.x's default [http] max-body-size of
+# 25 MB (HTTP 413).
+BATCH_CHARS = 5_000_000
+
+
+def batches_of(lines: Sequence[str], max_lines: int, max_chars: int) -> list[Sequence[str]]:
+    """`lines` cut into batches of at most `max_lines` lines, each cut again into equal parts
+    when it holds more than `max_chars` characters (line protocol is rarely far from ASCII)."""
+    batches: list[Sequence[str]] = []
+    for start in range(0, len(lines), max_lines):
+        batch = lines[start : start + max_lines]
+        parts = -(-sum(map(len, batch)) // max_chars)  # rounded up
+        if parts <= 1:
+            batches.append(batch)
+            continue
+        step = -(-len(batch) // parts)
+        batches.extend(batch[i : i + step] for i in range(0, len(batch), step))
+    return batches
+
+
 # Level 1 compresses line protocol to ~17% (level 6: ~14%) at a third of the CPU: a backfill
 # spends its CPU here, not on the network.
 GZIP_LEVEL = 1
@@ -65,6 +87,7 @@ class InfluxV1Sink(InfluxQLClient):
         *,
         timeout: float = 30.0,
         batch_size: int = BATCH_SIZE,
+        batch_chars: int = BATCH_CHARS,
         in_flight: int = 3,
         gzip: bool = True,
         max_attempts: int = 6,
@@ -77,6 +100,7 @@ class InfluxV1Sink(InfluxQLClient):
             max_total_seconds=max_total_seconds, sleep=sleep, token=token,
         )  # fmt: skip
         self.batch_size = batch_size
+        self.batch_chars = batch_chars
         self.gzip = gzip
         self._senders = concurrent.futures.ThreadPoolExecutor(in_flight, "influx-write")
 
@@ -104,7 +128,7 @@ class InfluxV1Sink(InfluxQLClient):
                 lambda: self._write_batch(database, retention_policy, batch, precision)
             )
 
-        batches = [lines[i : i + self.batch_size] for i in range(0, len(lines), self.batch_size)]
+        batches = batches_of(lines, self.batch_size, self.batch_chars)
         if len(batches) <= 1:
             outcomes = [send(batch) for batch in batches]
         else:
@@ -175,7 +199,8 @@ class InfluxV1Sink(InfluxQLClient):
         if status == 413:
             raise InfluxError(
                 f"InfluxDB refused a batch of {line_count} lines for {target} as too large "
-                "(HTTP 413): lower the batch size or raise [http] max-body-size"
+                f"(HTTP 413; batches are at most {self.batch_size:,} lines and "
+                f"{self.batch_chars:,} characters): raise [http] max-body-size"
             )
         message = self._error_message(response)
         if status == 400:
