@@ -372,6 +372,20 @@ def test_field_type_conflict_names_measurement_and_field(
     assert len(influx2.fake.sent("POST", "/api/v2/write")) == 1
 
 
+def test_a_batch_too_large_is_refused_once_naming_the_batch_limit(
+    sink: InfluxClientSink, influx2: RunningFake
+) -> None:
+    too_large = {"code": "request too large", "message": "unable to read data: too large"}
+    influx2.fake.answer_writes((413, too_large, {}))
+
+    with pytest.raises(InfluxError) as refused:
+        sink.write("newrelic", None, LINES)
+
+    assert "HTTP 413; batches are at most 5,000 lines" in str(refused.value)
+    assert "raise the server's request size limit" in str(refused.value)
+    assert len(influx2.fake.sent("POST", "/api/v2/write")) == 1  # not retried
+
+
 def test_points_beyond_retention_are_counted_not_raised(
     sink: InfluxClientSink, influx2: RunningFake
 ) -> None:

@@ -343,7 +343,8 @@ class InfluxClientSink:
             )
         if status == 413:
             return InfluxError(
-                f"InfluxDB refused {what} as too large (HTTP 413): lower the batch size"
+                f"InfluxDB refused {what} as too large (HTTP 413; batches are at most "
+                f"{self.batch_size:,} lines): raise the server's request size limit"
             )
         if status == 404:
             return InfluxError(
