@@ -10,6 +10,7 @@ answered live as usual.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 
 import orjson
@@ -23,6 +24,7 @@ class PrecomputedNerdGraph(FakeNerdGraph):
         self._ready: dict[str, Reply] = {}
         self._ready_lock = threading.Lock()
         self.precomputed_hits = 0
+        self.first_request_at: float | None = None  # time.monotonic() of the first request
 
     def prepare(self, account_id: int, nrql: str) -> tuple[Reply, dict[str, object]]:
         """The reply the fake gives to `nrql` now, and its `nrql` object (results, metadata)."""
@@ -43,6 +45,19 @@ class PrecomputedNerdGraph(FakeNerdGraph):
             unused, self._ready = len(self._ready), {}
             self.precomputed_hits = 0
         return unused
+
+    def reset_log(self) -> None:
+        """Forget the requests so far, and when the first of them came."""
+        super().reset_log()
+        with self._ready_lock:
+            self.first_request_at = None
+
+    def handle_graphql(self, api_key: str | None, body: bytes) -> Reply:
+        arrived = time.monotonic()  # before the fake's latency, if any
+        with self._ready_lock:
+            if self.first_request_at is None:
+                self.first_request_at = arrived
+        return super().handle_graphql(api_key, body)
 
     def _answer(self, api_key: str | None, request: GraphqlRequest) -> Reply:
         if api_key == self.api_key and request.account_id in self.accounts and request.nrql:

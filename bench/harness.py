@@ -36,6 +36,7 @@ class ChildRun:
     peak_rss_bytes: int
     cpu_seconds: float
     output: str
+    started: float  # time.monotonic() just before the process was started
 
 
 def archiver_env(
@@ -96,7 +97,8 @@ def run_measured(
     process.returncode = os.waitstatus_to_exitcode(reaped["status"])  # already reaped
     output = log_path.read_text(encoding="utf-8", errors="replace")[-OUTPUT_TAIL_CHARS:]
     usage = reaped["usage"]
-    return ChildRun(process.returncode, seconds, peak_rss, usage.ru_utime + usage.ru_stime, output)
+    cpu = usage.ru_utime + usage.ru_stime
+    return ChildRun(process.returncode, seconds, peak_rss, cpu, output, started)
 
 
 def _wait4(pid: int) -> dict[str, object]:

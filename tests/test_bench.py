@@ -27,6 +27,10 @@ def test_short_bench_reports_every_row_with_sane_figures(tmp_path, capsys):
         assert row["ratio"] == row["points_per_second"] / row["limit_points_per_second"]
         assert row["archiver_us_per_point"] > 0 and row["influxd_us_per_point"] >= 0, key
         assert 0 < row["peak_rss_bytes"] < 2**30, key
+        # the first request to New Relic comes after the process started, before it ended
+        assert 0 < row["start_seconds"] == best["start_seconds"] < best["seconds"], key
+        limit_seconds = best["points"] / row["limit_points_per_second"]
+        assert row["ceiling"] == limit_seconds / (best["start_seconds"] + limit_seconds), key
         planned = 0 if key == "live" else best["nr_requests"]
         assert best["precomputed_answers"] == planned, key
     assert document["rss_ratio_live_30d_a_7d"] > 0
